@@ -1,0 +1,1 @@
+"""Core engine pieces: filters, search, storage helpers."""

@@ -1,0 +1,91 @@
+"""The one error hierarchy. Every refusal the server makes is a ``JadeError``; the HTTP layer maps
+it to ``{"error": code, "message": text}`` with ``status`` in exactly one place
+(``jade.http.middleware``). Anything else that escapes a handler is a bug and becomes a 500.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class JadeError(Exception):
+    status: int = 500
+    code: str = "internal_error"
+
+    def __init__(self, message: str, *, code: str | None = None, **extra: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        self.extra = extra
+        self.headers: dict[str, str] = {}
+
+    def body(self) -> dict[str, Any]:
+        return {"error": self.code, "message": self.message, **self.extra}
+
+
+class InvalidArgument(JadeError):
+    status = 400
+    code = "invalid_argument"
+
+
+class Unauthorized(JadeError):
+    status = 401
+    code = "unauthorized"
+
+
+class Forbidden(JadeError):
+    status = 403
+    code = "forbidden"
+
+
+class NotFound(JadeError):
+    status = 404
+    code = "not_found"
+
+
+class MethodNotAllowed(JadeError):
+    status = 405
+    code = "method_not_allowed"
+
+
+class Conflict(JadeError):
+    status = 409
+    code = "conflict"
+
+
+class PayloadTooLarge(JadeError):
+    status = 413
+    code = "payload_too_large"
+
+
+class UnsupportedMediaType(JadeError):
+    status = 415
+    code = "unsupported_media_type"
+
+
+class RateLimited(JadeError):
+    status = 429
+    code = "rate_limit_exceeded"
+
+    def __init__(self, message: str, *, retry_after: int, **extra: Any) -> None:
+        super().__init__(message, retry_after=retry_after, **extra)
+        self.headers["Retry-After"] = str(retry_after)
+
+
+class Unavailable(JadeError):
+    status = 503
+    code = "unavailable"
+
+
+class ReadOnly(Unavailable):
+    code = "read_only"
+
+
+class NotPrimary(Unavailable):
+    code = "not_primary"
+
+
+class Internal(JadeError):
+    status = 500
+    code = "internal_error"

@@ -1,0 +1,26 @@
+"""Typed keys for the application and request storage (aiohttp's AppKey/RequestKey)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from aiohttp import web
+
+from jade.engine import Engine
+from jade.metrics import Metrics
+from jade.settings import Settings
+
+SETTINGS = web.AppKey("settings", Settings)
+ENGINE = web.AppKey("engine", Engine)
+METRICS = web.AppKey("metrics", Metrics)
+ACCESS = web.AppKey("access", dict)
+ROUTE_TABLE = web.AppKey("routes", tuple)
+OBSERVE = web.AppKey("observe_request", Callable[..., None])
+# optional hooks other parts (auth, replication) install
+VISIBLE_DATABASES = web.AppKey("visible_databases", Callable[..., Any])
+AUTH_HEALTH = web.AppKey("auth_health", Callable[[], tuple[bool, str]])
+CONNECTIONS = web.AppKey("connections", Callable[[], int])
+
+REQUEST_ID = web.RequestKey("request_id", str)
+ACTOR = web.RequestKey("actor", str)

@@ -1,0 +1,84 @@
+"""The one place where errors become HTTP: every ``JadeError`` is answered with its status and
+``{"error": code, "message": text, ...}``; aiohttp's own HTTP exceptions (unknown route 404,
+wrong method 405, 413 from the body limit) get the same JSON envelope; anything else is a bug,
+logged with the request id and answered 500 without internals.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+
+import orjson
+from aiohttp import web
+
+from jade.errors import JadeError
+from jade.http.keys import OBSERVE, REQUEST_ID
+
+log = logging.getLogger("jade.http")
+access_log = logging.getLogger("jade.access")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def json_response(
+    data: object, status: int = 200, headers: dict[str, str] | None = None
+) -> web.Response:
+    return web.Response(
+        body=orjson.dumps(data, option=orjson.OPT_SERIALIZE_NUMPY),
+        status=status,
+        content_type="application/json",
+        headers=headers,
+    )
+
+
+def error_response(exc: JadeError) -> web.Response:
+    return json_response(exc.body(), status=exc.status, headers=exc.headers or None)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+@web.middleware
+async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex[:16]
+    request[REQUEST_ID] = rid
+    t0 = time.perf_counter()
+    status = 500
+    try:
+        resp = await handler(request)
+        status = resp.status
+    except JadeError as exc:
+        resp = error_response(exc)
+        status = resp.status
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        code = _HTTP_CODES.get(exc.status, "http_error")
+        message = exc.reason
+        if exc.status == 404:
+            message = f"no route for {request.method} {request.path}"
+        elif exc.status == 405:
+            message = f"method {request.method} not allowed on {request.path}"
+        resp = json_response({"error": code, "message": message}, status=exc.status)
+        status = exc.status
+    except Exception:
+        log.exception("unhandled error", extra={REQUEST_ID: rid})
+        resp = json_response(
+            {"error": "internal_error", "message": f"internal error (request {rid})"}, status=500
+        )
+    resp.headers["X-Request-ID"] = rid
+    observe = request.app.get(OBSERVE)
+    if observe is not None:
+        observe(request, status, time.perf_counter() - t0)
+    return resp

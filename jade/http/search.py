@@ -1,0 +1,97 @@
+"""/v1/databases/{db}/search and /search/advanced (API.md §7.1, filters §7.2)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Any
+
+from aiohttp import web
+
+from jade.core.filters import Filter, FilterError, parse_filter
+from jade.errors import InvalidArgument, Unavailable
+from jade.http.databases import engine_of, get_db
+from jade.http.keys import METRICS, SETTINGS
+from jade.http.middleware import json_response
+from jade.http.validate import opt_bool, opt_int, opt_number, read_json, vector_values
+
+MAX_TOP_K = 10000
+
+
+def parse_filters(body: dict[str, Any]) -> Filter | None:
+    raw = body.get("filters")
+    if raw is None:
+        return None
+    try:
+        f = parse_filter(raw)
+    except FilterError as exc:
+        raise InvalidArgument(str(exc), code="invalid_filter") from None
+    return None if f.is_match_all else f
+
+
+async def search(request: web.Request) -> web.Response:
+    t0 = time.perf_counter()
+    db = get_db(request)
+    body = await read_json(request)
+    if "queryVector" not in body:
+        raise InvalidArgument("missing required field 'queryVector'", code="missing_field")
+    q = vector_values(body["queryVector"], db["dimension"], "queryVector")
+    k = opt_int(body, "topK", 10, lo=1, hi=MAX_TOP_K)
+    threshold = opt_number(body, "threshold", 0.0, lo=-1.0, hi=1.0)
+    include_meta = opt_bool(body, "includeMetadata", False)
+    include_values = opt_bool(body, "includeValues", False) or opt_bool(
+        body, "includeVectorData", False
+    )
+    ef = body.get("efSearch")
+    if ef is not None:
+        ef = opt_int(body, "efSearch", 0, lo=1, hi=10000)
+    f = parse_filters(body)
+    engine = engine_of(request)
+    live = engine.indexes.get(db["id"])
+    if live is None:
+        raise Unavailable("the index of this database is not loaded yet")
+    settings = request.app[SETTINGS]
+    metrics = request.app[METRICS]
+    metrics.search_active.inc()
+    try:
+        args = (q, k, f)
+        kwargs = {
+            "exact_scan_max": settings.exact_scan_max,
+            "cache_size": settings.filter_cache_size if settings.enable_query_cache else 0,
+            "ef": ef,
+        }
+        if f is None:
+            labels, scores, stats = live.search(*args, **kwargs)
+        else:
+            labels, scores, stats = await asyncio.to_thread(live.search, *args, **kwargs)
+    finally:
+        metrics.search_active.dec()
+    keep = scores >= threshold
+    labels, scores = labels[keep], scores[keep]
+    ids = engine.store.ids_for_labels(db["id"], labels.tolist())
+    results: list[dict[str, Any]] = []
+    want_vec = include_meta or include_values
+    stored = {}
+    if want_vec:
+        stored = {v.id: v for v in engine.store.vectors(db["id"], [i for i in ids if i])}
+    for vid, score in zip(ids, scores.tolist(), strict=True):
+        if vid is None:
+            continue  # deleted between the index answer and the lookup
+        item: dict[str, Any] = {"vectorId": vid, "score": score}
+        if want_vec and vid in stored:
+            v = stored[vid]
+            vec: dict[str, Any] = {"id": vid}
+            if include_values:
+                vec["values"] = v.array()
+            if include_meta:
+                vec["metadata"] = v.metadata if v.metadata is not None else {}
+            item["vector"] = vec
+        results.append(item)
+    elapsed = time.perf_counter() - t0
+    metrics.search_requests.inc()
+    metrics.search_duration.observe(elapsed)
+    if f is not None:
+        metrics.filtered_search_requests.inc()
+        metrics.filtered_search_duration.observe(elapsed)
+        (metrics.filter_cache_hits if stats.filter_cache_hit else metrics.filter_cache_misses).inc()
+    return json_response({"count": len(results), "results": results, "strategy": stats.strategy})

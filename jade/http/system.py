@@ -1,0 +1,142 @@
+"""/health, /health/db, /metrics, /status (API.md §1)."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Any
+
+import psutil
+from aiohttp import web
+
+from jade import __version__
+from jade.http.databases import engine_of
+from jade.http.keys import AUTH_HEALTH, CONNECTIONS, METRICS, SETTINGS
+from jade.http.middleware import json_response
+from jade.metrics import CONTENT_TYPE
+
+MIN_FREE_BYTES = 64 * 1024 * 1024
+
+
+def _check_store(request: web.Request) -> tuple[bool, str]:
+    try:
+        engine = engine_of(request)
+        if engine.env is None:
+            return False, "closed"
+        engine.store.applied_lsn()
+        return True, "ok"
+    except Exception as exc:  # any failure to read is the answer
+        return False, f"error: {type(exc).__name__}"
+
+
+def _check_disk(request: web.Request) -> tuple[bool, str]:
+    try:
+        free = shutil.disk_usage(request.app[SETTINGS].data_dir).free
+    except OSError as exc:
+        return False, f"error: {exc.strerror}"
+    if free < MIN_FREE_BYTES:
+        return False, f"low: {free} bytes free"
+    return True, "ok"
+
+
+async def health(request: web.Request) -> web.Response:
+    db_ok, db_msg = _check_store(request)
+    disk_ok, disk_msg = _check_disk(request)
+    net_ok = True
+    healthy = db_ok and disk_ok and net_ok
+    body = {
+        "status": "healthy" if healthy else "unhealthy",
+        "timestamp": int(time.time() * 1000),
+        "version": __version__,
+        "checks": {"database": db_msg, "storage": disk_msg, "network": "ok" if net_ok else "down"},
+    }
+    return json_response(body, status=200 if healthy else 503)
+
+
+async def health_db(request: web.Request) -> web.Response:
+    db_ok, db_msg = _check_store(request)
+    auth_check = request.app.get(AUTH_HEALTH)
+    auth_ok, auth_msg = auth_check() if auth_check else (True, "ok")
+    healthy = db_ok and auth_ok
+    body = {
+        "status": "healthy" if healthy else "degraded",
+        "healthy": healthy,
+        "timestamp": int(time.time() * 1000),
+        "checks": {
+            "authentication_db": {"status": auth_msg, "healthy": auth_ok},
+            "vector_db": {"status": db_msg, "healthy": db_ok},
+        },
+    }
+    return json_response(body, status=200 if healthy else 503)
+
+
+def refresh_gauges(request: web.Request) -> None:
+    engine = engine_of(request)
+    m = request.app[METRICS]
+    if engine.env is None:
+        return
+    dbs = engine.store.databases()
+    m.databases.set(len(dbs))
+    m.vectors.set(sum(d["count"] for d in dbs))
+    m.wal_last_lsn.set(engine.log.last_lsn)
+    m.wal_map_bytes.set(engine.env.map_size())
+    lives = list(engine.indexes.dbs.values())
+    m.index_size.set(sum(x.index.memory_bytes() for x in lives))
+    m.index_vectors.set(sum(len(x) for x in lives))
+    age = engine.indexes.checkpoint_age_seconds()
+    m.checkpoint_age.set(-1 if age is None else age)
+
+
+async def metrics(request: web.Request) -> web.Response:
+    refresh_gauges(request)
+    body = request.app[METRICS].render()
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE})
+
+
+def _uptime(seconds: float) -> str:
+    s = int(seconds)
+    return f"{s // 3600}h {s % 3600 // 60}m {s % 60}s"
+
+
+async def status(request: web.Request) -> web.Response:
+    engine = engine_of(request)
+    uptime = time.time() - engine.started_at
+    dbs = engine.store.databases()
+    m = request.app[METRICS]
+    count = m.search_duration._sum.get()  # noqa: SLF001 - prometheus_client has no public read
+    n = m.search_requests._value.get()  # noqa: SLF001
+    try:
+        disk = psutil.disk_usage(request.app[SETTINGS].data_dir).percent
+    except OSError:
+        disk = -1.0
+    body: dict[str, Any] = {
+        "status": "operational",
+        "timestamp": int(time.time() * 1000),
+        "version": __version__,
+        "uptime": _uptime(uptime),
+        "uptime_seconds": int(uptime),
+        "mode": engine.mode(),
+        "role": "primary",
+        "system": {
+            "cpu_usage_percent": psutil.cpu_percent(interval=None),
+            "memory_usage_percent": psutil.virtual_memory().percent,
+            "disk_usage_percent": disk,
+        },
+        "performance": {
+            "database_count": len(dbs),
+            "total_vectors": sum(d["count"] for d in dbs),
+            "avg_query_time_ms": round(count / n * 1000, 3) if n else 0.0,
+            "active_connections": request.app.get(CONNECTIONS, lambda: 0)(),
+        },
+        "log": {
+            "last_lsn": engine.log.last_lsn,
+            "first_lsn": engine.log.first_lsn,
+            "epoch": engine.log.epoch,
+            "groups": engine.writer.stats.groups if engine.writer else 0,
+        },
+        "indexes": {
+            "checkpoint_age_seconds": engine.indexes.checkpoint_age_seconds(),
+            "replayed_on_start": engine.indexes.replayed_on_start,
+        },
+    }
+    return json_response(body)

@@ -1,0 +1,173 @@
+"""Request parsing and validation: every malformed input becomes an ``InvalidArgument`` (400)
+or ``PayloadTooLarge`` (413) with a message naming the field — never a 500."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import orjson
+from aiohttp import web
+
+from jade.errors import InvalidArgument, PayloadTooLarge, UnsupportedMediaType
+from jade.http.keys import SETTINGS
+
+MAX_ID_BYTES = 512
+NUMBER = (int, float)
+
+
+async def read_json(request: web.Request, *, required: bool = True) -> dict[str, Any]:
+    """The request body as a JSON object. An empty body is ``{}`` when not ``required``."""
+    limit = request.app[SETTINGS].max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+    ctype = request.content_type
+    if ctype not in ("application/json", "application/octet-stream", "text/plain", ""):
+        raise UnsupportedMediaType(f"expected application/json, got {ctype}")
+    raw = await _read_limited(request, limit)
+    if not raw.strip():
+        if required:
+            raise InvalidArgument("request body must be a JSON object", code="invalid_json")
+        return {}
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidArgument(f"malformed JSON: {exc}", code="invalid_json") from None
+    if not isinstance(data, dict):
+        raise InvalidArgument("request body must be a JSON object", code="invalid_json")
+    return data
+
+
+async def _read_limited(request: web.Request, limit: int) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(1 << 16):
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"request body exceeds {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def req_str(body: dict[str, Any], key: str, *, max_len: int = 1024) -> str:
+    v = body.get(key)
+    if v is None:
+        raise InvalidArgument(f"missing required field '{key}'", code="missing_field")
+    if not isinstance(v, str) or not v.strip():
+        raise InvalidArgument(f"'{key}' must be a non-empty string")
+    if len(v) > max_len:
+        raise InvalidArgument(f"'{key}' is longer than {max_len} characters")
+    return v
+
+
+def opt_str(body: dict[str, Any], key: str, default: str = "", *, max_len: int = 65536) -> str:
+    v = body.get(key, default)
+    if v is None:
+        return default
+    if not isinstance(v, str):
+        raise InvalidArgument(f"'{key}' must be a string")
+    if len(v) > max_len:
+        raise InvalidArgument(f"'{key}' is longer than {max_len} characters")
+    return v
+
+
+def opt_bool(body: dict[str, Any], key: str, default: bool) -> bool:
+    v = body.get(key, default)
+    if v is None:
+        return default
+    if not isinstance(v, bool):
+        raise InvalidArgument(f"'{key}' must be true or false")
+    return v
+
+
+def opt_int(
+    body: dict[str, Any], key: str, default: int, *, lo: int | None = None, hi: int | None = None
+) -> int:
+    v = body.get(key, default)
+    if v is None:
+        return default
+    if (
+        isinstance(v, bool)
+        or not isinstance(v, (int, float))
+        or (isinstance(v, float) and not v.is_integer())
+    ):
+        raise InvalidArgument(f"'{key}' must be an integer")
+    v = int(v)
+    if lo is not None and v < lo:
+        raise InvalidArgument(f"'{key}' must be >= {lo}")
+    if hi is not None and v > hi:
+        raise InvalidArgument(f"'{key}' must be <= {hi}")
+    return v
+
+
+def opt_number(
+    body: dict[str, Any],
+    key: str,
+    default: float,
+    *,
+    lo: float | None = None,
+    hi: float | None = None,
+) -> float:
+    v = body.get(key, default)
+    if v is None:
+        return default
+    if isinstance(v, bool) or not isinstance(v, NUMBER) or not math.isfinite(v):
+        raise InvalidArgument(f"'{key}' must be a finite number")
+    if (lo is not None and v < lo) or (hi is not None and v > hi):
+        raise InvalidArgument(f"'{key}' must be between {lo} and {hi}")
+    return float(v)
+
+
+def query_int(request: web.Request, key: str, default: int, *, lo: int = 0, hi: int) -> int:
+    raw = request.query.get(key)
+    if raw is None or raw == "":
+        return default
+    try:
+        v = int(raw)
+    except ValueError:
+        raise InvalidArgument(f"query parameter '{key}' must be an integer") from None
+    if v < lo or v > hi:
+        raise InvalidArgument(f"query parameter '{key}' must be between {lo} and {hi}")
+    return v
+
+
+def check_id(v: object, what: str = "id") -> str:
+    """Vector ids: non-empty strings of at most 512 UTF-8 bytes, no control characters or '/'
+    (they appear in URL paths)."""
+    if not isinstance(v, str) or not v:
+        raise InvalidArgument(f"'{what}' must be a non-empty string")
+    if len(v.encode()) > MAX_ID_BYTES:
+        raise InvalidArgument(f"'{what}' is longer than {MAX_ID_BYTES} bytes")
+    if "/" in v or any(ord(c) < 32 or ord(c) == 127 for c in v):
+        raise InvalidArgument(f"'{what}' must not contain '/' or control characters")
+    return v
+
+
+def vector_values(v: object, dim: int, what: str = "values") -> np.ndarray:
+    """A JSON list of numbers of length ``dim`` as float32 (finite after conversion)."""
+    if not isinstance(v, list):
+        raise InvalidArgument(f"'{what}' must be a list of numbers")
+    if len(v) != dim:
+        raise InvalidArgument(
+            f"dimension mismatch: '{what}' has {len(v)} values, the database expects {dim}",
+            code="dimension_mismatch",
+        )
+    for x in v:
+        if type(x) is not float and type(x) is not int:
+            raise InvalidArgument(f"'{what}' must contain only numbers")
+    arr = np.asarray(v, dtype=np.float64)
+    if not np.isfinite(arr).all():
+        raise InvalidArgument(f"'{what}' must contain only finite numbers (no NaN/Infinity)")
+    out = arr.astype(np.float32)
+    if not np.isfinite(out).all():
+        raise InvalidArgument(f"'{what}' has values outside the float32 range")
+    return out
+
+
+def metadata_value(v: object) -> Any:
+    if v is None:
+        return None
+    if not isinstance(v, dict):
+        raise InvalidArgument("'metadata' must be a JSON object")
+    return v

@@ -1,0 +1,147 @@
+"""Every metric name, in one place. Names are the runbook's and the Grafana dashboard's (API.md
+§1): ``jadevectordb_*`` plus the unprefixed search series Grafana queries. Each server instance
+owns a ``Metrics`` (its own registry), so tests can run several servers in one process.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10)
+FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 0.5, 1)
+P = "jadevectordb_"
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry(auto_describe=True)
+        # -- the runbook's names (API.md §1) ----------------------------------------------
+        self.auth_requests = Counter(
+            P + "auth_requests_total", "Authentication attempts", ["method", "outcome"], registry=r
+        )
+        self.auth_duration = Histogram(
+            P + "auth_duration_seconds", "Authentication time", buckets=BUCKETS, registry=r
+        )
+        self.auth_errors = Counter(
+            P + "auth_errors_total", "Authentication errors", ["reason"], registry=r
+        )
+        self.active_sessions = Gauge(
+            P + "active_sessions", "Sessions with a live token", registry=r
+        )
+        self.permission_checks = Counter(
+            P + "permission_checks_total", "Permission checks", ["outcome"], registry=r
+        )
+        self.permission_check_duration = Histogram(
+            P + "permission_check_duration_seconds",
+            "Permission check time",
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.permission_cache_hits = Counter(
+            P + "permission_cache_hits_total", "Permission cache hits", registry=r
+        )
+        self.permission_cache_misses = Counter(
+            P + "permission_cache_misses_total", "Permission cache misses", registry=r
+        )
+        self.db_operations = Counter(
+            P + "db_operations_total", "Database operations", ["operation", "outcome"], registry=r
+        )
+        self.db_operation_duration = Histogram(
+            P + "db_operation_duration_seconds",
+            "Database operation time",
+            ["operation"],
+            buckets=BUCKETS,
+            registry=r,
+        )
+        self.db_connection_errors = Counter(
+            P + "db_connection_errors_total", "Storage access errors", registry=r
+        )
+        self.db_query_retries = Counter(
+            P + "db_query_retries_total", "Retried storage operations (map growth)", registry=r
+        )
+        self.users = Gauge(P + "users_total", "Registered users", registry=r)
+        self.user_operations = Counter(
+            P + "user_operations_total", "User operations", ["operation"], registry=r
+        )
+        self.failed_logins = Counter(P + "failed_logins_total", "Failed logins", registry=r)
+        self.locked_accounts = Counter(P + "locked_accounts_total", "Account lockouts", registry=r)
+        self.rate_limit_exceeded = Counter(
+            P + "rate_limit_exceeded_total",
+            "Requests refused by a rate limit",
+            ["limit"],
+            registry=r,
+        )
+        self.ip_blocks = Counter(P + "ip_blocks_total", "IP blocks imposed", registry=r)
+        self.circuit_breaker_changes = Counter(
+            P + "circuit_breaker_state_changes_total", "Circuit breaker state changes", registry=r
+        )
+        self.circuit_breaker_open = Gauge(
+            P + "circuit_breaker_open", "1 while a circuit breaker is open", registry=r
+        )
+        # -- search series Grafana queries (unprefixed, as the dashboard has them) -------------
+        self.search_requests = Counter("similarity_search_requests_total", "Searches", registry=r)
+        self.search_duration = Histogram(
+            "similarity_search_duration_seconds", "Search time", buckets=FAST_BUCKETS, registry=r
+        )
+        self.search_active = Gauge(
+            "similarity_search_active_requests", "Searches in flight", registry=r
+        )
+        self.filtered_search_requests = Counter(
+            "filtered_similarity_search_requests_total", "Filtered searches", registry=r
+        )
+        self.filtered_search_duration = Histogram(
+            "filtered_similarity_search_duration_seconds",
+            "Filtered search time",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.filter_cache_hits = Counter("filter_cache_hits_total", "Filter cache hits", registry=r)
+        self.filter_cache_misses = Counter(
+            "filter_cache_misses_total", "Filter cache misses", registry=r
+        )
+        # -- HTTP -------------------------------------------------------------------------
+        self.http_requests = Counter(
+            P + "http_requests_total", "HTTP requests", ["method", "status"], registry=r
+        )
+        self.http_duration = Histogram(
+            P + "http_request_duration_seconds",
+            "HTTP request time",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        # -- the log and the indexes --------------------------------------------------------
+        self.wal_last_lsn = Gauge(P + "wal_last_lsn", "Last LSN in the log", registry=r)
+        self.wal_append_duration = Histogram(
+            P + "wal_append_duration_seconds",
+            "Durable commit time of one log group",
+            buckets=FAST_BUCKETS,
+            registry=r,
+        )
+        self.wal_group_requests = Histogram(
+            P + "wal_group_commit_size",
+            "Requests sharing one durable commit",
+            buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024),
+            registry=r,
+        )
+        self.wal_records = Counter(P + "wal_records_total", "Records appended", registry=r)
+        self.wal_map_bytes = Gauge(
+            P + "wal_map_size_bytes", "LMDB map size of the data file", registry=r
+        )
+        self.vectors = Gauge(P + "vectors_total", "Stored vectors", registry=r)
+        self.databases = Gauge(P + "databases_total", "Databases", registry=r)
+        self.index_size = Gauge(
+            P + "index_size_bytes", "Approximate in-memory index size", registry=r
+        )
+        self.index_vectors = Gauge(
+            P + "index_vectors", "Vectors in the in-memory indexes", registry=r
+        )
+        self.checkpoint_age = Gauge(
+            P + "index_checkpoint_age_seconds",
+            "Seconds since the last index checkpoint (-1: none yet)",
+            registry=r,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

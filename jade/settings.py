@@ -1,0 +1,448 @@
+"""The one configuration object.
+
+Layers, later wins: built-in defaults < ``config/development.json`` or ``config/production.json``
+(chosen by ``JADEVECTORDB_ENV``) < ``config/performance.json`` < ``JADEVECTORDB_*`` environment
+variables (plus ``JWT_SECRET``/``JWT_SECRET_PREVIOUS``, the runbook's names). ``load()`` builds
+one frozen ``Settings``; nothing else in the code reads ``os.environ``. Unknown keys and bad
+values refuse to start with a message naming the key.
+
+Each setting is declared once in ``FIELDS`` with its JSON path, its environment variable, its
+type, default and a line of documentation (``docs/CONFIG.md`` is checked against this table).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+DEV_NAMES = {"", "development", "dev", "test", "testing", "local"}
+
+
+class ConfigError(ValueError):
+    """Configuration that the server refuses to start with; the message names the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class Spec:
+    attr: str
+    path: str  # dotted path in the JSON files
+    env: str  # environment variable
+    type: type
+    default: Any
+    doc: str
+    secret: bool = False
+    check: Callable[[Any], str | None] | None = None  # returns an error text or None
+
+
+def _positive(v: Any) -> str | None:
+    return None if v > 0 else "must be > 0"
+
+
+def _non_negative(v: Any) -> str | None:
+    return None if v >= 0 else "must be >= 0"
+
+
+def _port(v: Any) -> str | None:
+    return None if 0 <= v <= 65535 else "must be a port number 0..65535"
+
+
+def _level(v: Any) -> str | None:
+    ok = {"debug", "info", "warning", "error", "critical"}
+    return None if str(v).lower() in ok else f"must be one of {sorted(ok)}"
+
+
+def _fmt(v: Any) -> str | None:
+    return None if v in ("", "text", "json") else "must be 'text' or 'json'"
+
+
+P = "JADEVECTORDB_"
+
+FIELDS: tuple[Spec, ...] = (
+    Spec("host", "server.host", P + "HOST", str, "127.0.0.1", "address to listen on"),
+    Spec("port", "server.port", P + "PORT", int, 8080, "port to listen on", check=_port),
+    Spec(
+        "data_dir",
+        "storage.data_dir",
+        P + "DATA_DIR",
+        str,
+        "./data",
+        "data directory (log, stores, index checkpoints, backups by default)",
+    ),
+    Spec(
+        "db_path",
+        "storage.db_path",
+        P + "DB_PATH",
+        str,
+        "",
+        "the data LMDB file (log + catalog + vectors); default <data_dir>/jadevectordb.db",
+    ),
+    Spec(
+        "auth_db_path",
+        "storage.auth_db_path",
+        P + "AUTH_DB_PATH",
+        str,
+        "",
+        "the auth LMDB file; default <data_dir>/jadevectordb_auth.db",
+    ),
+    Spec(
+        "index_dir",
+        "storage.index_dir",
+        P + "INDEX_DIR",
+        str,
+        "",
+        "index checkpoints; default <data_dir>/indexes",
+    ),
+    Spec(
+        "backup_dir",
+        "storage.backup_dir",
+        P + "BACKUP_DIR",
+        str,
+        "",
+        "snapshots and log archive; default <data_dir>/backups",
+    ),
+    Spec(
+        "initial_map_bytes",
+        "storage.initial_map_bytes",
+        P + "INITIAL_MAP_BYTES",
+        int,
+        64 * 1024 * 1024,
+        "initial LMDB map size; grows by doubling on demand",
+        check=_positive,
+    ),
+    Spec(
+        "max_body_bytes",
+        "server.max_body_bytes",
+        P + "MAX_BODY_BYTES",
+        int,
+        32 * 1024 * 1024,
+        "largest accepted request body (413 above)",
+        check=_positive,
+    ),
+    Spec(
+        "max_group_records",
+        "wal.max_group_records",
+        P + "MAX_GROUP_RECORDS",
+        int,
+        1024,
+        "most requests sharing one durable log commit",
+        check=_positive,
+    ),
+    Spec("log_level", "logging.level", P + "LOG_LEVEL", str, "info", "log level", check=_level),
+    Spec(
+        "log_format",
+        "logging.format",
+        P + "LOG_FORMAT",
+        str,
+        "",
+        "'text' or 'json'; default json in production, text otherwise",
+        check=_fmt,
+    ),
+    Spec(
+        "log_dir",
+        "logging.dir",
+        P + "LOG_DIR",
+        str,
+        "",
+        "log directory; default <data_dir>/logs (development), /var/log/jadevectordb (production)",
+    ),
+    Spec("hnsw_m", "index.hnsw_m", P + "HNSW_M", int, 16, "default HNSW M", check=_positive),
+    Spec(
+        "hnsw_ef_construction",
+        "index.hnsw_ef_construction",
+        P + "HNSW_EF_CONSTRUCTION",
+        int,
+        200,
+        "default HNSW efConstruction",
+        check=_positive,
+    ),
+    Spec(
+        "hnsw_ef_search",
+        "index.hnsw_ef_search",
+        P + "HNSW_EF_SEARCH",
+        int,
+        64,
+        "default HNSW efSearch",
+        check=_positive,
+    ),
+    Spec(
+        "index_threads",
+        "index.threads",
+        P + "INDEX_THREADS",
+        int,
+        0,
+        "threads for index building (0 = all cores)",
+        check=_non_negative,
+    ),
+    Spec(
+        "checkpoint_interval_seconds",
+        "index.checkpoint_interval_seconds",
+        P + "CHECKPOINT_INTERVAL_SECONDS",
+        int,
+        300,
+        "how often dirty indexes are checkpointed (0 = only on shutdown)",
+        check=_non_negative,
+    ),
+    Spec(
+        "exact_scan_max",
+        "search.exact_scan_max",
+        P + "EXACT_SCAN_MAX",
+        int,
+        20000,
+        "filtered searches matching at most this many vectors scan them exactly",
+        check=_non_negative,
+    ),
+    Spec(
+        "filter_cache_size",
+        "search.filter_cache_size",
+        P + "FILTER_CACHE_SIZE",
+        int,
+        256,
+        "filter results cached per process",
+        check=_non_negative,
+    ),
+    Spec(
+        "open_data_routes",
+        "security.open_data_routes",
+        P + "OPEN_DATA_ROUTES",
+        bool,
+        True,
+        "serve data routes without credentials (development only, until auth is configured)",
+    ),
+    Spec(
+        "connection_pool_size",
+        "database.connection_pool_size",
+        P + "CONNECTION_POOL_SIZE",
+        int,
+        20,
+        "accepted for runbook compatibility; LMDB needs no pool",
+        check=_positive,
+    ),
+    Spec(
+        "query_timeout_seconds",
+        "database.query_timeout_seconds",
+        P + "QUERY_TIMEOUT_SECONDS",
+        int,
+        30,
+        "upper bound on one request's work",
+        check=_positive,
+    ),
+    Spec(
+        "max_retries",
+        "database.max_retries",
+        P + "MAX_RETRIES",
+        int,
+        3,
+        "accepted for runbook compatibility",
+        check=_non_negative,
+    ),
+    Spec(
+        "permission_cache_size",
+        "cache.permission_cache_size",
+        P + "PERMISSION_CACHE_SIZE",
+        int,
+        100000,
+        "entries in the permission check cache",
+        check=_non_negative,
+    ),
+    Spec(
+        "permission_cache_ttl_seconds",
+        "cache.permission_cache_ttl_seconds",
+        P + "PERMISSION_CACHE_TTL_SECONDS",
+        int,
+        300,
+        "permission cache TTL",
+        check=_non_negative,
+    ),
+    Spec(
+        "enable_query_cache",
+        "cache.enable_query_cache",
+        P + "ENABLE_QUERY_CACHE",
+        bool,
+        True,
+        "cache filter evaluations between writes",
+    ),
+    Spec(
+        "jwt_secret",
+        "security.jwt_secret",
+        "JWT_SECRET",
+        str,
+        "",
+        "HS256 secret for tokens (production: 32+ characters)",
+        secret=True,
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    env: str = "development"
+    config_dir: str = "config"
+    host: str = "127.0.0.1"
+    port: int = 8080
+    data_dir: str = "./data"
+    db_path: str = ""
+    auth_db_path: str = ""
+    index_dir: str = ""
+    backup_dir: str = ""
+    initial_map_bytes: int = 64 * 1024 * 1024
+    max_body_bytes: int = 32 * 1024 * 1024
+    max_group_records: int = 1024
+    log_level: str = "info"
+    log_format: str = ""
+    log_dir: str = ""
+    hnsw_m: int = 16
+    hnsw_ef_construction: int = 200
+    hnsw_ef_search: int = 64
+    index_threads: int = 0
+    checkpoint_interval_seconds: int = 300
+    exact_scan_max: int = 20000
+    filter_cache_size: int = 256
+    open_data_routes: bool = True
+    connection_pool_size: int = 20
+    query_timeout_seconds: int = 30
+    max_retries: int = 3
+    permission_cache_size: int = 100000
+    permission_cache_ttl_seconds: int = 300
+    enable_query_cache: bool = True
+    jwt_secret: str = field(default="", repr=False)
+
+    @property
+    def production(self) -> bool:
+        return self.env == "production"
+
+    def redacted(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"env": self.env, "config_dir": self.config_dir}
+        for spec in FIELDS:
+            value = getattr(self, spec.attr)
+            out[spec.path] = ("***" if value else "") if spec.secret else value
+        return out
+
+
+def _flatten(obj: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in obj.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, key + "."))
+        else:
+            out[key] = v
+    return out
+
+
+def _coerce(spec: Spec, value: Any, where: str) -> Any:
+    try:
+        if spec.type is bool:
+            if isinstance(value, bool):
+                return value
+            if isinstance(value, str) and value.lower() in ("1", "true", "yes", "on"):
+                return True
+            if isinstance(value, str) and value.lower() in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if spec.type is int:
+            if isinstance(value, bool):
+                raise ValueError
+            if isinstance(value, float) and value.is_integer():
+                return int(value)
+            return int(value)
+        if spec.type is str:
+            if not isinstance(value, (str, int, float)) or isinstance(value, bool):
+                raise ValueError
+            return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f"{where}: bad value {value!r} for {spec.path!r} (expected {spec.type.__name__})"
+        ) from None
+    return value
+
+
+def _read_json(path: str) -> dict[str, Any]:
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must hold a JSON object")
+    return data
+
+
+def normalize_env(name: str) -> str:
+    name = name.strip().lower()
+    if name in DEV_NAMES:
+        return "development"
+    if name in ("production", "prod"):
+        return "production"
+    raise ConfigError(f"JADEVECTORDB_ENV: unknown environment {name!r} (development or production)")
+
+
+# JSON keys the runbook's files may carry that are documentation, not settings.
+_IGNORED_PREFIXES = ("_", "$schema")
+
+
+def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+    """Build the effective settings (see the module docstring for the layers)."""
+    environ = os.environ if environ is None else environ
+    env = normalize_env(environ.get(P + "ENV", ""))
+    config_dir = environ.get(P + "CONFIG_DIR", "config")
+    by_path = {s.path: s for s in FIELDS}
+    values: dict[str, Any] = {}
+    for name in (f"{env}.json", "performance.json"):
+        path = os.path.join(config_dir, name)
+        if not os.path.exists(path):
+            continue
+        for key, raw in _flatten(_read_json(path)).items():
+            if key.split(".")[-1].startswith(_IGNORED_PREFIXES):
+                continue
+            spec = by_path.get(key)
+            if spec is None:
+                raise ConfigError(f"{path}: unknown setting {key!r}")
+            values[spec.attr] = _coerce(spec, raw, path)
+    known_env = {s.env for s in FIELDS} | {P + "ENV", P + "CONFIG_DIR"}
+    for spec in FIELDS:
+        if spec.env in environ:
+            values[spec.attr] = _coerce(spec, environ[spec.env], spec.env)
+    for key in environ:
+        if key.startswith(P) and key not in known_env and key not in _LATER_ISSUES:
+            raise ConfigError(f"{key}: unknown setting")
+    values.update(overrides)
+    for spec in FIELDS:
+        if spec.attr in values and spec.check is not None:
+            problem = spec.check(values[spec.attr])
+            if problem:
+                raise ConfigError(f"{spec.path} ({spec.env}): {problem}")
+    s = Settings(env=env, config_dir=config_dir, **values)
+    return _derive(s)
+
+
+# Variables that belong to features of later issues; tolerated so deployments can set them early.
+_LATER_ISSUES = frozenset(
+    {P + "PRIMARY_URL", P + "REPLICATION_KEY", P + "ADMIN_PASSWORD", P + "SNAPSHOT_SIGNING_KEY"}
+)
+
+
+def _derive(s: Settings) -> Settings:
+    d = s.data_dir
+    changes: dict[str, Any] = {}
+    if not s.db_path:
+        changes["db_path"] = os.path.join(d, "jadevectordb.db")
+    if not s.auth_db_path:
+        changes["auth_db_path"] = os.path.join(d, "jadevectordb_auth.db")
+    if not s.index_dir:
+        changes["index_dir"] = os.path.join(d, "indexes")
+    if not s.backup_dir:
+        changes["backup_dir"] = os.path.join(d, "backups")
+    if not s.log_dir:
+        changes["log_dir"] = "/var/log/jadevectordb" if s.production else os.path.join(d, "logs")
+    if not s.log_format:
+        changes["log_format"] = "json" if s.production else "text"
+    if s.production and s.open_data_routes:
+        changes["open_data_routes"] = False
+    return replace(s, **changes)
+
+
+def settings_fields() -> list[str]:
+    return [f.name for f in fields(Settings)]

@@ -1,0 +1,306 @@
+"""The data projection: catalog (databases, their indexes), vectors and system state, kept in the
+same LMDB environment as the log and applied in the same transaction as the records that change
+it (DESIGN.md: "the log and the catalog/vector projection may share one LMDB environment and one
+transaction"). So its applied LSN always equals the log's last LSN after a commit, and a crash
+can never leave the two apart.
+
+Layout (sub-databases):
+  ``dbs``  db_id -> msgpack dict (name, description, dimension, index info, counts, next label)
+  ``vec``  db_id NUL vector_id -> msgpack [label, float32 bytes, metadata]
+  ``lbl``  db_id NUL label (8 bytes BE) -> vector_id
+  ``sys``  b"applied_lsn" -> 8 bytes BE; b"mode" -> b"readwrite" | b"readonly"
+
+``apply`` is deterministic: it reads only the record and the state, never a clock.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import lmdb
+import numpy as np
+
+from wal.codec import Record, pack, unpack
+from wal.lmdbenv import Env
+
+SEP = b"\x00"
+
+
+def vkey(db_id: str, vec_id: str) -> bytes:
+    return db_id.encode() + SEP + vec_id.encode()
+
+
+def lkey(db_id: str, label: int) -> bytes:
+    return db_id.encode() + SEP + label.to_bytes(8, "big")
+
+
+def prefix(db_id: str) -> bytes:
+    return db_id.encode() + SEP
+
+
+@dataclass(frozen=True, slots=True)
+class StoredVector:
+    id: str
+    label: int
+    values: bytes  # float32 little-endian
+    metadata: Any
+
+    def array(self) -> np.ndarray:
+        return np.frombuffer(self.values, dtype="<f4")
+
+
+def ms(ts_ns: int) -> int:
+    return ts_ns // 1_000_000
+
+
+class DataStore:
+    def __init__(self, env: Env) -> None:
+        self.env = env
+        self.dbs = env.db(b"dbs")
+        self.vec = env.db(b"vec")
+        self.lbl = env.db(b"lbl")
+        self.sys = env.db(b"sys")
+
+    # -- reads (any thread; each opens a short read transaction unless given one) --------------
+    def applied_lsn(self, txn: lmdb.Transaction | None = None) -> int:
+        if txn is None:
+            with self.env.read() as t:
+                return self.applied_lsn(t)
+        raw = txn.get(b"applied_lsn", db=self.sys)
+        return int.from_bytes(raw, "big") if raw else 0
+
+    def mode(self, txn: lmdb.Transaction | None = None) -> str:
+        if txn is None:
+            with self.env.read() as t:
+                return self.mode(t)
+        raw = txn.get(b"mode", db=self.sys)
+        return raw.decode() if raw else "readwrite"
+
+    def database(self, db_id: str, txn: lmdb.Transaction | None = None) -> dict[str, Any] | None:
+        if txn is None:
+            with self.env.read() as t:
+                return self.database(db_id, t)
+        raw = txn.get(db_id.encode(), db=self.dbs)
+        return unpack(raw) if raw is not None else None
+
+    def databases(self) -> list[dict[str, Any]]:
+        with self.env.read() as txn:
+            return [unpack(v) for _, v in txn.cursor(db=self.dbs)]
+
+    def vector(
+        self, db_id: str, vec_id: str, txn: lmdb.Transaction | None = None
+    ) -> StoredVector | None:
+        if txn is None:
+            with self.env.read() as t:
+                return self.vector(db_id, vec_id, t)
+        raw = txn.get(vkey(db_id, vec_id), db=self.vec)
+        if raw is None:
+            return None
+        label, values, metadata = unpack(raw)
+        return StoredVector(vec_id, label, values, metadata)
+
+    def vectors(self, db_id: str, ids: list[str]) -> list[StoredVector]:
+        out = []
+        with self.env.read() as txn:
+            for vid in ids:
+                v = self.vector(db_id, vid, txn)
+                if v is not None:
+                    out.append(v)
+        return out
+
+    def page(self, db_id: str, offset: int, limit: int) -> list[StoredVector]:
+        """Vectors in id order (byte order of the UTF-8 id)."""
+        pre = prefix(db_id)
+        out: list[StoredVector] = []
+        with self.env.read() as txn:
+            cur = txn.cursor(db=self.vec)
+            if not cur.set_range(pre):
+                return out
+            skipped = 0
+            for key, raw in cur:
+                if not key.startswith(pre):
+                    break
+                if skipped < offset:
+                    skipped += 1
+                    continue
+                label, values, metadata = unpack(raw)
+                out.append(StoredVector(key[len(pre) :].decode(), label, values, metadata))
+                if len(out) >= limit:
+                    break
+        return out
+
+    def scan(self, db_id: str, chunk: int = 4096) -> Iterator[list[StoredVector]]:
+        """All vectors of a database in id order, in chunks, each read in its own short
+        transaction (ids never contain NUL, so ``key + NUL`` is the next possible key)."""
+        pre = prefix(db_id)
+        start = pre
+        while True:
+            batch: list[StoredVector] = []
+            with self.env.read() as txn:
+                cur = txn.cursor(db=self.vec)
+                if not cur.set_range(start):
+                    return
+                for key, raw in cur:
+                    if not key.startswith(pre):
+                        break
+                    label, values, metadata = unpack(raw)
+                    batch.append(StoredVector(key[len(pre) :].decode(), label, values, metadata))
+                    if len(batch) >= chunk:
+                        start = key + SEP
+                        break
+            if batch:
+                yield batch
+            if len(batch) < chunk:
+                return
+
+    def ids_for_labels(self, db_id: str, labels: list[int]) -> list[str | None]:
+        with self.env.read() as txn:
+            out: list[str | None] = []
+            for label in labels:
+                raw = txn.get(lkey(db_id, int(label)), db=self.lbl)
+                out.append(raw.decode() if raw is not None else None)
+            return out
+
+    # -- apply (writer thread, inside the log's transaction) -----------------------------------
+    def apply(self, txn: lmdb.Transaction, rec: Record) -> None:
+        handler = _APPLY.get(rec.type)
+        if handler is not None:
+            handler(self, txn, rec)
+        txn.put(b"applied_lsn", rec.lsn.to_bytes(8, "big"), db=self.sys)
+
+    def _put_db(self, txn: lmdb.Transaction, db: dict[str, Any]) -> None:
+        txn.put(db["id"].encode(), pack(db), db=self.dbs)
+
+    def _db_create(self, txn: lmdb.Transaction, rec: Record) -> None:
+        b = rec.body
+        now = ms(rec.ts)
+        index = dict(b["index"])
+        index["created_at"] = index["updated_at"] = now
+        db = {
+            "id": b["id"],
+            "name": b["name"],
+            "description": b.get("description", ""),
+            "dimension": b["dimension"],
+            "metric": b["metric"],
+            "index_type": b["index_type"],
+            "indexes": [index],
+            "extra": b.get("extra", {}),
+            "created_at": now,
+            "updated_at": now,
+            "count": 0,
+            "next_label": 0,
+            "owner": rec.actor,
+        }
+        self._put_db(txn, db)
+
+    def _db_update(self, txn: lmdb.Transaction, rec: Record) -> None:
+        db = self.database(rec.body["id"], txn)
+        if db is None:
+            return
+        db.update(rec.body["changes"])
+        db["updated_at"] = ms(rec.ts)
+        self._put_db(txn, db)
+
+    def _db_delete(self, txn: lmdb.Transaction, rec: Record) -> None:
+        db_id = rec.body["id"]
+        txn.delete(db_id.encode(), db=self.dbs)
+        for sub in (self.vec, self.lbl):
+            pre = prefix(db_id)
+            cur = txn.cursor(db=sub)
+            if cur.set_range(pre):
+                while cur.key().startswith(pre):
+                    if not cur.delete():
+                        break
+
+    def _vec_upsert(self, txn: lmdb.Transaction, rec: Record) -> None:
+        b = rec.body
+        db_id = b["db"]
+        db = self.database(db_id, txn)
+        if db is None:
+            return
+        dim = db["dimension"]
+        values: bytes = b["values"]
+        row = dim * 4
+        added = 0
+        for i, (vid, label, md) in enumerate(
+            zip(b["ids"], b["labels"], b["metadata"], strict=True)
+        ):
+            key = vkey(db_id, vid)
+            old = txn.get(key, db=self.vec)
+            if old is None:
+                added += 1
+                txn.put(lkey(db_id, label), vid.encode(), db=self.lbl)
+            txn.put(key, pack([label, values[i * row : (i + 1) * row], md]), db=self.vec)
+        db["count"] += added
+        db["next_label"] = max(db["next_label"], b["next_label"])
+        db["updated_at"] = ms(rec.ts)
+        self._put_db(txn, db)
+
+    def _vec_delete(self, txn: lmdb.Transaction, rec: Record) -> None:
+        b = rec.body
+        db_id = b["db"]
+        db = self.database(db_id, txn)
+        if db is None:
+            return
+        removed = 0
+        for vid in b["ids"]:
+            key = vkey(db_id, vid)
+            raw = txn.get(key, db=self.vec)
+            if raw is None:
+                continue
+            label = unpack(raw)[0]  # the record's "labels" say the same; the index uses those
+            txn.delete(key, db=self.vec)
+            txn.delete(lkey(db_id, label), db=self.lbl)
+            removed += 1
+        db["count"] -= removed
+        db["updated_at"] = ms(rec.ts)
+        self._put_db(txn, db)
+
+    def _index_create(self, txn: lmdb.Transaction, rec: Record) -> None:
+        db = self.database(rec.body["db"], txn)
+        if db is None:
+            return
+        index = dict(rec.body["index"])
+        index["created_at"] = index["updated_at"] = ms(rec.ts)
+        db["indexes"].append(index)
+        self._put_db(txn, db)
+
+    def _index_update(self, txn: lmdb.Transaction, rec: Record) -> None:
+        db = self.database(rec.body["db"], txn)
+        if db is None:
+            return
+        for index in db["indexes"]:
+            if index["id"] == rec.body["index_id"]:
+                index["parameters"] = {**index["parameters"], **rec.body["parameters"]}
+                index["updated_at"] = ms(rec.ts)
+        self._put_db(txn, db)
+
+    def _index_delete(self, txn: lmdb.Transaction, rec: Record) -> None:
+        db = self.database(rec.body["db"], txn)
+        if db is None:
+            return
+        db["indexes"] = [i for i in db["indexes"] if i["id"] != rec.body["index_id"]]
+        self._put_db(txn, db)
+
+    def _system_mode(self, txn: lmdb.Transaction, rec: Record) -> None:
+        txn.put(b"mode", rec.body["mode"].encode(), db=self.sys)
+
+
+_APPLY = {
+    "db.create": DataStore._db_create,
+    "db.update": DataStore._db_update,
+    "db.delete": DataStore._db_delete,
+    "vec.upsert": DataStore._vec_upsert,
+    "vec.delete": DataStore._vec_delete,
+    "index.create": DataStore._index_create,
+    "index.update": DataStore._index_update,
+    "index.delete": DataStore._index_delete,
+    "system.mode": DataStore._system_mode,
+}
+
+
+def serving_index(db: dict[str, Any]) -> dict[str, Any] | None:
+    """The index that answers searches: the most recently created one (None → exact scan)."""
+    return db["indexes"][-1] if db["indexes"] else None

@@ -1,0 +1,1 @@
+"""The follower side of replication (issue 6); empty for now."""

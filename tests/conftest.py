@@ -1,0 +1,147 @@
+"""Shared fixtures: real LMDB in temp dirs, real aiohttp servers on 127.0.0.1 free ports.
+
+``api`` is the one way HTTP tests talk to a server: it adds whatever credentials the server
+needs (so tests say what they test, not how they log in) and returns (status, json).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+import pytest
+
+from jade import settings as settings_mod
+from jade.http.app import build_app
+from jade.settings import Settings
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def make_settings(tmp_path: Any, **overrides: Any) -> Settings:
+    env = {"JADEVECTORDB_DATA_DIR": str(tmp_path / "data"),
+           "JADEVECTORDB_CONFIG_DIR": str(tmp_path / "no-config")}
+    return settings_mod.load(env, **overrides)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class Api:
+    """A small JSON client over a real socket."""
+
+    base: str
+    session: aiohttp.ClientSession
+    headers: dict[str, str] = field(default_factory=dict)
+
+    async def call(self, method: str, path: str, body: Any = None, *, raw: bytes | None = None,
+                   headers: dict[str, str] | None = None) -> tuple[int, Any]:
+        h = {"Content-Type": "application/json", **self.headers, **(headers or {})}
+        data = raw if raw is not None else (orjson.dumps(body) if body is not None else None)
+        async with self.session.request(method, self.base + path, data=data, headers=h) as r:
+            text = await r.read()
+            try:
+                return r.status, orjson.loads(text) if text else None
+            except orjson.JSONDecodeError:
+                return r.status, text.decode(errors="replace")
+
+    async def get(self, path: str, **kw: Any) -> tuple[int, Any]:
+        return await self.call("GET", path, **kw)
+
+    async def post(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        return await self.call("POST", path, body, **kw)
+
+    async def put(self, path: str, body: Any = None, **kw: Any) -> tuple[int, Any]:
+        return await self.call("PUT", path, body, **kw)
+
+    async def delete(self, path: str, **kw: Any) -> tuple[int, Any]:
+        return await self.call("DELETE", path, **kw)
+
+    async def create_db(self, dim: int = 4, **extra: Any) -> str:
+        status, body = await self.post("/v1/databases",
+                                       {"name": "t", "vectorDimension": dim, **extra})
+        assert status == 201, body
+        return str(body["databaseId"])
+
+
+@pytest.fixture
+def settings(tmp_path: Any) -> Settings:
+    return make_settings(tmp_path)
+
+
+@pytest.fixture
+async def api(settings: Settings) -> AsyncIterator[Api]:
+    """A real server (aiohttp AppRunner on a free loopback port) and a client for it."""
+    from aiohttp import web
+
+    app = build_app(settings)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    port = free_port()
+    site = web.TCPSite(runner, "127.0.0.1", port)
+    await site.start()
+    async with aiohttp.ClientSession() as session:
+        yield Api(f"http://127.0.0.1:{port}", session)
+    await runner.cleanup()
+
+
+class ServerProcess:
+    """``jade serve`` as a real subprocess (for crash and restart tests)."""
+
+    def __init__(self, data_dir: str, port: int | None = None, env: dict[str, str] | None = None):
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.env = {**os.environ, "JADEVECTORDB_DATA_DIR": data_dir,
+                    "JADEVECTORDB_PORT": str(self.port), "JADEVECTORDB_HOST": "127.0.0.1",
+                    "JADEVECTORDB_CONFIG_DIR": os.path.join(data_dir, "no-config"),
+                    "PYTHONPATH": ROOT, **(env or {})}
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.base = f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> None:
+        self.log = open(os.path.join(os.path.dirname(self.data_dir), f"server-{self.port}.log"),
+                        "ab")
+        self.proc = subprocess.Popen([sys.executable, "-m", "tools", "serve"], env=self.env,
+                                     stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return
+            except OSError:
+                time.sleep(0.05)
+        raise TimeoutError("server did not start")
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+        self.log.close()
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=30)
+        self.log.close()
+
+
+@pytest.fixture
+def server_process(tmp_path: Any) -> Iterator[ServerProcess]:
+    sp = ServerProcess(str(tmp_path / "data"))
+    yield sp
+    if sp.proc is not None and sp.proc.poll() is None:
+        sp.kill()

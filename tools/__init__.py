@@ -1,0 +1,1 @@
+"""The `jade` command line: the composition root and the operations commands."""

@@ -1,0 +1,7 @@
+"""``python -m tools`` is ``jade``."""
+
+import sys
+
+from tools.cli import main
+
+sys.exit(main())

@@ -1,0 +1,66 @@
+"""``jade serve``: run the server with the effective settings."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+from typing import Any
+
+from aiohttp import web
+
+from jade import settings as settings_mod
+from jade.http.app import build_app
+
+log = logging.getLogger("jade.serve")
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("serve", help="run the server")
+    p.add_argument("--host", help="override JADEVECTORDB_HOST")
+    p.add_argument("--port", type=int, help="override JADEVECTORDB_PORT")
+    p.add_argument("--data-dir", help="override JADEVECTORDB_DATA_DIR")
+    p.set_defaults(run=run)
+
+
+def _overrides(args: argparse.Namespace) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if args.host:
+        out["host"] = args.host
+    if args.port is not None:
+        out["port"] = args.port
+    if args.data_dir:
+        out["data_dir"] = args.data_dir
+    return out
+
+
+def run(args: argparse.Namespace) -> int:
+    s = settings_mod.load(**_overrides(args))
+    logging.basicConfig(
+        level=s.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    os.makedirs(s.data_dir, exist_ok=True)
+    app = build_app(s)
+    asyncio.run(_serve(app, s.host, s.port))
+    return 0
+
+
+async def _serve(app: web.Application, host: str, port: int) -> None:
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    log.info("JadeVectorDB listening on http://%s:%d", host, port)
+    print(f"JadeVectorDB listening on http://{host}:{port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("shutting down: draining requests, checkpointing indexes")
+    await runner.cleanup()
