@@ -18,6 +18,9 @@ from typing import Any
 
 import lmdb
 
+from jade.auth.decide import READONLY_ALLOWED as AUTH_READONLY_ALLOWED
+from jade.auth.decide import decide_auth
+from jade.auth.store import AUTH_TYPES, AuthStore
 from jade.core.decide import Command, decide
 from jade.errors import ReadOnly, Unavailable
 from jade.indexes.manager import IndexManager
@@ -34,6 +37,7 @@ log = logging.getLogger(__name__)
 @dataclass(slots=True)
 class OpenReport:
     store_replayed: int = 0
+    auth_replayed: int = 0
     index: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     last_lsn: int = 0
@@ -46,6 +50,8 @@ class Engine:
         self.log: Log
         self.store: DataStore
         self.indexes: IndexManager
+        self.auth_env: Env | None = None
+        self.auth: AuthStore
         self.writer: Writer | None = None
         self.report = OpenReport()
         self.group_observers: list[Any] = []
@@ -60,6 +66,9 @@ class Engine:
         self.log = Log(self.env)
         self.store = DataStore(self.env)
         self.report.store_replayed = self._catch_up_store()
+        self.auth_env = Env(s.auth_db_path, map_size=min(s.initial_map_bytes, 16 << 20))
+        self.auth = AuthStore(self.auth_env)
+        self.report.auth_replayed = self._catch_up_auth()
         self.indexes = IndexManager(self.store, s)
         self.report.index = self.indexes.open(self.log)
         self.writer = Writer(
@@ -86,12 +95,42 @@ class Engine:
             n += len(chunk)
         return n
 
+    def _catch_up_auth(self) -> int:
+        """Apply the auth records after the auth store's applied LSN (after a crash between the
+        log commit and the auth store's own commit, or a restore)."""
+        applied = self.auth.applied_lsn()
+        if applied >= self.log.last_lsn:
+            return 0
+        n = 0
+        for chunk in _chunks(self.log.iterate(applied, verify=True), 1024):
+            todo = [r for r in chunk if r.type in AUTH_TYPES]
+
+            def body(txn: lmdb.Transaction, todo: list[Record] = todo,
+                     last: int = chunk[-1].lsn) -> None:
+                for rec in todo:
+                    self.auth.apply(txn, rec)
+                txn.put(b"applied_lsn", last.to_bytes(8, "big"), db=self.auth.db["sys"])
+
+            self.auth_env.write(body)  # type: ignore[union-attr]
+            n += len(todo)
+        return n
+
     def close(self, checkpoint: bool = True) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
         if checkpoint and self.env is not None:
             self.indexes.checkpoint()
+        if self.auth_env is not None:
+            last = self.log.last_lsn
+            # everything up to ``last`` is applied: start-up need not rescan it
+            self.auth_env.write(
+                lambda txn: txn.put(b"applied_lsn", last.to_bytes(8, "big"),
+                                    db=self.auth.db["sys"])
+            )
+            self.auth_env.sync()
+            self.auth_env.close()
+            self.auth_env = None
         if self.env is not None:
             self.env.sync()
             self.env.close()
@@ -103,7 +142,8 @@ class Engine:
         (``NotFound``, ``ReadOnly``...) without writing anything."""
         if self.writer is None:
             raise Unavailable("the server is shutting down")
-        if cmd.type != "system.mode" and self.mode() == "readonly":
+        if (cmd.type != "system.mode" and cmd.type not in AUTH_READONLY_ALLOWED
+                and self.mode() == "readonly"):
             raise ReadOnly("the server is in readonly mode; writes are refused")
         return await self.writer.submit_async(cmd, cmd.size)
 
@@ -122,18 +162,67 @@ class Engine:
 
 
 class _Handler:
-    """The writer's view of the engine (see ``wal.writer.Handler``)."""
+    """The writer's view of the engine (see ``wal.writer.Handler``).
+
+    Auth records go to a second LMDB file. Its write transaction is opened lazily by the first
+    auth command or record of a group, tied to that group's data transaction, and committed
+    right after the log's commit (a crash in between is repaired by ``_catch_up_auth``). A
+    group that is aborted or retried shows up here as a new data transaction: the stale auth
+    transaction is aborted then. A full auth map grows that map and asks the writer to redo
+    the group (by re-raising ``MapFullError``).
+    """
 
     def __init__(self, engine: Engine) -> None:
         self.e = engine
+        self._atxn: lmdb.Transaction | None = None
+        self._for: lmdb.Transaction | None = None
+
+    def _auth_txn(self, txn: lmdb.Transaction) -> lmdb.Transaction:
+        if self._for is not txn:
+            self._drop_auth_txn()
+        if self._atxn is None:
+            assert self.e.auth_env is not None
+            self._atxn = self.e.auth_env.env.begin(write=True)
+            self._for = txn
+        return self._atxn
+
+    def _drop_auth_txn(self) -> None:
+        if self._atxn is not None:
+            self._atxn.abort()
+        self._atxn, self._for = None, None
+
+    def _auth_full(self) -> None:
+        self._drop_auth_txn()
+        assert self.e.auth_env is not None
+        self.e.auth_env.grow()
 
     def prepare(self, txn: lmdb.Transaction, item: Command) -> list[Draft]:
+        if item.type.startswith("auth."):
+            try:
+                return decide_auth(self.e.auth, self._auth_txn(txn), item, self.e.store, txn)
+            except lmdb.MapFullError:
+                self._auth_full()
+                raise
         return decide(self.e.store, txn, item)
 
     def apply_in_txn(self, txn: lmdb.Transaction, record: Record) -> None:
         self.e.store.apply(txn, record)
+        if record.type in AUTH_TYPES:
+            try:
+                self.e.auth.apply(self._auth_txn(txn), record)
+            except lmdb.MapFullError:
+                self._auth_full()
+                raise
 
     def after_commit(self, records: list[Record]) -> None:
+        if self._atxn is not None:
+            atxn, self._atxn, self._for = self._atxn, None, None
+            try:
+                atxn.commit()
+            except lmdb.Error:
+                log.exception("auth store commit failed; catching up from the log")
+                self.e._catch_up_auth()
+            self.e.auth.version += 1  # permission decisions cached before the commit expire
         for rec in records:
             self.e.indexes.apply(rec)
 

@@ -60,220 +60,132 @@ def _fmt(v: Any) -> str | None:
 
 P = "JADEVECTORDB_"
 
+# fmt: off
 FIELDS: tuple[Spec, ...] = (
     Spec("host", "server.host", P + "HOST", str, "127.0.0.1", "address to listen on"),
     Spec("port", "server.port", P + "PORT", int, 8080, "port to listen on", check=_port),
-    Spec(
-        "data_dir",
-        "storage.data_dir",
-        P + "DATA_DIR",
-        str,
-        "./data",
-        "data directory (log, stores, index checkpoints, backups by default)",
-    ),
-    Spec(
-        "db_path",
-        "storage.db_path",
-        P + "DB_PATH",
-        str,
-        "",
-        "the data LMDB file (log + catalog + vectors); default <data_dir>/jadevectordb.db",
-    ),
-    Spec(
-        "auth_db_path",
-        "storage.auth_db_path",
-        P + "AUTH_DB_PATH",
-        str,
-        "",
-        "the auth LMDB file; default <data_dir>/jadevectordb_auth.db",
-    ),
-    Spec(
-        "index_dir",
-        "storage.index_dir",
-        P + "INDEX_DIR",
-        str,
-        "",
-        "index checkpoints; default <data_dir>/indexes",
-    ),
-    Spec(
-        "backup_dir",
-        "storage.backup_dir",
-        P + "BACKUP_DIR",
-        str,
-        "",
-        "snapshots and log archive; default <data_dir>/backups",
-    ),
-    Spec(
-        "initial_map_bytes",
-        "storage.initial_map_bytes",
-        P + "INITIAL_MAP_BYTES",
-        int,
-        64 * 1024 * 1024,
-        "initial LMDB map size; grows by doubling on demand",
-        check=_positive,
-    ),
-    Spec(
-        "max_body_bytes",
-        "server.max_body_bytes",
-        P + "MAX_BODY_BYTES",
-        int,
-        32 * 1024 * 1024,
-        "largest accepted request body (413 above)",
-        check=_positive,
-    ),
-    Spec(
-        "max_group_records",
-        "wal.max_group_records",
-        P + "MAX_GROUP_RECORDS",
-        int,
-        1024,
-        "most requests sharing one durable log commit",
-        check=_positive,
-    ),
+    Spec("data_dir", "storage.data_dir", P + "DATA_DIR", str, "./data",
+         "data directory (log, stores, index checkpoints, backups by default)"),
+    Spec("db_path", "storage.db_path", P + "DB_PATH", str, "",
+         "the data LMDB file (log + catalog + vectors); default <data_dir>/jadevectordb.db"),
+    Spec("auth_db_path", "storage.auth_db_path", P + "AUTH_DB_PATH", str, "",
+         "the auth LMDB file; default <data_dir>/jadevectordb_auth.db"),
+    Spec("index_dir", "storage.index_dir", P + "INDEX_DIR", str, "",
+         "index checkpoints; default <data_dir>/indexes"),
+    Spec("backup_dir", "storage.backup_dir", P + "BACKUP_DIR", str, "",
+         "snapshots and log archive; default <data_dir>/backups"),
+    Spec("initial_map_bytes", "storage.initial_map_bytes", P + "INITIAL_MAP_BYTES", int,
+         64 * 1024 * 1024, "initial LMDB map size; grows by doubling on demand", check=_positive),
+    Spec("max_body_bytes", "server.max_body_bytes", P + "MAX_BODY_BYTES", int,
+         32 * 1024 * 1024, "largest accepted request body (413 above)", check=_positive),
+    Spec("max_group_records", "wal.max_group_records", P + "MAX_GROUP_RECORDS", int, 1024,
+         "most requests sharing one durable log commit", check=_positive),
     Spec("log_level", "logging.level", P + "LOG_LEVEL", str, "info", "log level", check=_level),
-    Spec(
-        "log_format",
-        "logging.format",
-        P + "LOG_FORMAT",
-        str,
-        "",
-        "'text' or 'json'; default json in production, text otherwise",
-        check=_fmt,
-    ),
-    Spec(
-        "log_dir",
-        "logging.dir",
-        P + "LOG_DIR",
-        str,
-        "",
-        "log directory; default <data_dir>/logs (development), /var/log/jadevectordb (production)",
-    ),
+    Spec("log_format", "logging.format", P + "LOG_FORMAT", str, "",
+         "'text' or 'json'; default json in production, text otherwise", check=_fmt),
+    Spec("log_dir", "logging.dir", P + "LOG_DIR", str, "",
+         "log directory; default <data_dir>/logs (development), /var/log/jadevectordb (production)"),
     Spec("hnsw_m", "index.hnsw_m", P + "HNSW_M", int, 16, "default HNSW M", check=_positive),
-    Spec(
-        "hnsw_ef_construction",
-        "index.hnsw_ef_construction",
-        P + "HNSW_EF_CONSTRUCTION",
-        int,
-        200,
-        "default HNSW efConstruction",
-        check=_positive,
-    ),
-    Spec(
-        "hnsw_ef_search",
-        "index.hnsw_ef_search",
-        P + "HNSW_EF_SEARCH",
-        int,
-        64,
-        "default HNSW efSearch",
-        check=_positive,
-    ),
-    Spec(
-        "index_threads",
-        "index.threads",
-        P + "INDEX_THREADS",
-        int,
-        0,
-        "threads for index building (0 = all cores)",
-        check=_non_negative,
-    ),
-    Spec(
-        "checkpoint_interval_seconds",
-        "index.checkpoint_interval_seconds",
-        P + "CHECKPOINT_INTERVAL_SECONDS",
-        int,
-        300,
-        "how often dirty indexes are checkpointed (0 = only on shutdown)",
-        check=_non_negative,
-    ),
-    Spec(
-        "exact_scan_max",
-        "search.exact_scan_max",
-        P + "EXACT_SCAN_MAX",
-        int,
-        20000,
-        "filtered searches matching at most this many vectors scan them exactly",
-        check=_non_negative,
-    ),
-    Spec(
-        "filter_cache_size",
-        "search.filter_cache_size",
-        P + "FILTER_CACHE_SIZE",
-        int,
-        256,
-        "filter results cached per process",
-        check=_non_negative,
-    ),
-    Spec(
-        "open_data_routes",
-        "security.open_data_routes",
-        P + "OPEN_DATA_ROUTES",
-        bool,
-        True,
-        "serve data routes without credentials (development only, until auth is configured)",
-    ),
-    Spec(
-        "connection_pool_size",
-        "database.connection_pool_size",
-        P + "CONNECTION_POOL_SIZE",
-        int,
-        20,
-        "accepted for runbook compatibility; LMDB needs no pool",
-        check=_positive,
-    ),
-    Spec(
-        "query_timeout_seconds",
-        "database.query_timeout_seconds",
-        P + "QUERY_TIMEOUT_SECONDS",
-        int,
-        30,
-        "upper bound on one request's work",
-        check=_positive,
-    ),
-    Spec(
-        "max_retries",
-        "database.max_retries",
-        P + "MAX_RETRIES",
-        int,
-        3,
-        "accepted for runbook compatibility",
-        check=_non_negative,
-    ),
-    Spec(
-        "permission_cache_size",
-        "cache.permission_cache_size",
-        P + "PERMISSION_CACHE_SIZE",
-        int,
-        100000,
-        "entries in the permission check cache",
-        check=_non_negative,
-    ),
-    Spec(
-        "permission_cache_ttl_seconds",
-        "cache.permission_cache_ttl_seconds",
-        P + "PERMISSION_CACHE_TTL_SECONDS",
-        int,
-        300,
-        "permission cache TTL",
-        check=_non_negative,
-    ),
-    Spec(
-        "enable_query_cache",
-        "cache.enable_query_cache",
-        P + "ENABLE_QUERY_CACHE",
-        bool,
-        True,
-        "cache filter evaluations between writes",
-    ),
-    Spec(
-        "jwt_secret",
-        "security.jwt_secret",
-        "JWT_SECRET",
-        str,
-        "",
-        "HS256 secret for tokens (production: 32+ characters)",
-        secret=True,
-    ),
+    Spec("hnsw_ef_construction", "index.hnsw_ef_construction", P + "HNSW_EF_CONSTRUCTION", int,
+         200, "default HNSW efConstruction", check=_positive),
+    Spec("hnsw_ef_search", "index.hnsw_ef_search", P + "HNSW_EF_SEARCH", int, 64,
+         "default HNSW efSearch", check=_positive),
+    Spec("index_threads", "index.threads", P + "INDEX_THREADS", int, 0,
+         "threads for index building (0 = all cores)", check=_non_negative),
+    Spec("checkpoint_interval_seconds", "index.checkpoint_interval_seconds",
+         P + "CHECKPOINT_INTERVAL_SECONDS", int, 300,
+         "how often dirty indexes are checkpointed (0 = only on shutdown)", check=_non_negative),
+    Spec("exact_scan_max", "search.exact_scan_max", P + "EXACT_SCAN_MAX", int, 20000,
+         "filtered searches matching at most this many vectors scan them exactly",
+         check=_non_negative),
+    Spec("filter_cache_size", "search.filter_cache_size", P + "FILTER_CACHE_SIZE", int, 256,
+         "filter results cached per process", check=_non_negative),
+    Spec("connection_pool_size", "database.connection_pool_size", P + "CONNECTION_POOL_SIZE",
+         int, 20, "accepted for runbook compatibility; LMDB needs no pool", check=_positive),
+    Spec("query_timeout_seconds", "database.query_timeout_seconds", P + "QUERY_TIMEOUT_SECONDS",
+         int, 30, "upper bound on one request's work", check=_positive),
+    Spec("max_retries", "database.max_retries", P + "MAX_RETRIES", int, 3,
+         "accepted for runbook compatibility", check=_non_negative),
+    Spec("permission_cache_size", "cache.permission_cache_size", P + "PERMISSION_CACHE_SIZE",
+         int, 100000, "entries in the permission check cache", check=_non_negative),
+    Spec("permission_cache_ttl_seconds", "cache.permission_cache_ttl_seconds",
+         P + "PERMISSION_CACHE_TTL_SECONDS", int, 300, "permission cache TTL",
+         check=_non_negative),
+    Spec("enable_query_cache", "cache.enable_query_cache", P + "ENABLE_QUERY_CACHE", bool, True,
+         "cache filter evaluations between writes"),
+    Spec("jwt_secret", "security.jwt_secret", "JWT_SECRET", str, "",
+         "HS256 secret for tokens (production: 32+ characters; development: a random secret "
+         "kept in <data_dir>/jwt_secret when unset)", secret=True),
+    Spec("jwt_secret_previous", "security.jwt_secret_previous", "JWT_SECRET_PREVIOUS", str, "",
+         "the secret before a rotation: still verifies tokens, never signs", secret=True),
+    Spec("token_ttl_seconds", "security.token_ttl_seconds", P + "TOKEN_TTL_SECONDS", int, 3600,
+         "lifetime of a login token", check=_positive),
+    Spec("password_min_length", "security.password_min_length", P + "PASSWORD_MIN_LENGTH", int,
+         12, "shortest accepted password (development default 8)", check=_positive),
+    Spec("password_require_classes", "security.password_require_classes",
+         P + "PASSWORD_REQUIRE_CLASSES", bool, True,
+         "passwords need upper, lower, digit and punctuation (development default off)"),
+    Spec("argon2_opslimit", "security.argon2_opslimit", P + "ARGON2_OPSLIMIT", int, 3,
+         "argon2id passes (development default 1)", check=_positive),
+    Spec("argon2_memlimit", "security.argon2_memlimit", P + "ARGON2_MEMLIMIT", int,
+         64 * 1024 * 1024, "argon2id memory in bytes (development default 8 MiB)",
+         check=_positive),
+    Spec("lockout_threshold", "security.lockout_threshold", P + "LOCKOUT_THRESHOLD", int, 5,
+         "consecutive failed passwords that lock an account (0 = never)", check=_non_negative),
+    Spec("lockout_seconds", "security.lockout_seconds", P + "LOCKOUT_SECONDS", int, 900,
+         "how long an account stays locked", check=_non_negative),
+    Spec("ip_block_threshold", "security.ip_block_threshold", P + "IP_BLOCK_THRESHOLD", int, 10,
+         "failed logins from one IP within the window that block it (0 = never)",
+         check=_non_negative),
+    Spec("ip_block_window_seconds", "security.ip_block_window_seconds",
+         P + "IP_BLOCK_WINDOW_SECONDS", int, 600, "window for counting failed logins per IP",
+         check=_positive),
+    Spec("ip_block_seconds", "security.ip_block_seconds", P + "IP_BLOCK_SECONDS", int, 3600,
+         "how long an IP stays blocked", check=_positive),
+    Spec("login_rate_per_minute", "rate_limits.login_per_minute", P + "LOGIN_RATE_PER_MINUTE",
+         int, 5, "logins per minute per IP (0 = unlimited; development default 1000)",
+         check=_non_negative),
+    Spec("register_rate_per_hour", "rate_limits.register_per_hour",
+         P + "REGISTER_RATE_PER_HOUR", int, 3,
+         "registrations per hour per IP (0 = unlimited; development default 1000)",
+         check=_non_negative),
+    Spec("forgot_rate_per_hour", "rate_limits.forgot_password_per_hour",
+         P + "FORGOT_RATE_PER_HOUR", int, 3,
+         "forgot-password requests per hour per username/email (0 = unlimited)",
+         check=_non_negative),
+    Spec("api_rate_per_minute", "rate_limits.api_per_minute", P + "API_RATE_PER_MINUTE", int,
+         1000, "authenticated requests per minute per credential (0 = unlimited; development "
+         "default 0)", check=_non_negative),
+    Spec("trusted_proxies", "security.trusted_proxies", P + "TRUSTED_PROXIES", str, "",
+         "comma-separated peer IPs whose X-Forwarded-For / X-Real-IP are believed"),
+    Spec("user_admin_only", "security.user_admin_only", P + "USER_ADMIN_ONLY", bool, True,
+         "user and API-key management is admin-only (development default off: any "
+         "authenticated user, as the reference client's tests need)"),
+    Spec("require_admin_totp", "security.require_admin_totp", P + "REQUIRE_ADMIN_TOTP", bool,
+         True, "admins without TOTP get a token that may only enrol (development default off)"),
+    Spec("loopback_admin", "security.loopback_admin", P + "LOOPBACK_ADMIN", bool, False,
+         "token-less admin calls (readonly, readwrite...) accepted from loopback (development "
+         "default on)"),
+    Spec("admin_password", "security.admin_password", P + "ADMIN_PASSWORD", str, "",
+         "creates user 'admin' on an empty system (must change password at first login)",
+         secret=True),
 )
+
+# Development relaxes the production-safe built-in defaults (before any file or variable).
+DEV_DEFAULTS: dict[str, Any] = {
+    "password_min_length": 8,
+    "password_require_classes": False,
+    "argon2_opslimit": 1,
+    "argon2_memlimit": 8 * 1024 * 1024,
+    "login_rate_per_minute": 1000,
+    "register_rate_per_hour": 1000,
+    "forgot_rate_per_hour": 1000,
+    "api_rate_per_minute": 0,
+    "user_admin_only": False,
+    "require_admin_totp": False,
+    "loopback_admin": True,
+}
+# fmt: on
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,7 +212,6 @@ class Settings:
     checkpoint_interval_seconds: int = 300
     exact_scan_max: int = 20000
     filter_cache_size: int = 256
-    open_data_routes: bool = True
     connection_pool_size: int = 20
     query_timeout_seconds: int = 30
     max_retries: int = 3
@@ -308,6 +219,26 @@ class Settings:
     permission_cache_ttl_seconds: int = 300
     enable_query_cache: bool = True
     jwt_secret: str = field(default="", repr=False)
+    jwt_secret_previous: str = field(default="", repr=False)
+    token_ttl_seconds: int = 3600
+    password_min_length: int = 12
+    password_require_classes: bool = True
+    argon2_opslimit: int = 3
+    argon2_memlimit: int = 64 * 1024 * 1024
+    lockout_threshold: int = 5
+    lockout_seconds: int = 900
+    ip_block_threshold: int = 10
+    ip_block_window_seconds: int = 600
+    ip_block_seconds: int = 3600
+    login_rate_per_minute: int = 5
+    register_rate_per_hour: int = 3
+    forgot_rate_per_hour: int = 3
+    api_rate_per_minute: int = 1000
+    trusted_proxies: str = ""
+    user_admin_only: bool = True
+    require_admin_totp: bool = True
+    loopback_admin: bool = False
+    admin_password: str = field(default="", repr=False)
 
     @property
     def production(self) -> bool:
@@ -389,7 +320,7 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
     env = normalize_env(environ.get(P + "ENV", ""))
     config_dir = environ.get(P + "CONFIG_DIR", "config")
     by_path = {s.path: s for s in FIELDS}
-    values: dict[str, Any] = {}
+    values: dict[str, Any] = dict(DEV_DEFAULTS) if env == "development" else {}
     for name in (f"{env}.json", "performance.json"):
         path = os.path.join(config_dir, name)
         if not os.path.exists(path):
@@ -415,13 +346,16 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
             if problem:
                 raise ConfigError(f"{spec.path} ({spec.env}): {problem}")
     s = Settings(env=env, config_dir=config_dir, **values)
+    if s.production and len(s.jwt_secret) < 32:
+        raise ConfigError(
+            "JWT_SECRET: production needs a secret of at least 32 characters "
+            f"(got {len(s.jwt_secret)})"
+        )
     return _derive(s)
 
 
 # Variables that belong to features of later issues; tolerated so deployments can set them early.
-_LATER_ISSUES = frozenset(
-    {P + "PRIMARY_URL", P + "REPLICATION_KEY", P + "ADMIN_PASSWORD", P + "SNAPSHOT_SIGNING_KEY"}
-)
+_LATER_ISSUES = frozenset({P + "PRIMARY_URL", P + "REPLICATION_KEY", P + "SNAPSHOT_SIGNING_KEY"})
 
 
 def _derive(s: Settings) -> Settings:
@@ -439,8 +373,6 @@ def _derive(s: Settings) -> Settings:
         changes["log_dir"] = "/var/log/jadevectordb" if s.production else os.path.join(d, "logs")
     if not s.log_format:
         changes["log_format"] = "json" if s.production else "text"
-    if s.production and s.open_data_routes:
-        changes["open_data_routes"] = False
     return replace(s, **changes)
 
 

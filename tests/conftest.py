@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,9 +82,37 @@ def settings(tmp_path: Any) -> Settings:
     return make_settings(tmp_path)
 
 
-@pytest.fixture
-async def api(settings: Settings) -> AsyncIterator[Api]:
-    """A real server (aiohttp AppRunner on a free loopback port) and a client for it."""
+ADMIN_PASSWORD = "Admin_Secure123@"
+USER_PASSWORD = "PyTest_Secure123@"
+
+
+async def login(api: Api, username: str, password: str) -> str:
+    status, body = await api.post("/v1/auth/login", {"username": username, "password": password})
+    assert status == 200, body
+    return str(body["token"])
+
+
+@dataclass
+class Server:
+    """A running test server: ``anon`` sends no credential, ``admin`` is the bootstrap admin,
+    ``user`` a plain self-registered user (the reference test suite's session user)."""
+
+    base: str
+    anon: Api
+    admin: Api
+    user: Api
+    app: Any
+    user_id: str = ""
+    admin_id: str = ""
+
+    async def client_for(self, username: str, password: str) -> Api:
+        token = await login(self.anon, username, password)
+        return Api(self.base, self.anon.session, {"Authorization": f"Bearer {token}"})
+
+
+@asynccontextmanager
+async def running_server(settings: Settings) -> AsyncIterator[Server]:
+    """A real server (aiohttp AppRunner on a free loopback port) with an admin and a user."""
     from aiohttp import web
 
     app = build_app(settings)
@@ -92,9 +121,37 @@ async def api(settings: Settings) -> AsyncIterator[Api]:
     port = free_port()
     site = web.TCPSite(runner, "127.0.0.1", port)
     await site.start()
-    async with aiohttp.ClientSession() as session:
-        yield Api(f"http://127.0.0.1:{port}", session)
-    await runner.cleanup()
+    base = f"http://127.0.0.1:{port}"
+    try:
+        async with aiohttp.ClientSession() as session:
+            anon = Api(base, session)
+            st, body = await anon.post("/v1/auth/register", {
+                "username": "admin", "password": ADMIN_PASSWORD, "is_admin": True})
+            assert st == 201 and "admin" in body["roles"], body
+            admin_id = body["user_id"]
+            st, body = await anon.post("/v1/auth/register", {
+                "username": "tester", "password": USER_PASSWORD, "email": "t@example.com"})
+            assert st == 201 and body["roles"] == ["user"], body
+            user_id = body["user_id"]
+            admin = Api(base, session, {
+                "Authorization": "Bearer " + await login(anon, "admin", ADMIN_PASSWORD)})
+            user = Api(base, session, {
+                "Authorization": "Bearer " + await login(anon, "tester", USER_PASSWORD)})
+            yield Server(base, anon, admin, user, app, user_id, admin_id)
+    finally:
+        await runner.cleanup()
+
+
+@pytest.fixture
+async def server(settings: Settings) -> AsyncIterator[Server]:
+    async with running_server(settings) as srv:
+        yield srv
+
+
+@pytest.fixture
+async def api(server: Server) -> Api:
+    """A client authenticated as a plain user who owns what it creates."""
+    return server.user
 
 
 class ServerProcess:

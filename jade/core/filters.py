@@ -17,6 +17,13 @@ What this module promises:
 * ``Filter.canonical`` is a JSON string of the normalised parse tree, identical for filters
   that differ only in key order, ``metadata.`` prefixes, op-name case or operand spelling
   that coerces to the same value (e.g. ``2`` vs ``"2"``); usable as a cache key.
+
+Choices on points the spec leaves open: equality against a list field matches if any element
+is equal (no whole-list repr equality) and a dict field never equals a scalar; a JSON null is
+a present value that compares as ``"None"``; ordering also works between two non-numeric,
+non-boolean strings (lexicographic); MATCHES_REGEX applies to strings and ``str()`` of other
+scalars; in condition lists ``"value": null`` counts as missing; unknown keys in a
+condition or condition group are errors, never silently ignored.
 """
 
 from __future__ import annotations
@@ -67,7 +74,7 @@ def _str_num(s: str) -> float | None:
 
 def _num_key(f: float) -> str:
     if f.is_integer() and -9.2e18 < f < 9.2e18:
-        return "n:%d" % int(f)
+        return f"n:{int(f)}"
     return "n:" + repr(f)
 
 
@@ -90,6 +97,13 @@ def _key(v: object) -> str | None:
     if isinstance(v, (list, tuple, dict)):
         return None
     return "s:" + str(v)
+
+
+def _skey(v: object) -> str:
+    """``_key`` of a value already validated as a scalar."""
+    k = _key(v)
+    assert k is not None
+    return k
 
 
 def _num(v: object) -> float | None:
@@ -139,7 +153,7 @@ def _collect(d: dict, prefix: str, out: dict[tuple[str, str], None], depth: int)
                 if ek is not None:
                     out[(path, ek)] = None
         else:
-            out[(path, _key(v))] = None  # type: ignore[index]
+            out[(path, _skey(v))] = None
 
 
 def _lookup(d: dict, path: str) -> object:
@@ -303,12 +317,11 @@ def _negate(p: Pred) -> Pred:
 _ORDER = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}
 
 
-def _order_leaf(op: str, fld: str, operand: str | int | float) -> _Node:
-    cmp, k = _ORDER[op], _key(operand)
-    assert k is not None
+def _order_leaf(op: str, fld: str, operand: object) -> _Node:
+    cmp, k = _ORDER[op], _skey(operand)
     fast: Test | None = None
     if k.startswith("n:"):
-        f = float(operand)
+        f = float(k[2:])
 
         def pred(v: object) -> bool:
             if v.__class__ is int:  # exact int/float comparison, no overflow
@@ -338,14 +351,13 @@ def _order_leaf(op: str, fld: str, operand: str | int | float) -> _Node:
 def _build(op: str, fld: str, operand: object, where: str) -> _Node:
     """Leaf for canonical op name ``op`` (operand already type-checked by the caller)."""
     if op in ("eq", "ne"):
-        k = _key(operand)
-        assert k is not None
-        return _eq_leaf(op, fld, k)
+        return _eq_leaf(op, fld, _skey(operand))
     if op in _ORDER:
-        return _order_leaf(op, fld, operand)  # type: ignore[arg-type]
+        return _order_leaf(op, fld, operand)
     if op in ("in", "nin", "all"):
-        ks = frozenset(_key(e) for e in operand)  # type: ignore[attr-defined]
-        canon = sorted(ks)  # type: ignore[type-var]
+        items = operand if isinstance(operand, (list, tuple)) else ()
+        ks = frozenset(_skey(e) for e in items)
+        canon = sorted(ks)
         if op == "all":
             return _leaf(
                 "all",
@@ -355,7 +367,7 @@ def _build(op: str, fld: str, operand: object, where: str) -> _Node:
                 canon,
                 cost=2,
             )
-        texts = frozenset(x[2:] for x in ks if x.startswith("s:"))  # type: ignore[union-attr]
+        texts = frozenset(x[2:] for x in ks if x.startswith("s:"))
         only_text = len(texts) == len(ks)
         want = op == "in"
 
@@ -370,7 +382,7 @@ def _build(op: str, fld: str, operand: object, where: str) -> _Node:
 
         return _leaf(op, fld, p_in, not want, canon)
     if op in ("contains", "ncontains"):
-        k, s = _key(operand), str(operand)
+        k, s = _skey(operand), str(operand)
 
         def p_con(v: object) -> bool:
             if isinstance(v, str):

@@ -11,16 +11,47 @@ Tests walk this table (auth and readonly route walks), so a new route cannot esc
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import os
+import secrets
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from aiohttp import web
 
+from jade.auth.audit import Audit
+from jade.auth.service import LOOPBACK_ADMIN, AuthService
+from jade.core.decide import Command
 from jade.engine import Engine
-from jade.errors import Unauthorized
-from jade.http import databases, indexes, search, system, vectors
-from jade.http.keys import ACCESS, ACTOR, ENGINE, METRICS, OBSERVE, ROUTE_TABLE, SETTINGS
+from jade.errors import Forbidden, ReadOnly, Unauthorized
+from jade.http import (
+    admin,
+    apikeys,
+    auth,
+    databases,
+    indexes,
+    search,
+    security,
+    system,
+    users,
+    vectors,
+)
+from jade.http.keys import (
+    ACCESS,
+    ACTOR,
+    AUDIT,
+    AUTH,
+    CLIENT_IP,
+    ENGINE,
+    METRICS,
+    OBSERVE,
+    PRINCIPAL,
+    ROUTE_TABLE,
+    SETTINGS,
+    VISIBLE_DATABASES,
+)
 from jade.http.middleware import Handler, errors_middleware
 from jade.metrics import Metrics
 from jade.settings import Settings
@@ -33,55 +64,206 @@ class Route:
     method: str
     path: str
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
-    access: str
+    access: str  # see ACCESS_CLASSES
+    mutates: bool = False  # refused (503 read_only) in readonly mode
+    enroll_ok: bool = False  # usable with an enrol-only token (admin without TOTP)
 
+
+# public: no credential. auth: any valid credential. create/list: any user (not a replicator).
+# read/write: a database, checked against ownership and grants. users: user management (admin
+# only when ``user_admin_only``; handlers allow self-service). admin: the admin role.
+ACCESS_CLASSES = ("public", "auth", "create", "list", "read", "write", "users", "admin")
 
 DB = "/v1/databases/{db}"
+R = Route
 
 ROUTES: tuple[Route, ...] = (
-    Route("GET", "/health", system.health, "public"),
-    Route("GET", "/health/db", system.health_db, "public"),
-    Route("GET", "/metrics", system.metrics, "public"),
-    Route("GET", "/status", system.status, "auth"),
-    Route("POST", "/v1/databases", databases.create, "write"),
-    Route("GET", "/v1/databases", databases.list_, "read"),
-    Route("GET", DB, databases.get, "read"),
-    Route("PUT", DB, databases.update, "write"),
-    Route("DELETE", DB, databases.delete, "write"),
-    Route("POST", DB + "/vectors", vectors.store, "write"),
-    Route("POST", DB + "/vectors/batch", vectors.batch, "write"),
-    Route("POST", DB + "/vectors/batch-get", vectors.batch_get, "read"),
-    Route("GET", DB + "/vectors", vectors.list_, "read"),
-    Route("GET", DB + "/vectors/{vid}", vectors.get, "read"),
-    Route("PUT", DB + "/vectors/{vid}", vectors.update, "write"),
-    Route("DELETE", DB + "/vectors/{vid}", vectors.delete, "write"),
-    Route("POST", DB + "/search", search.search, "read"),
-    Route("POST", DB + "/search/advanced", search.search, "read"),
-    Route("POST", DB + "/indexes", indexes.create, "write"),
-    Route("GET", DB + "/indexes", indexes.list_, "read"),
-    Route("GET", DB + "/indexes/{iid}", indexes.get, "read"),
-    Route("PUT", DB + "/indexes/{iid}", indexes.update, "write"),
-    Route("DELETE", DB + "/indexes/{iid}", indexes.delete, "write"),
+    R("GET", "/health", system.health, "public"),
+    R("GET", "/health/db", system.health_db, "public"),
+    R("GET", "/metrics", system.metrics, "public"),
+    R("GET", "/status", system.status, "auth"),
+    # auth
+    R("POST", "/v1/auth/register", auth.register, "public", mutates=True),
+    R("POST", "/v1/auth/login", auth.login, "public"),
+    R("POST", "/v1/auth/logout", auth.logout, "auth", enroll_ok=True),
+    R("POST", "/v1/auth/forgot-password", auth.forgot_password, "public", mutates=True),
+    R("POST", "/v1/auth/reset-password", auth.reset_password, "public", mutates=True),
+    R("POST", "/v1/auth/2fa/enroll", auth.totp_enroll, "auth", mutates=True, enroll_ok=True),
+    R("POST", "/v1/auth/2fa/confirm", auth.totp_confirm, "auth", mutates=True, enroll_ok=True),
+    # users and keys
+    R("POST", "/v1/users", users.create, "users", mutates=True),
+    R("GET", "/v1/users", users.list_, "users"),
+    R("GET", "/v1/users/{uid}", users.get, "auth"),
+    R("PUT", "/v1/users/{uid}", users.update, "auth", mutates=True),
+    R("DELETE", "/v1/users/{uid}", users.delete, "users", mutates=True),
+    R("PUT", "/v1/users/{uid}/password", users.change_password, "auth", mutates=True),
+    R(
+        "PUT",
+        "/v1/admin/users/{uid}/reset-password",
+        users.admin_reset_password,
+        "admin",
+        mutates=True,
+    ),
+    R(
+        "POST",
+        "/v1/admin/users/{uid}/reset-password",
+        users.admin_reset_password,
+        "admin",
+        mutates=True,
+    ),
+    R("POST", "/v1/api-keys", apikeys.create, "users", mutates=True),
+    R("GET", "/v1/api-keys", apikeys.list_, "users"),
+    R("DELETE", "/v1/api-keys/{key_id}", apikeys.delete, "users", mutates=True),
+    # security and administration
+    R("GET", "/v1/security/audit-log", security.audit_log, "auth"),
+    R("GET", "/v1/security/sessions", security.sessions, "auth"),
+    R("GET", "/v1/security/audit-stats", security.audit_stats, "auth"),
+    R("GET", "/v1/admin/ip-blocks", admin.ip_blocks, "admin"),
+    R("DELETE", "/v1/admin/ip-blocks/{ip}", admin.ip_unblock, "admin"),
+    R("POST", "/v1/admin/readonly", admin.readonly, "admin"),
+    R("POST", "/admin/readonly", admin.readonly, "admin"),
+    R("POST", "/v1/admin/readwrite", admin.readwrite, "admin"),
+    R("POST", "/admin/readwrite", admin.readwrite, "admin"),
+    R("POST", "/v1/admin/shutdown", admin.shutdown, "admin"),
+    R("POST", "/admin/shutdown", admin.shutdown, "admin"),
+    # databases
+    R("POST", "/v1/databases", databases.create, "create", mutates=True),
+    R("GET", "/v1/databases", databases.list_, "list"),
+    R("GET", DB, databases.get, "read"),
+    R("PUT", DB, databases.update, "write", mutates=True),
+    R("DELETE", DB, databases.delete, "write", mutates=True),
+    R("GET", DB + "/grants", admin.grants_list, "read"),
+    R("POST", DB + "/grants", admin.grants_set, "read", mutates=True),
+    R("DELETE", DB + "/grants/{uid}", admin.grants_delete, "read", mutates=True),
+    R("POST", DB + "/vectors", vectors.store, "write", mutates=True),
+    R("POST", DB + "/vectors/batch", vectors.batch, "write", mutates=True),
+    R("POST", DB + "/vectors/batch-get", vectors.batch_get, "read"),
+    R("GET", DB + "/vectors", vectors.list_, "read"),
+    R("GET", DB + "/vectors/{vid}", vectors.get, "read"),
+    R("PUT", DB + "/vectors/{vid}", vectors.update, "write", mutates=True),
+    R("DELETE", DB + "/vectors/{vid}", vectors.delete, "write", mutates=True),
+    R("POST", DB + "/search", search.search, "read"),
+    R("POST", DB + "/search/advanced", search.search, "read"),
+    R("POST", DB + "/indexes", indexes.create, "write", mutates=True),
+    R("GET", DB + "/indexes", indexes.list_, "read"),
+    R("GET", DB + "/indexes/{iid}", indexes.get, "read"),
+    R("PUT", DB + "/indexes/{iid}", indexes.update, "write", mutates=True),
+    R("DELETE", DB + "/indexes/{iid}", indexes.delete, "write", mutates=True),
 )
+
+PROBES = frozenset({"/health", "/health/db", "/metrics"})
 
 
 @web.middleware
-async def access_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """The switch issue 3 replaces: until authentication exists, non-public routes are open only
-    when ``open_data_routes`` is on (development default; forced off in production)."""
-    info = request.match_info.route.resource
-    access = request.app[ACCESS].get((request.method, info.canonical if info else ""), "public")
-    if access != "public" and not request.app[SETTINGS].open_data_routes:
-        raise Unauthorized("authentication required")
-    request[ACTOR] = "anonymous"
+async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Authenticate, throttle and authorize every request through the route table."""
+    resource = request.match_info.route.resource
+    route: Route | None = request.app[ACCESS].get(
+        (request.method, resource.canonical if resource else "")
+    )
+    if route is None:  # 404/405: let aiohttp answer
+        return await handler(request)
+    svc = request.app[AUTH]
+    ip = svc.client_ip(request.remote, request.headers)
+    request[CLIENT_IP] = ip
+    if route.access == "public":
+        if route.path not in PROBES:
+            svc.check_blocked(ip)
+            try:  # register honours an admin caller; a bad credential is simply ignored
+                principal = svc.authenticate(request.headers)
+            except Unauthorized:
+                principal = None
+            if principal is not None:
+                request[PRINCIPAL] = principal
+                request[ACTOR] = principal.user_id
+        return await handler(request)
+    svc.check_blocked(ip)
+    principal = svc.authenticate(request.headers)
+    if principal is None:
+        settings = request.app[SETTINGS]
+        if (
+            route.access == "admin"
+            and settings.loopback_admin
+            and svc.is_loopback(request.remote or "")
+        ):
+            principal = LOOPBACK_ADMIN
+        else:
+            raise Unauthorized(
+                "authentication required: send Authorization: Bearer <token or API key>",
+                code="missing_credentials",
+            )
+    if principal.enroll_only and not route.enroll_ok:
+        raise Forbidden(
+            "admin accounts must enrol in two-factor authentication first "
+            "(POST /v1/auth/2fa/enroll)",
+            code="totp_enrollment_required",
+        )
+    if principal.is_replicator_only:
+        raise Forbidden("the replicator role may only stream the log", code="permission_denied")
+    svc.limit(svc.api_limit, principal.key_id or principal.user_id, "api")
+    request[PRINCIPAL] = principal
+    request[ACTOR] = principal.user_id
+    access = route.access
+    if access in ("read", "write"):
+        svc.authorize(principal, access, request.match_info.get("db"))
+    elif access in ("create", "list", "admin"):
+        svc.authorize(principal, access)
+    if route.mutates and request.app[ENGINE].mode() == "readonly":
+        raise ReadOnly("the server is in readonly mode; writes are refused")
     return await handler(request)
+
+
+def _dev_secret(settings: Settings) -> str:
+    """Development without JWT_SECRET: a random secret kept beside the data, so tokens survive
+    restarts. Production never gets here (settings refuse to load without a secret)."""
+    if settings.jwt_secret:
+        return settings.jwt_secret
+    path = os.path.join(settings.data_dir, "jwt_secret")
+    os.makedirs(settings.data_dir, exist_ok=True)
+    try:
+        with open(path) as fh:
+            secret = fh.read().strip()
+        if len(secret) >= 32:
+            return secret
+    except FileNotFoundError:
+        pass
+    secret = secrets.token_hex(32)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(secret)
+    return secret
+
+
+async def _bootstrap_admin(app: web.Application) -> None:
+    """``JADEVECTORDB_ADMIN_PASSWORD`` on an empty system creates ``admin`` (who must change the
+    password at first login), as the reference server does in production."""
+    settings = app[SETTINGS]
+    svc = app[AUTH]
+    if not settings.admin_password or svc.store.user_count() > 0:
+        return
+    hashed = await asyncio.to_thread(svc.hash_password, settings.admin_password)
+    await app[ENGINE].submit(
+        Command(
+            "auth.user.create",
+            {
+                "user_id": uuid.uuid4().hex[:16],
+                "username": "admin",
+                "email": "",
+                "password_hash": hashed,
+                "roles": ["admin"],
+                "bootstrap": True,
+                "must_change_password": True,
+            },
+        )
+    )
+    log.info("created user 'admin' from JADEVECTORDB_ADMIN_PASSWORD")
 
 
 def build_app(settings: Settings, engine: Engine | None = None) -> web.Application:
     """The aiohttp application. With no ``engine`` one is opened on start-up and closed on
     clean-up (with an index checkpoint)."""
     app = web.Application(
-        middlewares=[errors_middleware, access_middleware],
+        middlewares=[errors_middleware, auth_middleware],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
@@ -91,7 +273,7 @@ def build_app(settings: Settings, engine: Engine | None = None) -> web.Applicati
     app[ACCESS] = {}
     for r in ROUTES:
         app.router.add_route(r.method, r.path, r.handler)
-        app[ACCESS][(r.method, r.path)] = r.access
+        app[ACCESS][(r.method, r.path)] = r
     app[ROUTE_TABLE] = ROUTES
 
     def observe(request: web.Request, status: int, seconds: float) -> None:
@@ -121,9 +303,16 @@ def build_app(settings: Settings, engine: Engine | None = None) -> web.Applicati
             m.wal_records.inc(records)
 
         eng.group_observers.append(on_group)
+        await _bootstrap_admin(app)
         yield
         if own_engine:
             eng.close(checkpoint=True)
 
+    svc = AuthService(settings, app[ENGINE], app[METRICS], _dev_secret(settings))
+    app[AUTH] = svc
+    app[AUDIT] = Audit(os.path.join(settings.log_dir, "audit.log"))
+    app[VISIBLE_DATABASES] = lambda request, dbs: (
+        svc.visible(request[PRINCIPAL], dbs) if PRINCIPAL in request else dbs
+    )
     app.cleanup_ctx.append(lifecycle)
     return app

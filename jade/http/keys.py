@@ -24,3 +24,13 @@ CONNECTIONS = web.AppKey("connections", Callable[[], int])
 
 REQUEST_ID = web.RequestKey("request_id", str)
 ACTOR = web.RequestKey("actor", str)
+
+# authentication (jade.auth)
+from jade.auth.audit import Audit  # noqa: E402
+from jade.auth.service import AuthService, Principal  # noqa: E402
+
+AUTH = web.AppKey("auth", AuthService)
+AUDIT = web.AppKey("audit", Audit)
+SHUTDOWN = web.AppKey("shutdown", Callable[[], None])
+PRINCIPAL = web.RequestKey("principal", Principal)
+CLIENT_IP = web.RequestKey("client_ip", str)

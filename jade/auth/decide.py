@@ -1,0 +1,173 @@
+"""Decisions for ``auth.*`` commands, taken on the writer thread against the auth store's write
+transaction of the current group (so two registrations of one name in one group cannot both
+win). Password hashes, ids, random tokens and expiries are decided by the handler before
+submitting and travel in the command body; nothing here reads a clock except to refuse an
+expired reset token, and that refusal writes nothing.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import lmdb
+
+from jade.auth.store import AuthStore
+from jade.core.decide import Command
+from jade.errors import Conflict, InvalidArgument, NotFound, ReadOnly
+from jade.stores.data import DataStore
+from wal.writer import Draft
+
+# Security bookkeeping keeps working in readonly mode: people must still log in and out, and
+# attackers must still be blocked.
+READONLY_ALLOWED = frozenset(
+    {
+        "auth.session.create",
+        "auth.session.revoke",
+        "auth.block.set",
+        "auth.prune",
+        "auth.user.lock",
+    }
+)
+
+
+def decide_auth(
+    auth: AuthStore,
+    atxn: lmdb.Transaction,
+    cmd: Command,
+    data: DataStore,
+    dtxn: lmdb.Transaction,
+) -> list[Draft]:
+    if cmd.type not in READONLY_ALLOWED and data.mode(dtxn) == "readonly":
+        raise ReadOnly("the server is in readonly mode; writes are refused")
+    fn = _DECIDE.get(cmd.type)
+    if fn is None:
+        raise InvalidArgument(f"unknown command {cmd.type!r}")
+    return fn(auth, atxn, cmd, data, dtxn)
+
+
+def _user(auth: AuthStore, atxn: lmdb.Transaction, user_id: str) -> dict[str, Any]:
+    user = auth.user(user_id, atxn)
+    if user is None:
+        raise NotFound("User not found", user_id=user_id)
+    return user
+
+
+def _user_create(
+    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+) -> list[Draft]:
+    b = dict(cmd.body)
+    if auth.user_by_name(b["username"], atxn) is not None:
+        raise Conflict("Username already exists", code="username_exists")
+    if auth.user(b["user_id"], atxn) is not None:
+        raise Conflict("user_id already exists", code="user_exists")
+    # roles asked for on the strength of "the system is empty" hold only if it still is
+    if b.pop("bootstrap", False) and auth.user_count(atxn) > 0:
+        b["roles"] = ["user"]
+    return [Draft("auth.user.create", cmd.actor, b)]
+
+
+def _user_update(
+    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+) -> list[Draft]:
+    user = _user(auth, atxn, cmd.body["user_id"])
+    new_name = cmd.body["changes"].get("username")
+    if new_name and new_name.lower() != user["username"].lower():
+        if auth.user_by_name(new_name, atxn) is not None:
+            raise Conflict("Username already exists", code="username_exists")
+    return [Draft("auth.user.update", cmd.actor, cmd.body)]
+
+
+def _user_lock(
+    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+) -> list[Draft]:
+    _user(auth, atxn, cmd.body["user_id"])
+    body = {"user_id": cmd.body["user_id"], "changes": {"locked_until": cmd.body["until"]}}
+    return [Draft("auth.user.update", cmd.actor, body)]
+
+
+def _user_delete(
+    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+) -> list[Draft]:
+    _user(auth, atxn, cmd.body["user_id"])
+    return [Draft("auth.user.delete", cmd.actor, cmd.body)]
+
+
+def _key_create(
+    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+) -> list[Draft]:
+    user = _user(auth, atxn, cmd.body["user_id"])
+    if not user["is_active"]:
+        raise InvalidArgument("the user is inactive")
+    return [Draft("auth.key.create", cmd.actor, cmd.body)]
+
+
+def _key_revoke(
+    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+) -> list[Draft]:
+    if auth.key(cmd.body["key_id"], atxn) is None:
+        raise NotFound("API key not found", key_id=cmd.body["key_id"])
+    return [Draft("auth.key.revoke", cmd.actor, cmd.body)]
+
+
+def _session_create(
+    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+) -> list[Draft]:
+    user = _user(auth, atxn, cmd.body["user_id"])
+    if not user["is_active"]:
+        raise InvalidArgument("the user is inactive")
+    return [Draft("auth.session.create", cmd.actor, cmd.body)]
+
+
+def _grant_set(
+    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+) -> list[Draft]:
+    if data.database(cmd.body["db"], dtxn) is None:
+        raise NotFound("Database not found", database_id=cmd.body["db"])
+    _user(auth, atxn, cmd.body["user_id"])
+    return [Draft("auth.grant.set", cmd.actor, cmd.body)]
+
+
+def _reset_use(
+    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+) -> list[Draft]:
+    b = cmd.body
+    reset = auth.reset(b["hash"], atxn)
+    if reset is None or reset["used"] or reset["expires_at"] < time.time() * 1000:
+        raise InvalidArgument("invalid or expired reset token", code="invalid_reset_token")
+    user = _user(auth, atxn, reset["user_id"])
+    change = {
+        "password_hash": b["password_hash"],
+        "must_change_password": False,
+        "revoke_tokens": True,
+        "locked_until": 0,
+    }
+    return [
+        Draft("auth.reset.use", cmd.actor, {"hash": b["hash"]}),
+        Draft("auth.user.update", cmd.actor, {"user_id": user["user_id"], "changes": change}),
+    ]
+
+
+def _passthrough(
+    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+) -> list[Draft]:
+    return [Draft(cmd.type, cmd.actor, cmd.body)]
+
+
+_Fn = Callable[[AuthStore, lmdb.Transaction, Command, DataStore, lmdb.Transaction], list[Draft]]
+_DECIDE: dict[str, _Fn] = {
+    "auth.user.create": _user_create,
+    "auth.user.update": _user_update,
+    "auth.user.lock": _user_lock,
+    "auth.user.delete": _user_delete,
+    "auth.key.create": _key_create,
+    "auth.key.revoke": _key_revoke,
+    "auth.session.create": _session_create,
+    "auth.session.revoke": _passthrough,
+    "auth.prune": _passthrough,
+    "auth.grant.set": _grant_set,
+    "auth.block.set": _passthrough,
+    "auth.reset.create": _passthrough,
+    "auth.reset.use": _reset_use,
+}

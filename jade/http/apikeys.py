@@ -1,0 +1,118 @@
+"""/v1/api-keys (API.md §4): the raw key is shown once; only its SHA-256 is stored."""
+
+from __future__ import annotations
+
+import secrets
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from jade.auth.service import KEY_PREFIX, digest, now_ms
+from jade.core.decide import Command
+from jade.errors import Forbidden, InvalidArgument, NotFound
+from jade.http.auth import audit, iso_ms, principal_of, svc_of
+from jade.http.databases import engine_of
+from jade.http.middleware import json_response
+from jade.http.users import require_manager
+from jade.http.validate import opt_int, opt_str, read_json
+
+SCOPES = {"read", "write", "create", "admin", "replicate"}
+
+
+def key_json(k: dict[str, Any], usage: tuple[int, int] | None) -> dict[str, Any]:
+    count, last = usage or (0, 0)
+    return {
+        "key_id": k["key_id"],
+        "key_prefix": k["key_prefix"],
+        "description": k["description"],
+        "user_id": k["user_id"],
+        "is_active": k["is_active"],
+        "created_at": iso_ms(k["created_at"]),
+        "expires_at": iso_ms(k.get("expires_at")),
+        "last_used_at": iso_ms(last),
+        "usage_count": count,
+        "permissions": k["permissions"],
+    }
+
+
+async def create(request: web.Request) -> web.Response:
+    p = principal_of(request)
+    body = await read_json(request)
+    uid = body.get("user_id")
+    if not isinstance(uid, str) or not uid:
+        raise InvalidArgument("missing required field 'user_id'", code="missing_field")
+    require_manager(request)
+    if uid != p.user_id and not p.is_admin:
+        raise Forbidden("only an admin may create keys for another user", code="admin_required")
+    svc = svc_of(request)
+    if svc.store.user(uid) is None:
+        raise NotFound("User not found", user_id=uid)
+    perms = body.get("permissions") or []
+    if not isinstance(perms, list) or not all(isinstance(x, str) for x in perms):
+        raise InvalidArgument("'permissions' must be a list of strings")
+    unknown = set(perms) - SCOPES
+    if unknown:
+        raise InvalidArgument(f"unknown permissions {sorted(unknown)}; use {sorted(SCOPES)}")
+    if ("admin" in perms or "replicate" in perms) and not p.is_admin:
+        raise Forbidden("only an admin may create admin or replicate keys", code="admin_required")
+    days = opt_int(body, "validity_days", 0, lo=0, hi=36500)
+    raw = KEY_PREFIX + secrets.token_hex(32)
+    key_id = uuid.uuid4().hex[:16]
+    expires = now_ms() + days * 86_400_000 if days else None
+    await engine_of(request).submit(
+        Command(
+            "auth.key.create",
+            {
+                "key_id": key_id,
+                "user_id": uid,
+                "hash": digest(raw),
+                "key_prefix": raw[:12],
+                "description": opt_str(body, "description", max_len=512),
+                "permissions": perms,
+                "expires_at": expires,
+            },
+            p.user_id,
+        )
+    )
+    audit(request, "ADMIN_OPERATION", operation="api_key_create", resource=f"api-keys/{key_id}")
+    k = svc.store.key(key_id)
+    assert k is not None
+    return json_response(
+        {
+            "api_key": raw,
+            "key_id": key_id,
+            "user_id": uid,
+            "description": k["description"],
+            "permissions": perms,
+            "expires_at": iso_ms(expires),
+            "created_at": iso_ms(k["created_at"]),
+            "message": "API key created; it is shown only this once",
+        },
+        status=201,
+    )
+
+
+async def list_(request: web.Request) -> web.Response:
+    p = require_manager(request)
+    svc = svc_of(request)
+    uid = request.query.get("user_id")
+    keys = svc.store.keys()
+    if not p.is_admin:
+        keys = [k for k in keys if k["user_id"] == p.user_id]
+    if uid:
+        keys = [k for k in keys if k["user_id"] == uid]
+    keys.sort(key=lambda k: (k["created_at"], k["key_id"]))
+    out = [key_json(k, svc.key_usage.get(k["key_id"])) for k in keys]
+    return json_response({"api_keys": out, "count": len(out)})
+
+
+async def delete(request: web.Request) -> web.Response:
+    p = require_manager(request)
+    kid = request.match_info["key_id"]
+    k = svc_of(request).store.key(kid)
+    if k is None or (k["user_id"] != p.user_id and not p.is_admin):
+        raise NotFound("API key not found", key_id=kid)
+    await engine_of(request).submit(Command("auth.key.revoke", {"key_id": kid}, p.user_id))
+    audit(request, "ADMIN_OPERATION", operation="api_key_revoke", resource=f"api-keys/{kid}")
+    return json_response({"key_id": kid, "message": "API key revoked"})

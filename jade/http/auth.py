@@ -1,0 +1,414 @@
+"""/v1/auth/*: register, login, logout, forgot/reset password, TOTP (API.md §2)."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import secrets
+import uuid
+from datetime import UTC, datetime
+from typing import Any
+
+import pyotp
+from aiohttp import web
+
+from jade.auth.service import ADMIN, AuthService, Principal, digest, now_ms
+from jade.core.decide import Command
+from jade.errors import Conflict, Forbidden, InvalidArgument, Unauthorized
+from jade.http.databases import engine_of
+from jade.http.keys import AUDIT, AUTH, CLIENT_IP, PRINCIPAL, REQUEST_ID, SETTINGS
+from jade.http.middleware import json_response
+from jade.http.validate import opt_str, read_json
+
+USERNAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
+RESET_TTL_MS = 15 * 60 * 1000
+
+
+def iso_ms(ms: int | None) -> str | None:
+    if not ms:
+        return None
+    return datetime.fromtimestamp(ms / 1000, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def svc_of(request: web.Request) -> AuthService:
+    return request.app[AUTH]
+
+
+def principal_of(request: web.Request) -> Principal:
+    p = request.get(PRINCIPAL)
+    if p is None:
+        raise Unauthorized("authentication required", code="missing_credentials")
+    return p
+
+
+def audit(request: web.Request, event: str, **kw: Any) -> None:
+    p = request.get(PRINCIPAL)
+    kw.setdefault("user_id", p.user_id if p else None)
+    kw.setdefault("ip", request.get(CLIENT_IP, ""))
+    kw.setdefault("client_info", request.headers.get("User-Agent", ""))
+    request.app[AUDIT].record(event, request_id=request.get(REQUEST_ID), **kw)
+
+
+def username_of(body: dict[str, Any], key: str = "username") -> str:
+    v = body.get(key)
+    if v is None:
+        raise InvalidArgument(f"missing required field '{key}'", code="missing_field")
+    if not isinstance(v, str) or not USERNAME.match(v):
+        raise InvalidArgument(
+            f"'{key}' must be 1-64 characters of letters, digits and _ . @ + -",
+            code="invalid_username",
+        )
+    return v
+
+
+def roles_of(value: object) -> list[str]:
+    if isinstance(value, str):
+        value = [value]
+    if (
+        not isinstance(value, list)
+        or not value
+        or not all(isinstance(r, str) and re.match(r"^[A-Za-z0-9_.-]{1,64}$", r) for r in value)
+    ):
+        raise InvalidArgument("'roles' must be a non-empty list of role names")
+    return list(dict.fromkeys(value))
+
+
+def user_json(u: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "user_id": u["user_id"],
+        "id": u["user_id"],
+        "username": u["username"],
+        "email": u.get("email", ""),
+        "is_active": u["is_active"],
+        "roles": u["roles"],
+        "created_at": iso_ms(u["created_at"]),
+        "last_login": iso_ms(u.get("last_login")),
+        "must_change_password": u.get("must_change_password", False),
+        "totp_enabled": u.get("totp_enabled", False),
+    }
+
+
+async def create_user(
+    request: web.Request,
+    body: dict[str, Any],
+    *,
+    roles: list[str],
+    bootstrap: bool = False,
+    must_change: bool = False,
+) -> dict[str, Any]:
+    """Shared by register and POST /v1/users: validate, hash off the loop, submit."""
+    svc = svc_of(request)
+    username = username_of(body)
+    password = svc.check_strength(body.get("password"))
+    email = opt_str(body, "email", max_len=256)
+    if svc.store.user_by_name(username) is not None:  # fast path; decide re-checks
+        raise Conflict("Username already exists", code="username_exists")
+    hashed = await asyncio.to_thread(svc.hash_password, password)
+    user_id = uuid.uuid4().hex[:16]
+    p = request.get(PRINCIPAL)
+    await engine_of(request).submit(
+        Command(
+            "auth.user.create",
+            {
+                "user_id": user_id,
+                "username": username,
+                "email": email,
+                "password_hash": hashed,
+                "roles": roles,
+                "bootstrap": bootstrap,
+                "must_change_password": must_change,
+            },
+            p.user_id if p else "anonymous",
+        )
+    )
+    user = svc.store.user(user_id)
+    assert user is not None
+    return user
+
+
+async def register(request: web.Request) -> web.Response:
+    svc = svc_of(request)
+    ip = request[CLIENT_IP]
+    svc.limit(svc.register_limit, ip, "register")
+    body = await read_json(request)
+    caller = request.get(PRINCIPAL)
+    asked: list[str] = []
+    if "roles" in body and body["roles"] is not None:
+        asked = roles_of(body["roles"])
+    if body.get("is_admin") is True and ADMIN not in asked:
+        asked = [ADMIN, *asked]
+    roles = ["user"]
+    bootstrap = False
+    note = ""
+    if asked:
+        if caller is not None and caller.is_admin:
+            roles = asked
+        elif svc.store.user_count() == 0:
+            roles, bootstrap = asked, True
+        else:
+            note = " (roles ignored: only an admin may grant roles)"
+    user = await create_user(request, body, roles=roles, bootstrap=bootstrap)
+    audit(
+        request,
+        "ADMIN_OPERATION" if roles != ["user"] else "DATA_MODIFICATION",
+        user_id=user["user_id"],
+        operation="register",
+        resource="users",
+        details=f"roles={user['roles']}",
+    )
+    return json_response(
+        {
+            "user_id": user["user_id"],
+            "username": user["username"],
+            "roles": user["roles"],
+            "message": "User registered successfully" + note,
+            "created_at": iso_ms(user["created_at"]),
+        },
+        status=201,
+    )
+
+
+async def login(request: web.Request) -> web.Response:
+    svc = svc_of(request)
+    settings = request.app[SETTINGS]
+    ip = request[CLIENT_IP]
+    svc.limit(svc.login_limit, ip, "login")
+    body = await read_json(request)
+    if not isinstance(body.get("username"), str) or not body.get("username"):
+        raise InvalidArgument("missing required field 'username'", code="missing_field")
+    if not isinstance(body.get("password"), str) or not body.get("password"):
+        raise InvalidArgument("missing required field 'password'", code="missing_field")
+    username, password = body["username"], body["password"]
+    user = svc.store.user_by_name(username) if len(username) <= 64 else None
+    engine = engine_of(request)
+    audit(
+        request,
+        "AUTHENTICATION_ATTEMPT",
+        user_id=user["user_id"] if user else None,
+        operation="login",
+        details=f"username={username[:64]}",
+    )
+    if user is not None and user.get("locked_until", 0) > now_ms():
+        retry = max(1, (user["locked_until"] - now_ms()) // 1000)
+        audit(
+            request,
+            "AUTHENTICATION_FAILURE",
+            user_id=user["user_id"],
+            success=False,
+            operation="login",
+            details="account locked",
+        )
+        raise Unauthorized(
+            "account locked after repeated failed logins", code="account_locked", retry_after=retry
+        )
+    ok = False
+    if user is not None and user["is_active"]:
+        ok = await asyncio.to_thread(svc.verify_password, user["password_hash"], password)
+    if ok and user is not None and user.get("totp_enabled"):
+        code = body.get("totp_code")
+        if code is None or code == "":
+            raise Unauthorized("a TOTP code is required: send 'totp_code'", code="totp_required")
+        if not (
+            isinstance(code, str) and pyotp.TOTP(user["totp_secret"]).verify(code, valid_window=1)
+        ):
+            ok = False
+    if not ok:
+        lock_until, block_until = svc.note_failure(user, ip)
+        if lock_until and user is not None:
+            await engine.submit(
+                Command("auth.user.lock", {"user_id": user["user_id"], "until": lock_until})
+            )
+            audit(
+                request,
+                "SECURITY_POLICY_VIOLATION",
+                user_id=user["user_id"],
+                success=False,
+                operation="lockout",
+                details="account locked",
+            )
+        if block_until:
+            await engine.submit(
+                Command(
+                    "auth.block.set",
+                    {
+                        "ip": ip,
+                        "until": block_until,
+                        "reason": "failed_logins",
+                        "failures": settings.ip_block_threshold,
+                    },
+                )
+            )
+            audit(
+                request,
+                "SECURITY_POLICY_VIOLATION",
+                success=False,
+                operation="ip_block",
+                details=f"ip {ip} blocked",
+            )
+        audit(
+            request,
+            "AUTHENTICATION_FAILURE",
+            user_id=user["user_id"] if user else None,
+            success=False,
+            operation="login",
+            details="invalid credentials",
+        )
+        raise Unauthorized("Invalid username or password", code="invalid_credentials")
+    assert user is not None
+    enroll_only = (
+        settings.require_admin_totp and ADMIN in user["roles"] and not user.get("totp_enabled")
+    )
+    token, jti, exp = svc.issue_token(user, enroll_only=enroll_only)
+    await engine.submit(
+        Command(
+            "auth.session.create",
+            {"jti": jti, "user_id": user["user_id"], "ip": ip, "expires_at": exp},
+            user["user_id"],
+        )
+    )
+    svc.note_success(user["user_id"], ip)
+    audit(
+        request,
+        "AUTHENTICATION_SUCCESS",
+        user_id=user["user_id"],
+        operation="login",
+        session_id=jti,
+    )
+    out = {
+        "token": token,
+        "user_id": user["user_id"],
+        "username": user["username"],
+        "roles": user["roles"],
+        "expires_at": iso_ms(exp),
+        "token_type": "Bearer",
+        "must_change_password": user.get("must_change_password", False),
+        "message": "Login successful",
+    }
+    if enroll_only:
+        out["message"] = (
+            "Admin accounts need two-factor authentication: this token may only "
+            "enrol (POST /v1/auth/2fa/enroll, then /v1/auth/2fa/confirm)"
+        )
+        out["totp_enrollment_required"] = True
+    return json_response(out)
+
+
+async def logout(request: web.Request) -> web.Response:
+    p = principal_of(request)
+    if p.jti is None:
+        raise InvalidArgument(
+            "logout needs a login token (API keys are revoked with DELETE /v1/api-keys/{key_id})",
+            code="not_a_token",
+        )
+    await engine_of(request).submit(Command("auth.session.revoke", {"jti": p.jti}, p.user_id))
+    audit(request, "AUTHENTICATION_SUCCESS", operation="logout", session_id=p.jti)
+    return json_response({"message": "Logged out successfully", "user_id": p.user_id})
+
+
+async def forgot_password(request: web.Request) -> web.Response:
+    svc = svc_of(request)
+    body = await read_json(request)
+    username = body.get("username")
+    email = body.get("email")
+    if not (isinstance(username, str) and username) and not (isinstance(email, str) and email):
+        raise InvalidArgument("give 'username' or 'email'", code="missing_field")
+    ident = (username or email or "").lower()[:256]
+    svc.limit(svc.forgot_limit, ident, "forgot_password")
+    user = (
+        svc.store.user_by_name(username)
+        if isinstance(username, str) and username
+        else svc.store.user_by_email(email)
+    )  # type: ignore[arg-type]
+    out: dict[str, Any] = {
+        "message": "If the account exists, a password reset has been issued to its owner."
+    }
+    if user is not None and user["is_active"]:
+        token = secrets.token_urlsafe(32)
+        await engine_of(request).submit(
+            Command(
+                "auth.reset.create",
+                {
+                    "hash": digest(token),
+                    "user_id": user["user_id"],
+                    "expires_at": now_ms() + RESET_TTL_MS,
+                },
+            )
+        )
+        audit(request, "ADMIN_OPERATION", user_id=user["user_id"], operation="forgot_password")
+        if not request.app[SETTINGS].production:
+            out["reset_token"] = token
+            out["expires_in_minutes"] = 15
+    return json_response(out)
+
+
+async def reset_password(request: web.Request) -> web.Response:
+    svc = svc_of(request)
+    body = await read_json(request)
+    token = body.get("reset_token")
+    if not isinstance(token, str) or not token:
+        raise InvalidArgument("missing required field 'reset_token'", code="missing_field")
+    password = svc.check_strength(body.get("new_password"), "new_password")
+    reset = svc.store.reset(digest(token))
+    if reset is None:
+        raise InvalidArgument("invalid or expired reset token", code="invalid_reset_token")
+    hashed = await asyncio.to_thread(svc.hash_password, password)
+    await engine_of(request).submit(
+        Command("auth.reset.use", {"hash": digest(token), "password_hash": hashed})
+    )
+    audit(request, "ADMIN_OPERATION", user_id=reset["user_id"], operation="reset_password")
+    return json_response({"message": "Password has been reset", "user_id": reset["user_id"]})
+
+
+async def totp_enroll(request: web.Request) -> web.Response:
+    p = principal_of(request)
+    user = svc_of(request).store.user(p.user_id)
+    if user is None:
+        raise Unauthorized("unknown user")
+    if user.get("totp_enabled"):
+        raise Forbidden("two-factor authentication is already on", code="totp_already_enabled")
+    secret = pyotp.random_base32()
+    await engine_of(request).submit(
+        Command(
+            "auth.user.update",
+            {"user_id": p.user_id, "changes": {"totp_secret": secret, "totp_enabled": False}},
+            p.user_id,
+        )
+    )
+    uri = pyotp.TOTP(secret).provisioning_uri(name=user["username"], issuer_name="JadeVectorDB")
+    audit(request, "CONFIGURATION_CHANGE", operation="totp_enroll")
+    return json_response(
+        {
+            "secret": secret,
+            "otpauth_uri": uri,
+            "message": "Scan the URI, then POST /v1/auth/2fa/confirm {code}",
+        }
+    )
+
+
+async def totp_confirm(request: web.Request) -> web.Response:
+    p = principal_of(request)
+    body = await read_json(request)
+    code = body.get("code")
+    user = svc_of(request).store.user(p.user_id)
+    if user is None or not user.get("totp_secret"):
+        raise InvalidArgument("enrol first: POST /v1/auth/2fa/enroll", code="totp_not_enrolled")
+    if not isinstance(code, str) or not pyotp.TOTP(user["totp_secret"]).verify(
+        code, valid_window=1
+    ):
+        audit(request, "AUTHENTICATION_FAILURE", success=False, operation="totp_confirm")
+        raise InvalidArgument("invalid TOTP code", code="invalid_totp")
+    await engine_of(request).submit(
+        Command(
+            "auth.user.update",
+            {
+                "user_id": p.user_id,
+                "changes": {"totp_enabled": True, "revoke_tokens": p.enroll_only},
+            },
+            p.user_id,
+        )
+    )
+    audit(request, "CONFIGURATION_CHANGE", operation="totp_confirm")
+    msg = "Two-factor authentication is on"
+    if p.enroll_only:
+        msg += "; log in again with 'totp_code' for a full token"
+    return json_response({"message": msg, "totp_enabled": True})

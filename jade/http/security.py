@@ -1,0 +1,55 @@
+"""/v1/security/*: audit log, sessions, audit stats (API.md §10)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from jade.auth.audit import EVENT_TYPES
+from jade.errors import Forbidden, InvalidArgument
+from jade.http.auth import iso_ms, principal_of, svc_of
+from jade.http.keys import AUDIT
+from jade.http.middleware import json_response
+from jade.http.validate import query_int
+
+
+async def audit_log(request: web.Request) -> web.Response:
+    p = principal_of(request)
+    limit = query_int(request, "limit", 100, lo=1, hi=10000)
+    event_type = request.query.get("event_type") or None
+    if event_type is not None and event_type not in EVENT_TYPES:
+        raise InvalidArgument(f"unknown event_type; use one of {', '.join(EVENT_TYPES)}")
+    user_id = request.query.get("user_id") or None
+    if not p.is_admin:
+        user_id = p.user_id  # non-admins see their own events only
+    events = request.app[AUDIT].query(user_id=user_id, event_type=event_type, limit=limit)
+    return json_response({"events": events, "count": len(events)})
+
+
+async def sessions(request: web.Request) -> web.Response:
+    p = principal_of(request)
+    uid = request.query.get("user_id")
+    if not uid:
+        raise InvalidArgument("missing required query parameter 'user_id'", code="missing_field")
+    if uid != p.user_id and not p.is_admin:
+        raise Forbidden("you may only list your own sessions", code="permission_denied")
+    rows = [s for s in svc_of(request).store.sessions() if s["user_id"] == uid]
+    rows.sort(key=lambda s: s["created_at"], reverse=True)
+    out = [
+        {
+            "session_id": s["session_id"],
+            "user_id": s["user_id"],
+            "token_id": s["token_id"],
+            "ip_address": s["ip_address"],
+            "is_active": True,
+            "created_at": iso_ms(s["created_at"]),
+            "last_activity": iso_ms(s["created_at"]),
+            "expires_at": iso_ms(s["expires_at"]),
+        }
+        for s in rows
+    ]
+    return json_response({"sessions": out, "count": len(out), "user_id": uid})
+
+
+async def audit_stats(request: web.Request) -> web.Response:
+    principal_of(request)
+    return json_response(request.app[AUDIT].stats())

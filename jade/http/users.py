@@ -1,0 +1,207 @@
+"""/v1/users and passwords (API.md §2, §3). Who may manage users is one setting,
+``user_admin_only``: on in production (admins only), off in development (any authenticated user,
+which the reference client's test suite needs). Either way nobody but an admin grants the
+``admin`` or ``replicator`` roles, and everyone may read and change their own account."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from aiohttp import web
+
+from jade.auth.service import ADMIN, REPLICATOR, Principal
+from jade.core.decide import Command
+from jade.errors import Forbidden, InvalidArgument, NotFound, Unauthorized
+from jade.http.auth import (
+    audit,
+    create_user,
+    principal_of,
+    roles_of,
+    svc_of,
+    user_json,
+    username_of,
+)
+from jade.http.databases import engine_of
+from jade.http.keys import SETTINGS
+from jade.http.middleware import json_response
+from jade.http.validate import opt_str, read_json
+
+PRIVILEGED = {ADMIN, REPLICATOR}
+
+
+def require_manager(request: web.Request, target: str | None = None) -> Principal:
+    """The caller may manage users (or is acting on ``target`` = itself)."""
+    p = principal_of(request)
+    if p.is_admin or (target is not None and target == p.user_id):
+        return p
+    if request.app[SETTINGS].user_admin_only:
+        raise Forbidden("user management requires the admin role", code="admin_required")
+    return p
+
+
+def _check_roles(p: Principal, roles: list[str]) -> None:
+    if not p.is_admin and PRIVILEGED & set(roles):
+        raise Forbidden(
+            "only an admin may grant the admin or replicator roles", code="admin_required"
+        )
+
+
+def _user(request: web.Request) -> dict[str, Any]:
+    uid = request.match_info["uid"]
+    user = svc_of(request).store.user(uid)
+    if user is None:
+        raise NotFound("User not found", user_id=uid)
+    return user
+
+
+async def create(request: web.Request) -> web.Response:
+    p = require_manager(request)
+    body = await read_json(request)
+    roles = roles_of(body["roles"]) if body.get("roles") is not None else ["user"]
+    if body.get("is_admin") is True and ADMIN not in roles:
+        roles = [ADMIN, *roles]
+    _check_roles(p, roles)
+    user = await create_user(request, body, roles=roles)
+    audit(
+        request,
+        "ADMIN_OPERATION",
+        operation="user_create",
+        resource="users",
+        details=f"created {user['user_id']} roles={roles}",
+    )
+    return json_response({**user_json(user), "message": "User created successfully"}, status=201)
+
+
+async def list_(request: web.Request) -> web.Response:
+    require_manager(request)
+    role = request.query.get("role")
+    status = request.query.get("status")
+    if status not in (None, "", "active", "inactive"):
+        raise InvalidArgument("status must be active or inactive")
+    users = sorted(svc_of(request).store.users(), key=lambda u: (u["created_at"], u["user_id"]))
+    if role:
+        users = [u for u in users if role in u["roles"]]
+    if status:
+        users = [u for u in users if u["is_active"] == (status == "active")]
+    return json_response({"users": [user_json(u) for u in users], "count": len(users)})
+
+
+async def get(request: web.Request) -> web.Response:
+    require_manager(request, request.match_info["uid"])
+    return json_response(user_json(_user(request)))
+
+
+async def update(request: web.Request) -> web.Response:
+    uid = request.match_info["uid"]
+    p = principal_of(request)
+    body = await read_json(request)
+    changes: dict[str, Any] = {}
+    if "is_active" in body:
+        if not isinstance(body["is_active"], bool):
+            raise InvalidArgument("'is_active' must be true or false")
+        changes["is_active"] = body["is_active"]
+    if "roles" in body:
+        changes["roles"] = roles_of(body["roles"])
+        _check_roles(p, changes["roles"])
+    if "username" in body:
+        changes["username"] = username_of(body)
+    if "email" in body:
+        changes["email"] = opt_str(body, "email", max_len=256)
+    if not changes:
+        raise InvalidArgument("nothing to update: give is_active, roles, username or email")
+    self_safe = set(changes) <= {"email", "username"}
+    require_manager(request, uid if self_safe else None)
+    _user(request)
+    await engine_of(request).submit(
+        Command("auth.user.update", {"user_id": uid, "changes": changes}, p.user_id)
+    )
+    user = _user(request)
+    audit(
+        request,
+        "ADMIN_OPERATION",
+        operation="user_update",
+        resource=f"users/{uid}",
+        details=f"changed {sorted(changes)}",
+    )
+    return json_response({**user_json(user), "message": "User updated successfully"})
+
+
+async def delete(request: web.Request) -> web.Response:
+    p = require_manager(request)
+    user = _user(request)
+    await engine_of(request).submit(
+        Command("auth.user.delete", {"user_id": user["user_id"]}, p.user_id)
+    )
+    audit(request, "DATA_DELETION", operation="user_delete", resource=f"users/{user['user_id']}")
+    return json_response(
+        {
+            "user_id": user["user_id"],
+            "username": user["username"],
+            "message": "User deleted successfully",
+        }
+    )
+
+
+async def change_password(request: web.Request) -> web.Response:
+    uid = request.match_info["uid"]
+    p = principal_of(request)
+    if p.user_id != uid and not p.is_admin:
+        raise Forbidden("you may only change your own password", code="permission_denied")
+    svc = svc_of(request)
+    body = await read_json(request)
+    old = body.get("old_password")
+    if not isinstance(old, str) or not old:
+        raise InvalidArgument("missing required field 'old_password'", code="missing_field")
+    new = svc.check_strength(body.get("new_password"), "new_password")
+    user = _user(request)
+    if not await asyncio.to_thread(svc.verify_password, user["password_hash"], old):
+        audit(request, "AUTHENTICATION_FAILURE", success=False, operation="change_password")
+        raise Unauthorized("old password is wrong", code="invalid_credentials")
+    hashed = await asyncio.to_thread(svc.hash_password, new)
+    await engine_of(request).submit(
+        Command(
+            "auth.user.update",
+            {"user_id": uid, "changes": {"password_hash": hashed, "must_change_password": False}},
+            p.user_id,
+        )
+    )
+    audit(request, "CONFIGURATION_CHANGE", operation="change_password", resource=f"users/{uid}")
+    return json_response({"success": True, "message": "Password changed successfully"})
+
+
+async def admin_reset_password(request: web.Request) -> web.Response:
+    p = principal_of(request)
+    svc = svc_of(request)
+    body = await read_json(request)
+    new = svc.check_strength(body.get("new_password"), "new_password")
+    user = _user(request)
+    hashed = await asyncio.to_thread(svc.hash_password, new)
+    await engine_of(request).submit(
+        Command(
+            "auth.user.update",
+            {
+                "user_id": user["user_id"],
+                "changes": {
+                    "password_hash": hashed,
+                    "must_change_password": True,
+                    "revoke_tokens": True,
+                    "locked_until": 0,
+                },
+            },
+            p.user_id,
+        )
+    )
+    audit(
+        request,
+        "ADMIN_OPERATION",
+        operation="admin_reset_password",
+        resource=f"users/{user['user_id']}",
+    )
+    return json_response(
+        {
+            "success": True,
+            "message": "Password reset; the user must change it at next login",
+            "must_change_password": True,
+        }
+    )
