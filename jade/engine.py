@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(slots=True)
 class OpenReport:
+    unclean: bool = False  # the previous run did not close (crash, kill -9)
     store_replayed: int = 0
     auth_replayed: int = 0
     index: dict[str, Any] = field(default_factory=dict)
@@ -62,6 +63,10 @@ class Engine:
         t0 = time.perf_counter()
         s = self.settings
         os.makedirs(s.data_dir, exist_ok=True)
+        self._marker = s.db_path + ".running"
+        self.report.unclean = os.path.exists(self._marker)
+        with open(self._marker, "w") as fh:
+            fh.write(str(os.getpid()))
         self.env = Env(s.db_path, map_size=s.initial_map_bytes)
         self.log = Log(self.env)
         self.store = DataStore(self.env)
@@ -135,6 +140,10 @@ class Engine:
             self.env.sync()
             self.env.close()
             self.env = None
+            try:
+                os.remove(self._marker)
+            except OSError:
+                pass
 
     # -- writes ------------------------------------------------------------------------------
     async def submit(self, cmd: Command) -> list[Record]:

@@ -143,5 +143,11 @@ class Metrics:
             registry=r,
         )
 
+        # -- scheduled jobs -----------------------------------------------------------------
+        self.job_runs = Counter(P + "scheduler_job_runs_total", "Scheduled job runs",
+                                ["job", "outcome"], registry=r)
+        self.job_last_success = Gauge(P + "scheduler_job_last_success_timestamp_seconds",
+                                      "When each job last succeeded", ["job"], registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -84,7 +84,8 @@ FIELDS: tuple[Spec, ...] = (
     Spec("log_format", "logging.format", P + "LOG_FORMAT", str, "",
          "'text' or 'json'; default json in production, text otherwise", check=_fmt),
     Spec("log_dir", "logging.dir", P + "LOG_DIR", str, "",
-         "log directory; default <data_dir>/logs (development), /var/log/jadevectordb (production)"),
+         "log directory; default <data_dir>/logs (development), /var/log/jadevectordb "
+         "(production)"),
     Spec("hnsw_m", "index.hnsw_m", P + "HNSW_M", int, 16, "default HNSW M", check=_positive),
     Spec("hnsw_ef_construction", "index.hnsw_ef_construction", P + "HNSW_EF_CONSTRUCTION", int,
          200, "default HNSW efConstruction", check=_positive),

@@ -7,13 +7,14 @@ import asyncio
 import logging
 import os
 import signal
-import sys
 from typing import Any
 
 from aiohttp import web
 
+from jade import logs
 from jade import settings as settings_mod
 from jade.http.app import build_app
+from jade.http.keys import SHUTDOWN
 
 log = logging.getLogger("jade.serve")
 
@@ -39,12 +40,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     s = settings_mod.load(**_overrides(args))
-    logging.basicConfig(
-        level=s.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     os.makedirs(s.data_dir, exist_ok=True)
+    logs.setup(s)
     app = build_app(s)
     asyncio.run(_serve(app, s.host, s.port))
     return 0
@@ -57,10 +54,11 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
     await site.start()
     log.info("JadeVectorDB listening on http://%s:%d", host, port)
     print(f"JadeVectorDB listening on http://{host}:{port}", flush=True)
-    stop = asyncio.Event()
+    stop = app[SHUTDOWN]  # set by SIGTERM/SIGINT or POST /v1/admin/shutdown
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
-    log.info("shutting down: draining requests, checkpointing indexes")
-    await runner.cleanup()
+    log.info("shutting down: no new connections, draining in-flight requests, checkpointing")
+    await runner.cleanup()  # stops listening, waits for handlers, then the engine closes
+    log.info("stopped cleanly")

@@ -41,9 +41,7 @@ async def readwrite(request: web.Request) -> web.Response:
 async def shutdown(request: web.Request) -> web.Response:
     principal_of(request)
     audit(request, "ADMIN_OPERATION", operation="shutdown", resource="system")
-    stop = request.app.get(SHUTDOWN)
-    if stop is not None:
-        asyncio.get_running_loop().call_later(0.5, stop)
+    asyncio.get_running_loop().call_later(0.5, request.app[SHUTDOWN].set)
     return json_response(
         {"status": "shutting_down", "message": "draining requests, checkpointing, then stopping"}
     )

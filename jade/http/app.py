@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from jade.auth.audit import Audit
-from jade.auth.service import LOOPBACK_ADMIN, AuthService
+from jade.auth.service import LOOPBACK_ADMIN, AuthService, now_ms
 from jade.core.decide import Command
 from jade.engine import Engine
 from jade.errors import Forbidden, ReadOnly, Unauthorized
@@ -43,17 +43,21 @@ from jade.http.keys import (
     ACTOR,
     AUDIT,
     AUTH,
+    AUTH_HEALTH,
     CLIENT_IP,
     ENGINE,
     METRICS,
     OBSERVE,
     PRINCIPAL,
     ROUTE_TABLE,
+    SCHEDULER,
     SETTINGS,
+    SHUTDOWN,
     VISIBLE_DATABASES,
 )
 from jade.http.middleware import Handler, errors_middleware
 from jade.metrics import Metrics
+from jade.scheduler import Scheduler
 from jade.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -259,6 +263,30 @@ async def _bootstrap_admin(app: web.Application) -> None:
     log.info("created user 'admin' from JADEVECTORDB_ADMIN_PASSWORD")
 
 
+def _add_jobs(app: web.Application, sched: Scheduler) -> None:
+    settings = app[SETTINGS]
+    engine = app[ENGINE]
+    svc = app[AUTH]
+
+    async def checkpoint() -> int:
+        return await asyncio.to_thread(engine.indexes.checkpoint)
+
+    async def prune_auth() -> int:
+        now = now_ms()
+        expired = sum(1 for s in svc.store.sessions() if s["expires_at"] <= now) + sum(
+            1 for b in svc.store.blocks() if b["until"] <= now)
+        if expired:
+            await engine.submit(Command("auth.prune", {"now": now}))
+        return expired
+
+    async def cleanup_limits() -> int:
+        return svc.cleanup()
+
+    sched.add("index_checkpoint", settings.checkpoint_interval_seconds, checkpoint)
+    sched.add("auth_prune", 300, prune_auth)
+    sched.add("rate_limit_cleanup", 60, cleanup_limits)
+
+
 def build_app(settings: Settings, engine: Engine | None = None) -> web.Application:
     """The aiohttp application. With no ``engine`` one is opened on start-up and closed on
     clean-up (with an index checkpoint)."""
@@ -304,15 +332,29 @@ def build_app(settings: Settings, engine: Engine | None = None) -> web.Applicati
 
         eng.group_observers.append(on_group)
         await _bootstrap_admin(app)
+        sched = app[SCHEDULER]
+        _add_jobs(app, sched)
+        sched.start()
         yield
+        sched.shutdown()
         if own_engine:
             eng.close(checkpoint=True)
 
+    app[SHUTDOWN] = asyncio.Event()
+    app[SCHEDULER] = Scheduler(app[METRICS])
     svc = AuthService(settings, app[ENGINE], app[METRICS], _dev_secret(settings))
     app[AUTH] = svc
     app[AUDIT] = Audit(os.path.join(settings.log_dir, "audit.log"))
     app[VISIBLE_DATABASES] = lambda request, dbs: (
         svc.visible(request[PRINCIPAL], dbs) if PRINCIPAL in request else dbs
     )
+    def auth_health() -> tuple[bool, str]:
+        try:
+            app[ENGINE].auth.applied_lsn()
+            return True, "ok"
+        except Exception as exc:  # any failure to read is the answer
+            return False, f"error: {type(exc).__name__}"
+
+    app[AUTH_HEALTH] = auth_health
     app.cleanup_ctx.append(lifecycle)
     return app

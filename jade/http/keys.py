@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable
 from typing import Any
 
@@ -28,9 +29,11 @@ ACTOR = web.RequestKey("actor", str)
 # authentication (jade.auth)
 from jade.auth.audit import Audit  # noqa: E402
 from jade.auth.service import AuthService, Principal  # noqa: E402
+from jade.scheduler import Scheduler  # noqa: E402
 
 AUTH = web.AppKey("auth", AuthService)
 AUDIT = web.AppKey("audit", Audit)
-SHUTDOWN = web.AppKey("shutdown", Callable[[], None])
+SHUTDOWN = web.AppKey("shutdown", asyncio.Event)  # set: serve stops gracefully
+SCHEDULER = web.AppKey("scheduler", Scheduler)
 PRINCIPAL = web.RequestKey("principal", Principal)
 CLIENT_IP = web.RequestKey("client_ip", str)

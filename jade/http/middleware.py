@@ -16,6 +16,7 @@ from aiohttp import web
 
 from jade.errors import JadeError
 from jade.http.keys import OBSERVE, REQUEST_ID
+from jade.logs import request_id_var
 
 log = logging.getLogger("jade.http")
 access_log = logging.getLogger("jade.access")
@@ -51,8 +52,9 @@ _HTTP_CODES = {
 
 @web.middleware
 async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    rid = request.headers.get("X-Request-ID") or uuid.uuid4().hex[:16]
+    rid = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex[:16]
     request[REQUEST_ID] = rid
+    request_id_var.set(rid)
     t0 = time.perf_counter()
     status = 500
     try:
@@ -78,7 +80,15 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             {"error": "internal_error", "message": f"internal error (request {rid})"}, status=500
         )
     resp.headers["X-Request-ID"] = rid
+    elapsed = time.perf_counter() - t0
     observe = request.app.get(OBSERVE)
     if observe is not None:
-        observe(request, status, time.perf_counter() - t0)
+        observe(request, status, elapsed)
+    if access_log.isEnabledFor(logging.INFO):
+        access_log.info(
+            '%s "%s %s" %d %.2fms', request.remote, request.method, request.path_qs, status,
+            elapsed * 1000,
+            extra={"status": status, "method": request.method, "path": request.path,
+                   "remote": request.remote, "duration_ms": round(elapsed * 1000, 3)},
+        )
     return resp

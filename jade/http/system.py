@@ -11,7 +11,7 @@ from aiohttp import web
 
 from jade import __version__
 from jade.http.databases import engine_of
-from jade.http.keys import AUTH_HEALTH, CONNECTIONS, METRICS, SETTINGS
+from jade.http.keys import AUTH_HEALTH, CONNECTIONS, METRICS, SCHEDULER, SETTINGS
 from jade.http.middleware import json_response
 from jade.metrics import CONTENT_TYPE
 
@@ -85,6 +85,10 @@ def refresh_gauges(request: web.Request) -> None:
     m.index_vectors.set(sum(len(x) for x in lives))
     age = engine.indexes.checkpoint_age_seconds()
     m.checkpoint_age.set(-1 if age is None else age)
+    if engine.auth_env is not None:
+        now = time.time() * 1000
+        m.active_sessions.set(sum(1 for s in engine.auth.sessions() if s["expires_at"] > now))
+        m.users.set(engine.auth.user_count())
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -134,6 +138,7 @@ async def status(request: web.Request) -> web.Response:
             "epoch": engine.log.epoch,
             "groups": engine.writer.stats.groups if engine.writer else 0,
         },
+        "scheduler": request.app[SCHEDULER].status(),
         "indexes": {
             "checkpoint_age_seconds": engine.indexes.checkpoint_age_seconds(),
             "replayed_on_start": engine.indexes.replayed_on_start,

@@ -1,0 +1,142 @@
+"""Logging: the runbook's four files in the log directory, every request line tagged with its
+request id.
+
+  app.log     everything from the server except access and audit lines
+  access.log  one line per HTTP request (``jade.access``)
+  audit.log   security events, one JSON object per line (``jade.audit``)
+  error.log   ERROR and above from everywhere
+
+Format: JSON lines in production, readable text in development (``logging.format``); level from
+``JADEVECTORDB_LOG_LEVEL``. ``config/logging.json`` may set ``max_bytes``, ``backup_count``,
+``console`` and per-logger levels (``loggers: {name: level}``).
+"""
+
+from __future__ import annotations
+
+import contextvars
+import json
+import logging
+import logging.handlers
+import os
+import sys
+import time
+from typing import Any
+
+from jade.settings import ConfigError, Settings
+
+request_id_var: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+_STD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys()) | {"message", "asctime"}
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not hasattr(record, "request_id"):
+            record.request_id = request_id_var.get()
+        return True
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(record.created))
+            + f".{int(record.msecs):03d}Z",
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "request_id": getattr(record, "request_id", "-"),
+            "message": record.getMessage(),
+        }
+        for k, v in vars(record).items():
+            if k not in _STD and k not in out and k != "audit":
+                out[k] = v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out, default=str)
+
+
+class AuditFormatter(logging.Formatter):
+    """Audit messages are already JSON objects: write them as they are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return record.getMessage()
+
+
+class _Only(logging.Filter):
+    def __init__(self, names: tuple[str, ...], include: bool) -> None:
+        super().__init__()
+        self.names, self.include = names, include
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        hit = record.name.startswith(self.names)
+        return hit if self.include else not hit
+
+
+def _options(settings: Settings) -> dict[str, Any]:
+    path = os.path.join(settings.config_dir, "logging.json")
+    if not os.path.exists(path):
+        return {}
+    try:
+        with open(path) as fh:
+            data = json.load(fh)
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+    allowed = {"max_bytes", "backup_count", "console", "loggers", "_comment"}
+    unknown = set(data) - allowed
+    if unknown:
+        raise ConfigError(f"{path}: unknown setting(s) {sorted(unknown)}")
+    return dict(data)
+
+
+def setup(settings: Settings, *, console: bool | None = None) -> str:
+    """Install the handlers on the root logger. Returns the log directory."""
+    opts = _options(settings)
+    log_dir = settings.log_dir
+    os.makedirs(log_dir, exist_ok=True)
+    level = getattr(logging, settings.log_level.upper())
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+        h.close()
+    root.setLevel(level)
+    fmt: logging.Formatter
+    if settings.log_format == "json":
+        fmt = JsonFormatter()
+    else:
+        fmt = logging.Formatter("%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s")
+    rid = RequestIdFilter()
+    max_bytes = int(opts.get("max_bytes", 50 * 1024 * 1024))
+    backups = int(opts.get("backup_count", 5))
+
+    def file(name: str, formatter: logging.Formatter, lvl: int = logging.NOTSET) -> logging.Handler:
+        h = logging.handlers.RotatingFileHandler(
+            os.path.join(log_dir, name),
+            maxBytes=max_bytes,
+            backupCount=backups,
+            encoding="utf-8",
+        )
+        h.setFormatter(formatter)
+        h.addFilter(rid)
+        h.setLevel(lvl)
+        return h
+
+    app = file("app.log", fmt)
+    app.addFilter(_Only(("jade.access", "jade.audit"), include=False))
+    access = file("access.log", fmt)
+    access.addFilter(_Only(("jade.access",), include=True))
+    audit = file("audit.log", AuditFormatter())
+    audit.addFilter(_Only(("jade.audit",), include=True))
+    error = file("error.log", fmt, logging.ERROR)
+    for h in (app, access, audit, error):
+        root.addHandler(h)
+    want_console = opts.get("console", not settings.production) if console is None else console
+    if want_console:
+        c = logging.StreamHandler(sys.stderr)
+        c.setFormatter(fmt)
+        c.addFilter(rid)
+        c.addFilter(_Only(("jade.access", "jade.audit"), include=False))
+        root.addHandler(c)
+    for name, lvl in (opts.get("loggers") or {}).items():
+        logging.getLogger(name).setLevel(str(lvl).upper())
+    logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
+    logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    return log_dir
