@@ -13,9 +13,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jade", description="JadeVectorDB server and tools")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from tools import serve
+    from tools import config_cmd, serve, user
 
     serve.register(sub)
+    config_cmd.register(sub)
+    user.register(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
