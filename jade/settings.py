@@ -170,6 +170,27 @@ FIELDS: tuple[Spec, ...] = (
     Spec("admin_password", "security.admin_password", P + "ADMIN_PASSWORD", str, "",
          "creates user 'admin' on an empty system (must change password at first login)",
          secret=True),
+    Spec("snapshot_signing_key", "backup.snapshot_signing_key", P + "SNAPSHOT_SIGNING_KEY", str,
+         "", "hex Ed25519 seed (64 hex chars): snapshot manifests are signed with it",
+         secret=True),
+    Spec("snapshot_interval_seconds", "backup.snapshot_interval_seconds",
+         P + "SNAPSHOT_INTERVAL_SECONDS", int, 86400,
+         "scheduled snapshots (0 = off; development default 0)", check=_non_negative),
+    Spec("snapshot_retention_days", "backup.snapshot_retention_days",
+         P + "SNAPSHOT_RETENTION_DAYS", int, 7,
+         "snapshots older than this are deleted (the newest one is always kept)",
+         check=_non_negative),
+    Spec("archive_interval_seconds", "backup.archive_interval_seconds",
+         P + "ARCHIVE_INTERVAL_SECONDS", int, 60,
+         "how often new log records are archived as a closed segment (0 = off)",
+         check=_non_negative),
+    Spec("archive_segment_records", "backup.archive_segment_records",
+         P + "ARCHIVE_SEGMENT_RECORDS", int, 10000, "most records per archive segment",
+         check=_positive),
+    Spec("log_retention_seconds", "backup.log_retention_seconds", P + "LOG_RETENTION_SECONDS",
+         int, 0, "truncate the server's log of records older than this, never past the oldest "
+         "snapshot, an unarchived segment or a replica's position (0 = keep everything)",
+         check=_non_negative),
 )
 
 # Development relaxes the production-safe built-in defaults (before any file or variable).
@@ -185,6 +206,7 @@ DEV_DEFAULTS: dict[str, Any] = {
     "user_admin_only": False,
     "require_admin_totp": False,
     "loopback_admin": True,
+    "snapshot_interval_seconds": 0,
 }
 # fmt: on
 
@@ -240,6 +262,12 @@ class Settings:
     require_admin_totp: bool = True
     loopback_admin: bool = False
     admin_password: str = field(default="", repr=False)
+    snapshot_signing_key: str = field(default="", repr=False)
+    snapshot_interval_seconds: int = 86400
+    snapshot_retention_days: int = 7
+    archive_interval_seconds: int = 60
+    archive_segment_records: int = 10000
+    log_retention_seconds: int = 0
 
     @property
     def production(self) -> bool:
@@ -356,7 +384,7 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
 
 
 # Variables that belong to features of later issues; tolerated so deployments can set them early.
-_LATER_ISSUES = frozenset({P + "PRIMARY_URL", P + "REPLICATION_KEY", P + "SNAPSHOT_SIGNING_KEY"})
+_LATER_ISSUES = frozenset({P + "PRIMARY_URL", P + "REPLICATION_KEY"})
 
 
 def _derive(s: Settings) -> Settings:

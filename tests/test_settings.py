@@ -101,6 +101,13 @@ def test_settings_object_is_frozen():
         s.port = 1  # type: ignore[misc]
 
 
+def test_config_docs_are_current():
+    from tools.config_cmd import docs_markdown
+
+    with open(os.path.join(ROOT, "docs", "CONFIG.md")) as fh:
+        assert fh.read() == docs_markdown(), "run: jade config docs > docs/CONFIG.md"
+
+
 def test_every_setting_is_documented():
     with open(os.path.join(ROOT, "docs", "CONFIG.md")) as fh:
         doc = fh.read()

@@ -25,8 +25,11 @@ def register(sub: Any) -> None:
     c.add_argument("--admin", action="store_true", help="give the admin role")
     c.add_argument("--role", action="append", default=[], help="extra role (repeatable)")
     c.add_argument("--email", default="")
-    c.add_argument("--password-stdin", action="store_true",
-                   help="read the password from standard input (else prompt)")
+    c.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from standard input (else prompt)",
+    )
     c.set_defaults(run=run_create)
 
 
@@ -46,10 +49,20 @@ def run_create(args: argparse.Namespace) -> int:
         svc.check_strength(password)
         roles = (["admin"] if args.admin else []) + list(args.role) or ["user"]
         uid = uuid.uuid4().hex[:16]
-        engine.submit_sync(Command("auth.user.create", {
-            "user_id": uid, "username": args.username, "email": args.email,
-            "password_hash": svc.hash_password(password), "roles": roles,
-            "must_change_password": False}, "cli"))
+        engine.submit_sync(
+            Command(
+                "auth.user.create",
+                {
+                    "user_id": uid,
+                    "username": args.username,
+                    "email": args.email,
+                    "password_hash": svc.hash_password(password),
+                    "roles": roles,
+                    "must_change_password": False,
+                },
+                "cli",
+            )
+        )
         print(f"created user {args.username} ({uid}) with roles {roles}")
         return 0
     except JadeError as exc:

@@ -23,6 +23,7 @@ from aiohttp import web
 
 from jade.auth.audit import Audit
 from jade.auth.service import LOOPBACK_ADMIN, AuthService, now_ms
+from jade.backup.jobs import Backups
 from jade.core.decide import Command
 from jade.engine import Engine
 from jade.errors import Forbidden, ReadOnly, Unauthorized
@@ -30,6 +31,7 @@ from jade.http import (
     admin,
     apikeys,
     auth,
+    backups,
     databases,
     indexes,
     search,
@@ -44,6 +46,7 @@ from jade.http.keys import (
     AUDIT,
     AUTH,
     AUTH_HEALTH,
+    BACKUPS,
     CLIENT_IP,
     ENGINE,
     METRICS,
@@ -130,6 +133,12 @@ ROUTES: tuple[Route, ...] = (
     R("POST", "/admin/readwrite", admin.readwrite, "admin"),
     R("POST", "/v1/admin/shutdown", admin.shutdown, "admin"),
     R("POST", "/admin/shutdown", admin.shutdown, "admin"),
+    R("POST", "/v1/admin/snapshots", backups.create, "admin"),
+    R("GET", "/v1/admin/snapshots", backups.list_, "admin"),
+    R("GET", "/v1/admin/snapshots/{name}", backups.get, "admin"),
+    R("GET", "/v1/admin/snapshots/{name}/download", backups.download, "admin"),
+    R("DELETE", "/v1/admin/snapshots/{name}", backups.delete, "admin"),
+    R("GET", "/v1/admin/backup/window", backups.window, "admin"),
     # databases
     R("POST", "/v1/databases", databases.create, "create", mutates=True),
     R("GET", "/v1/databases", databases.list_, "list"),
@@ -282,7 +291,17 @@ def _add_jobs(app: web.Application, sched: Scheduler) -> None:
     async def cleanup_limits() -> int:
         return svc.cleanup()
 
+    bk = app[BACKUPS]
+
+    async def take_snapshot() -> dict[str, object]:
+        return await asyncio.to_thread(bk.scheduled_snapshot)
+
+    async def archive_log() -> dict[str, object]:
+        return await asyncio.to_thread(bk.archive_and_truncate)
+
     sched.add("index_checkpoint", settings.checkpoint_interval_seconds, checkpoint)
+    sched.add("snapshot", settings.snapshot_interval_seconds, take_snapshot)
+    sched.add("archive", settings.archive_interval_seconds, archive_log)
     sched.add("auth_prune", 300, prune_auth)
     sched.add("rate_limit_cleanup", 60, cleanup_limits)
 
@@ -342,6 +361,7 @@ def build_app(settings: Settings, engine: Engine | None = None) -> web.Applicati
 
     app[SHUTDOWN] = asyncio.Event()
     app[SCHEDULER] = Scheduler(app[METRICS])
+    app[BACKUPS] = Backups(app[ENGINE])
     svc = AuthService(settings, app[ENGINE], app[METRICS], _dev_secret(settings))
     app[AUTH] = svc
     app[AUDIT] = Audit(os.path.join(settings.log_dir, "audit.log"))

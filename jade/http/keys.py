@@ -29,11 +29,13 @@ ACTOR = web.RequestKey("actor", str)
 # authentication (jade.auth)
 from jade.auth.audit import Audit  # noqa: E402
 from jade.auth.service import AuthService, Principal  # noqa: E402
+from jade.backup.jobs import Backups  # noqa: E402
 from jade.scheduler import Scheduler  # noqa: E402
 
 AUTH = web.AppKey("auth", AuthService)
 AUDIT = web.AppKey("audit", Audit)
 SHUTDOWN = web.AppKey("shutdown", asyncio.Event)  # set: serve stops gracefully
 SCHEDULER = web.AppKey("scheduler", Scheduler)
+BACKUPS = web.AppKey("backups", Backups)
 PRINCIPAL = web.RequestKey("principal", Principal)
 CLIENT_IP = web.RequestKey("client_ip", str)

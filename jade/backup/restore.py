@@ -1,0 +1,256 @@
+"""Point-in-time restore: newest snapshot at or before the target, then the archived and live
+records up to the target (inclusive), into a new data directory.
+
+Targets: an LSN, a time (the last record with ``ts <= T``), or the latest record available. A
+target outside the window — before the oldest snapshot or past the last record in the archive
+and the live log — is an error, never "the closest state". Records are appended through the
+same path a replica uses (``wal.writer.Replicated``): LSN continuity, epoch and the checksum
+chain are verified before anything is applied.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, replace
+from datetime import UTC
+from typing import Any
+
+from jade.backup import archive, snapshot
+from jade.engine import Engine
+from jade.settings import Settings
+from wal.codec import Record
+from wal.lmdbenv import Env
+from wal.log import Log
+from wal.writer import Replicated
+
+
+class RestoreError(RuntimeError):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Window:
+    earliest_lsn: int
+    earliest_ts: int
+    latest_lsn: int
+    latest_ts: int
+    snapshots: int
+    archived_upto: int
+
+    def json(self) -> dict[str, Any]:
+        return {
+            "earliest_lsn": self.earliest_lsn,
+            "earliest_time": _iso(self.earliest_ts),
+            "latest_lsn": self.latest_lsn,
+            "latest_time": _iso(self.latest_ts),
+            "snapshots": self.snapshots,
+            "archived_upto_lsn": self.archived_upto,
+        }
+
+
+def _iso(ts: int) -> str | None:
+    if not ts:
+        return None
+    from datetime import datetime
+
+    dt = datetime.fromtimestamp(ts / 1e9, tz=UTC)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+
+
+class _Live:
+    """The source data directory's log, opened read-only (the server may be running)."""
+
+    def __init__(self, db_path: str) -> None:
+        self.env: Env | None = None
+        self.log: Log | None = None
+        if os.path.exists(db_path):
+            self.env = Env(db_path, readonly=True)
+            self.log = Log(self.env)
+
+    def close(self) -> None:
+        if self.env is not None:
+            self.env.close()
+
+
+def window(settings: Settings) -> Window:
+    snaps = snapshot.listing(settings.backup_dir)
+    live = _Live(settings.db_path)
+    try:
+        latest_lsn, latest_ts = _latest(settings, live)
+    finally:
+        live.close()
+    if not snaps:
+        return Window(0, 0, latest_lsn, latest_ts, 0, archive.last_archived(settings.backup_dir))
+    return Window(
+        snaps[0].lsn,
+        snaps[0].ts,
+        latest_lsn,
+        latest_ts,
+        len(snaps),
+        archive.last_archived(settings.backup_dir),
+    )
+
+
+def _latest(settings: Settings, live: _Live) -> tuple[int, int]:
+    lsn = ts = 0
+    segs = archive.segments(settings.backup_dir)
+    if segs:
+        _, recs, _, last_ts = archive.read(segs[-1])
+        lsn, ts = recs[-1].lsn, recs[-1].ts
+    if live.log is not None and live.log.last_lsn > lsn:
+        lsn, ts = live.log.last_lsn, live.log.last_ts
+    return lsn, ts
+
+
+def resolve_target(
+    settings: Settings, *, lsn: int | None = None, ts: int | None = None, latest: bool = False
+) -> tuple[int, snapshot.SnapshotInfo]:
+    """The target LSN and the snapshot to start from, or ``RestoreError``."""
+    snaps = snapshot.listing(settings.backup_dir)
+    if not snaps:
+        raise RestoreError(f"no snapshot in {snapshot.snapshots_dir(settings.backup_dir)}")
+    live = _Live(settings.db_path)
+    try:
+        latest_lsn, latest_ts = _latest(settings, live)
+        if latest:
+            target = max(latest_lsn, snaps[-1].lsn)
+        elif lsn is not None:
+            if lsn < snaps[0].lsn:
+                raise RestoreError(
+                    f"LSN {lsn} is before the window (oldest snapshot is at LSN {snaps[0].lsn})"
+                )
+            if lsn > max(latest_lsn, snaps[-1].lsn):
+                raise RestoreError(
+                    f"LSN {lsn} is past the end of the available log "
+                    f"(last record {max(latest_lsn, snaps[-1].lsn)})"
+                )
+            target = lsn
+        elif ts is not None:
+            if ts < snaps[0].ts:
+                raise RestoreError(
+                    f"time {_iso(ts)} is before the window (oldest snapshot is "
+                    f"at {_iso(snaps[0].ts)})"
+                )
+            if ts > max(latest_ts, snaps[-1].ts) and ts > 0:
+                last = max(latest_ts, snaps[-1].ts)
+                raise RestoreError(f"time {_iso(ts)} is past the last record ({_iso(last)})")
+            target = _lsn_at_time(settings, live, ts)
+        else:
+            raise RestoreError("give a target: an LSN, a time or latest")
+    finally:
+        live.close()
+    start = [s for s in snaps if s.lsn <= target]
+    if not start:
+        raise RestoreError(f"no snapshot at or before LSN {target}")
+    return target, start[-1]
+
+
+def _lsn_at_time(settings: Settings, live: _Live, ts: int) -> int:
+    best = archive.lsn_at_time(settings.backup_dir, ts)
+    found = best[0] if best else 0
+    if live.log is not None:
+        found = max(found, live.log.lsn_at_time(ts))
+    for s in snapshot.listing(settings.backup_dir):
+        if s.ts <= ts:
+            found = max(found, s.lsn)
+    return found
+
+
+def _records(settings: Settings, after: int, upto: int) -> Iterator[Record]:
+    """Records (after, upto] from the archive, then the live log for the rest."""
+    nxt = after
+    for rec in archive.records(settings.backup_dir, after, upto):
+        if rec.lsn != nxt + 1:
+            break
+        nxt = rec.lsn
+        yield rec
+    if nxt >= upto:
+        return
+    live = _Live(settings.db_path)
+    try:
+        if live.log is None or live.log.last_lsn < upto:
+            raise RestoreError(f"records after LSN {nxt} are neither archived nor in the log")
+        if live.log.first_lsn > nxt + 1:
+            raise RestoreError(
+                f"records {nxt + 1}..{live.log.first_lsn - 1} are missing: "
+                "truncated from the log and not in the archive"
+            )
+        yield from live.log.iterate(nxt, upto=upto, verify=True)
+    finally:
+        live.close()
+
+
+def target_settings(source: Settings, target_dir: str) -> Settings:
+    return replace(
+        source,
+        data_dir=target_dir,
+        db_path=os.path.join(target_dir, snapshot.DATA_FILE),
+        auth_db_path=os.path.join(target_dir, snapshot.AUTH_FILE),
+        index_dir=os.path.join(target_dir, "indexes"),
+        backup_dir=os.path.join(target_dir, "backups"),
+        log_dir=os.path.join(target_dir, "logs"),
+    )
+
+
+def restore(
+    source: Settings,
+    target_dir: str,
+    *,
+    lsn: int | None = None,
+    ts: int | None = None,
+    latest: bool = False,
+    force: bool = False,
+    verify_key: str = "",
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    target, snap = resolve_target(source, lsn=lsn, ts=ts, latest=latest)
+    problems = snapshot.verify(snap.path, verify_key=verify_key)
+    if problems:
+        raise RestoreError(f"snapshot {snap.name} is damaged: " + "; ".join(problems))
+    if os.path.exists(target_dir) and os.listdir(target_dir):
+        if not force:
+            raise RestoreError(f"{target_dir} is not empty (use --force to replace it)")
+        if os.path.abspath(target_dir) == os.path.abspath(source.data_dir):
+            raise RestoreError("refusing to restore over the source data directory")
+        shutil.rmtree(target_dir)
+    os.makedirs(target_dir, exist_ok=True)
+    for rel in snapshot.read_manifest(snap.path)["files"]:
+        dst = os.path.join(target_dir, rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        shutil.copy2(os.path.join(snap.path, rel), dst)
+    ts_settings = target_settings(source, target_dir)
+    engine = Engine(ts_settings)
+    engine.open()
+    replayed = 0
+    total = target - snap.lsn
+    try:
+        assert engine.writer is not None
+        batch: list[Record] = []
+        for rec in _records(source, snap.lsn, target):
+            batch.append(rec)
+            if len(batch) >= 512:
+                engine.writer.submit(Replicated(batch)).result()
+                replayed += len(batch)
+                batch = []
+                if progress:
+                    progress(replayed, total)
+        if batch:
+            engine.writer.submit(Replicated(batch)).result()
+            replayed += len(batch)
+            if progress:
+                progress(replayed, total)
+        if engine.log.last_lsn != target:
+            raise RestoreError(f"restore ended at LSN {engine.log.last_lsn}, wanted {target}")
+        result = {
+            "target_lsn": target,
+            "target_time": _iso(engine.log.last_ts),
+            "snapshot": snap.name,
+            "snapshot_lsn": snap.lsn,
+            "replayed": replayed,
+            "target_dir": target_dir,
+        }
+    finally:
+        engine.close(checkpoint=True)
+    return result

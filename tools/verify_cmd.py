@@ -1,0 +1,101 @@
+"""``jade verify [DIR]`` — our ``PRAGMA integrity_check``; ``jade wal inspect`` prints records."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from dataclasses import replace
+from typing import Any
+
+from jade import settings as settings_mod
+from jade.backup.verify import verify_dir
+from tools.progress import emit
+from wal.lmdbenv import Env
+from wal.log import Log
+
+
+def register(sub: Any) -> None:
+    p = sub.add_parser("verify", help="integrity check of a data directory (exit 1 on damage)")
+    p.add_argument("dir", nargs="?", help="data directory (default: the configured one)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(run=run_verify)
+    w = sub.add_parser("wal", help="the log")
+    wsub = w.add_subparsers(dest="wal_command", required=True)
+    i = wsub.add_parser("inspect", help="print log records")
+    i.add_argument("--from", dest="start", type=int, default=None, help="first LSN")
+    i.add_argument("--limit", type=int, default=20)
+    i.add_argument("--type", default=None, help="only records of this type (prefix match)")
+    i.add_argument("--json", action="store_true")
+    i.set_defaults(run=run_inspect)
+
+
+def settings_for(d: str | None) -> settings_mod.Settings:
+    s = settings_mod.load()
+    if not d:
+        return s
+    return replace(
+        s,
+        data_dir=d,
+        db_path=os.path.join(d, "jadevectordb.db"),
+        auth_db_path=os.path.join(d, "jadevectordb_auth.db"),
+        index_dir=os.path.join(d, "indexes"),
+    )
+
+
+def run_verify(args: argparse.Namespace) -> int:
+    s = settings_for(args.dir)
+    report = verify_dir(s)
+    emit(
+        {"ok": report.ok, "lines": report.lines, "facts": report.facts},
+        args.json,
+        "\n".join(report.lines) + f"\n{'OK' if report.ok else 'DAMAGED'}: {s.data_dir}",
+    )
+    return 0 if report.ok else 1
+
+
+def _short(v: Any) -> Any:
+    if isinstance(v, bytes):
+        return f"<{len(v)} bytes>"
+    if isinstance(v, dict):
+        return {k: _short(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_short(x) for x in v[:8]] + ([f"... {len(v) - 8} more"] if len(v) > 8 else [])
+    return v
+
+
+def run_inspect(args: argparse.Namespace) -> int:
+    s = settings_mod.load()
+    env = Env(s.db_path, readonly=True)
+    try:
+        log = Log(env)
+        start = (
+            args.start
+            if args.start is not None
+            else max(log.first_lsn, log.last_lsn - args.limit + 1)
+        )
+        n = 0
+        for rec in log.iterate(max(start, log.first_lsn) - 1, verify=True):
+            if args.type and not rec.type.startswith(args.type):
+                continue
+            row = {
+                "lsn": rec.lsn,
+                "ts": rec.ts,
+                "epoch": rec.epoch,
+                "type": rec.type,
+                "actor": rec.actor,
+                "body": _short(rec.body),
+                "checksum": rec.checksum.hex(),
+            }
+            print(
+                json.dumps(row, default=str)
+                if args.json
+                else f"{rec.lsn:>8} e{rec.epoch} {rec.type:<20} {rec.actor:<18} "
+                f"{json.dumps(_short(rec.body), default=str)[:160]}"
+            )
+            n += 1
+            if n >= args.limit:
+                break
+    finally:
+        env.close()
+    return 0
