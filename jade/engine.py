@@ -22,7 +22,7 @@ from jade.auth.decide import READONLY_ALLOWED as AUTH_READONLY_ALLOWED
 from jade.auth.decide import decide_auth
 from jade.auth.store import AUTH_TYPES, AuthStore
 from jade.core.decide import Command, decide
-from jade.errors import ReadOnly, Unavailable
+from jade.errors import NotPrimary, ReadOnly, Unavailable
 from jade.indexes.manager import IndexManager
 from jade.settings import Settings
 from jade.stores.data import DataStore
@@ -56,6 +56,8 @@ class Engine:
         self.writer: Writer | None = None
         self.report = OpenReport()
         self.group_observers: list[Any] = []
+        # "primary", or "replica" while following settings.primary_url (set by the follower)
+        self.role = "primary"
         self.started_at = time.time()
 
     # -- life cycle -------------------------------------------------------------------------
@@ -151,6 +153,9 @@ class Engine:
         (``NotFound``, ``ReadOnly``...) without writing anything."""
         if self.writer is None:
             raise Unavailable("the server is shutting down")
+        if self.role == "replica":
+            raise NotPrimary("this node is a read replica; send writes to the primary",
+                             primary=self.settings.primary_url)
         if (cmd.type != "system.mode" and cmd.type not in AUTH_READONLY_ALLOWED
                 and self.mode() == "readonly"):
             raise ReadOnly("the server is in readonly mode; writes are refused")
@@ -206,6 +211,10 @@ class _Handler:
         self.e.auth_env.grow()
 
     def prepare(self, txn: lmdb.Transaction, item: Command) -> list[Draft]:
+        if item.type == "system.promote":
+            # the new epoch applies to this record and every one after it (fencing)
+            self.e.log.set_epoch(txn, int(item.body["epoch"]))
+            return [Draft("system.promote", item.actor, dict(item.body))]
         if item.type.startswith("auth."):
             try:
                 return decide_auth(self.e.auth, self._auth_txn(txn), item, self.e.store, txn)

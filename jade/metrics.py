@@ -149,5 +149,19 @@ class Metrics:
         self.job_last_success = Gauge(P + "scheduler_job_last_success_timestamp_seconds",
                                       "When each job last succeeded", ["job"], registry=r)
 
+        # -- replication ------------------------------------------------------------------
+        self.replication_lag_records = Gauge(
+            P + "replication_lag_records", "Records the replica has not applied yet", registry=r)
+        self.replication_lag_seconds = Gauge(
+            P + "replication_lag_seconds", "Age of the oldest record the replica has not applied",
+            registry=r)
+        self.replication_applied_lsn = Gauge(P + "replication_applied_lsn",
+                                             "Last LSN applied on this replica", registry=r)
+        self.replication_reconnects = Counter(P + "replication_reconnects_total",
+                                              "Times the replica reconnected", registry=r)
+        self.replica_lag = Gauge(P + "replication_replica_lag_records",
+                                 "Per follower, records behind this primary", ["replica"],
+                                 registry=r)
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -187,6 +187,15 @@ FIELDS: tuple[Spec, ...] = (
     Spec("archive_segment_records", "backup.archive_segment_records",
          P + "ARCHIVE_SEGMENT_RECORDS", int, 10000, "most records per archive segment",
          check=_positive),
+    Spec("primary_url", "replication.primary_url", P + "PRIMARY_URL", str, "",
+         "run as a read replica following this primary (e.g. http://primary:8080)"),
+    Spec("replication_key", "replication.key", P + "REPLICATION_KEY", str, "",
+         "API key of a user with the replicator role, used by a replica", secret=True),
+    Spec("replica_id", "replication.replica_id", P + "REPLICA_ID", str, "",
+         "this replica's name on the primary (default: host:port)"),
+    Spec("read_wait_seconds", "replication.read_wait_seconds", P + "READ_WAIT_SECONDS", int, 5,
+         "how long a read with a minimum LSN waits for this node to reach it",
+         check=_non_negative),
     Spec("log_retention_seconds", "backup.log_retention_seconds", P + "LOG_RETENTION_SECONDS",
          int, 0, "truncate the server's log of records older than this, never past the oldest "
          "snapshot, an unarchived segment or a replica's position (0 = keep everything)",
@@ -268,6 +277,10 @@ class Settings:
     archive_interval_seconds: int = 60
     archive_segment_records: int = 10000
     log_retention_seconds: int = 0
+    primary_url: str = ""
+    replication_key: str = field(default="", repr=False)
+    replica_id: str = ""
+    read_wait_seconds: int = 5
 
     @property
     def production(self) -> bool:
@@ -384,7 +397,7 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
 
 
 # Variables that belong to features of later issues; tolerated so deployments can set them early.
-_LATER_ISSUES = frozenset({P + "PRIMARY_URL", P + "REPLICATION_KEY"})
+_LATER_ISSUES: frozenset[str] = frozenset()
 
 
 def _derive(s: Settings) -> Settings:

@@ -24,6 +24,8 @@ def register(sub: Any) -> None:
     p.add_argument("--host", help="override JADEVECTORDB_HOST")
     p.add_argument("--port", type=int, help="override JADEVECTORDB_PORT")
     p.add_argument("--data-dir", help="override JADEVECTORDB_DATA_DIR")
+    p.add_argument("--follow", metavar="URL",
+                   help="run as a read replica of this primary (JADEVECTORDB_PRIMARY_URL)")
     p.set_defaults(run=run)
 
 
@@ -35,6 +37,8 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["port"] = args.port
     if args.data_dir:
         out["data_dir"] = args.data_dir
+    if args.follow:
+        out["primary_url"] = args.follow
     return out
 
 
@@ -43,6 +47,13 @@ def run(args: argparse.Namespace) -> int:
     os.makedirs(s.data_dir, exist_ok=True)
     logs.setup(s)
     app = build_app(s)
+    if s.primary_url:
+        from replica.follower import attach
+
+        try:
+            attach(app, s)
+        except ValueError as exc:
+            raise settings_mod.ConfigError(str(exc)) from None
     asyncio.run(_serve(app, s.host, s.port))
     return 0
 

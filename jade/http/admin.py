@@ -8,10 +8,10 @@ from aiohttp import web
 
 from jade.auth.service import now_ms
 from jade.core.decide import Command
-from jade.errors import Forbidden, InvalidArgument, NotFound
+from jade.errors import Conflict, Forbidden, InvalidArgument, NotFound
 from jade.http.auth import audit, principal_of, svc_of
 from jade.http.databases import engine_of, get_db
-from jade.http.keys import SHUTDOWN
+from jade.http.keys import PROMOTE, REPLICAS, SHUTDOWN
 from jade.http.middleware import json_response
 from jade.http.validate import read_json
 
@@ -138,3 +138,23 @@ async def grants_delete(request: web.Request) -> web.Response:
         details=uid,
     )
     return json_response({"database_id": db["id"], "user_id": uid, "message": "grant removed"})
+
+
+async def promote(request: web.Request) -> web.Response:
+    """Turn this replica into a primary with a new epoch (fencing the old primary's records)."""
+    hook = request.app.get(PROMOTE)
+    if hook is None or engine_of(request).role != "replica":
+        raise Conflict("this node is already a primary", code="already_primary")
+    result = await hook()
+    audit(request, "ADMIN_OPERATION", operation="promote", resource="system",
+          details=f"epoch {result.get('epoch')}")
+    return json_response({"role": "primary", **result})
+
+
+async def forget_replica(request: web.Request) -> web.Response:
+    rid = request.match_info["rid"]
+    if not request.app[REPLICAS].forget(rid):
+        raise NotFound("Replica not found", replica_id=rid)
+    audit(request, "ADMIN_OPERATION", operation="forget_replica", resource=f"replicas/{rid}")
+    return json_response({"replica_id": rid, "message": "replica forgotten; it no longer holds "
+                          "log truncation"})

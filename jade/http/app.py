@@ -26,7 +26,14 @@ from jade.auth.service import LOOPBACK_ADMIN, AuthService, now_ms
 from jade.backup.jobs import Backups
 from jade.core.decide import Command
 from jade.engine import Engine
-from jade.errors import Forbidden, ReadOnly, Unauthorized
+from jade.errors import (
+    Forbidden,
+    InvalidArgument,
+    NotPrimary,
+    ReadOnly,
+    Unauthorized,
+    Unavailable,
+)
 from jade.http import (
     admin,
     apikeys,
@@ -34,6 +41,7 @@ from jade.http import (
     backups,
     databases,
     indexes,
+    replication,
     search,
     security,
     system,
@@ -52,6 +60,7 @@ from jade.http.keys import (
     METRICS,
     OBSERVE,
     PRINCIPAL,
+    REPLICAS,
     ROUTE_TABLE,
     SCHEDULER,
     SETTINGS,
@@ -59,6 +68,7 @@ from jade.http.keys import (
     VISIBLE_DATABASES,
 )
 from jade.http.middleware import Handler, errors_middleware
+from jade.http.replication_state import Replicas
 from jade.metrics import Metrics
 from jade.scheduler import Scheduler
 from jade.settings import Settings
@@ -73,13 +83,17 @@ class Route:
     handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
     access: str  # see ACCESS_CLASSES
     mutates: bool = False  # refused (503 read_only) in readonly mode
+    records: bool = False  # appends to the log even in readonly mode (login...): primary only
     enroll_ok: bool = False  # usable with an enrol-only token (admin without TOTP)
 
 
-# public: no credential. auth: any valid credential. create/list: any user (not a replicator).
-# read/write: a database, checked against ownership and grants. users: user management (admin
-# only when ``user_admin_only``; handlers allow self-service). admin: the admin role.
-ACCESS_CLASSES = ("public", "auth", "create", "list", "read", "write", "users", "admin")
+# public: no credential. auth: any valid credential. replicate: the replicator role (or admin).
+# create/list: any user (not a replicator). read/write: a database, checked against ownership
+# and grants. users: user management (admin only when ``user_admin_only``; handlers allow
+# self-service). admin: the admin role.
+ACCESS_CLASSES = (
+    "public", "auth", "create", "list", "read", "write", "users", "admin", "replicate",
+)
 
 DB = "/v1/databases/{db}"
 R = Route
@@ -91,8 +105,8 @@ ROUTES: tuple[Route, ...] = (
     R("GET", "/status", system.status, "auth"),
     # auth
     R("POST", "/v1/auth/register", auth.register, "public", mutates=True),
-    R("POST", "/v1/auth/login", auth.login, "public"),
-    R("POST", "/v1/auth/logout", auth.logout, "auth", enroll_ok=True),
+    R("POST", "/v1/auth/login", auth.login, "public", records=True),
+    R("POST", "/v1/auth/logout", auth.logout, "auth", records=True, enroll_ok=True),
     R("POST", "/v1/auth/forgot-password", auth.forgot_password, "public", mutates=True),
     R("POST", "/v1/auth/reset-password", auth.reset_password, "public", mutates=True),
     R("POST", "/v1/auth/2fa/enroll", auth.totp_enroll, "auth", mutates=True, enroll_ok=True),
@@ -126,11 +140,17 @@ ROUTES: tuple[Route, ...] = (
     R("GET", "/v1/security/sessions", security.sessions, "auth"),
     R("GET", "/v1/security/audit-stats", security.audit_stats, "auth"),
     R("GET", "/v1/admin/ip-blocks", admin.ip_blocks, "admin"),
-    R("DELETE", "/v1/admin/ip-blocks/{ip}", admin.ip_unblock, "admin"),
-    R("POST", "/v1/admin/readonly", admin.readonly, "admin"),
-    R("POST", "/admin/readonly", admin.readonly, "admin"),
-    R("POST", "/v1/admin/readwrite", admin.readwrite, "admin"),
-    R("POST", "/admin/readwrite", admin.readwrite, "admin"),
+    R("DELETE", "/v1/admin/ip-blocks/{ip}", admin.ip_unblock, "admin", records=True),
+    R("POST", "/v1/admin/readonly", admin.readonly, "admin", records=True),
+    R("POST", "/admin/readonly", admin.readonly, "admin", records=True),
+    R("POST", "/v1/admin/readwrite", admin.readwrite, "admin", records=True),
+    R("POST", "/admin/readwrite", admin.readwrite, "admin", records=True),
+    R("POST", "/v1/admin/promote", admin.promote, "admin"),
+    R("GET", "/v1/replication/stream", replication.stream, "replicate"),
+    R("POST", "/v1/replication/ack", replication.ack, "replicate"),
+    R("GET", "/v1/replication/snapshot", replication.snapshot, "replicate"),
+    R("GET", "/v1/replication/status", replication.status, "auth"),
+    R("DELETE", "/v1/replication/replicas/{rid}", admin.forget_replica, "admin"),
     R("POST", "/v1/admin/shutdown", admin.shutdown, "admin"),
     R("POST", "/admin/shutdown", admin.shutdown, "admin"),
     R("POST", "/v1/admin/snapshots", backups.create, "admin"),
@@ -177,8 +197,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     if route is None:  # 404/405: let aiohttp answer
         return await handler(request)
     svc = request.app[AUTH]
+    engine = request.app[ENGINE]
+    if engine.env is None and route.path not in PROBES:
+        raise Unavailable("the data directory is being re-opened (replica re-seed); retry")
     ip = svc.client_ip(request.remote, request.headers)
     request[CLIENT_IP] = ip
+    if engine.role == "replica" and (route.mutates or route.records):
+        raise NotPrimary("this node is a read replica; send writes to the primary",
+                         primary=request.app[SETTINGS].primary_url)
     if route.access == "public":
         if route.path not in PROBES:
             svc.check_blocked(ip)
@@ -211,7 +237,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             "(POST /v1/auth/2fa/enroll)",
             code="totp_enrollment_required",
         )
-    if principal.is_replicator_only:
+    if principal.is_replicator_only and route.access != "replicate":
         raise Forbidden("the replicator role may only stream the log", code="permission_denied")
     svc.limit(svc.api_limit, principal.key_id or principal.user_id, "api")
     request[PRINCIPAL] = principal
@@ -219,11 +245,29 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     access = route.access
     if access in ("read", "write"):
         svc.authorize(principal, access, request.match_info.get("db"))
-    elif access in ("create", "list", "admin"):
+    elif access in ("create", "list", "admin", "replicate"):
         svc.authorize(principal, access)
-    if route.mutates and request.app[ENGINE].mode() == "readonly":
+    if route.mutates and engine.mode() == "readonly":
         raise ReadOnly("the server is in readonly mode; writes are refused")
+    if not route.mutates:
+        await _wait_min_lsn(request, engine)
     return await handler(request)
+
+
+async def _wait_min_lsn(request: web.Request, engine: Engine) -> None:
+    """Read-your-writes: a read carrying ``X-Min-LSN`` (or ``?min_lsn=``) waits until this node
+    has applied that LSN, up to ``read_wait_seconds``; else 503 with the node's LSN."""
+    raw = request.headers.get("X-Min-LSN") or request.query.get("min_lsn")
+    if not raw:
+        return
+    try:
+        want = int(raw)
+    except ValueError:
+        raise InvalidArgument("X-Min-LSN / min_lsn must be an integer") from None
+    if not await engine.log.wait_for(want, request.app[SETTINGS].read_wait_seconds):
+        raise Unavailable(
+            f"this node has applied LSN {engine.log.last_lsn}, not yet {want}",
+            code="lsn_not_reached", lsn=engine.log.last_lsn, wanted=want)
 
 
 def _dev_secret(settings: Settings) -> str:
@@ -252,7 +296,7 @@ async def _bootstrap_admin(app: web.Application) -> None:
     password at first login), as the reference server does in production."""
     settings = app[SETTINGS]
     svc = app[AUTH]
-    if not settings.admin_password or svc.store.user_count() > 0:
+    if not settings.admin_password or svc.store.user_count() > 0 or app[ENGINE].role != "primary":
         return
     hashed = await asyncio.to_thread(svc.hash_password, settings.admin_password)
     await app[ENGINE].submit(
@@ -281,6 +325,8 @@ def _add_jobs(app: web.Application, sched: Scheduler) -> None:
         return await asyncio.to_thread(engine.indexes.checkpoint)
 
     async def prune_auth() -> int:
+        if engine.role == "replica":
+            return 0  # the primary prunes; its records reach us
         now = now_ms()
         expired = sum(1 for s in svc.store.sessions() if s["expires_at"] <= now) + sum(
             1 for b in svc.store.blocks() if b["until"] <= now)
@@ -362,6 +408,8 @@ def build_app(settings: Settings, engine: Engine | None = None) -> web.Applicati
     app[SHUTDOWN] = asyncio.Event()
     app[SCHEDULER] = Scheduler(app[METRICS])
     app[BACKUPS] = Backups(app[ENGINE])
+    app[REPLICAS] = Replicas()
+    app[BACKUPS].position_holders.append(app[REPLICAS].min_position)
     svc = AuthService(settings, app[ENGINE], app[METRICS], _dev_secret(settings))
     app[AUTH] = svc
     app[AUDIT] = Audit(os.path.join(settings.log_dir, "audit.log"))

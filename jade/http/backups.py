@@ -68,7 +68,11 @@ class _QueueWriter:
 
 
 async def download(request: web.Request) -> web.StreamResponse:
-    path = _path(request)
+    return await stream_snapshot(request, _path(request))
+
+
+async def stream_snapshot(request: web.Request, path: str) -> web.StreamResponse:
+    """Stream a snapshot directory as a tar archive (built in a thread, sent as it is made)."""
     name = os.path.basename(path)
     q: queue.Queue[bytes | None] = queue.Queue(maxsize=32)
 

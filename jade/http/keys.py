@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -39,3 +39,10 @@ SCHEDULER = web.AppKey("scheduler", Scheduler)
 BACKUPS = web.AppKey("backups", Backups)
 PRINCIPAL = web.RequestKey("principal", Principal)
 CLIENT_IP = web.RequestKey("client_ip", str)
+
+# replication: the primary's view of its followers; a follower installs REPLICA_STATUS
+from jade.http.replication_state import Replicas  # noqa: E402
+
+REPLICAS = web.AppKey("replicas", Replicas)
+REPLICA_STATUS = web.AppKey("replica_status", Callable[[], dict[str, Any]])
+PROMOTE = web.AppKey("promote", Callable[[], Awaitable[dict[str, Any]]])

@@ -119,8 +119,8 @@ async def status(request: web.Request) -> web.Response:
         "version": __version__,
         "uptime": _uptime(uptime),
         "uptime_seconds": int(uptime),
-        "mode": engine.mode(),
-        "role": "primary",
+        "mode": "replica" if engine.role == "replica" else engine.mode(),
+        "role": engine.role,
         "system": {
             "cpu_usage_percent": psutil.cpu_percent(interval=None),
             "memory_usage_percent": psutil.virtual_memory().percent,

@@ -1,0 +1,333 @@
+"""The follower: stream the primary's log, verify and apply it with the same ``apply``, serve reads.
+
+One long-lived HTTP stream (``/v1/replication/stream``) carries records after our last LSN; each
+batch is appended through ``wal.writer.Replicated``, which verifies LSN continuity, epoch and the
+checksum chain before anything is applied, then acknowledged. Heartbeats carry the primary's last
+LSN and time, from which lag is computed (received = durable = applied here: the store is applied
+in the same transaction as the log append, the indexes right after it).
+
+- Cut or refused connection: reconnect with exponential back-off (0.2 s doubling to 10 s, with
+  jitter); a restarted replica resumes from its own last LSN.
+- Too far behind (the primary truncated what we need) or diverged (our record at our last LSN is
+  not the primary's, e.g. after a promotion elsewhere): we refuse to apply, say why, and re-seed
+  from a snapshot the primary streams, then continue.
+- A primary with a lower epoch than ours is fenced: we never apply its records.
+- ``promote()``: stop following, raise the epoch with a ``system.promote`` record, serve writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import os
+import random
+import shutil
+import tarfile
+import time
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+
+from jade.backup import snapshot
+from jade.core.decide import Command
+from jade.engine import Engine
+from jade.http.keys import AUTH, ENGINE, METRICS, PROMOTE, REPLICA_STATUS
+from jade.metrics import Metrics
+from jade.settings import Settings
+from wal.codec import decode
+from wal.log import LogError
+from wal.stream import FrameError, length, parse
+from wal.writer import Replicated
+
+log = logging.getLogger(__name__)
+
+
+class Reseed(Exception):
+    """The follower must bootstrap from a snapshot; the message says why."""
+
+
+class Fenced(Exception):
+    """The primary is behind us in epoch: never apply its records."""
+
+
+class Follower:
+    def __init__(self, app: web.Application, settings: Settings) -> None:
+        self.app = app
+        self.engine: Engine = app[ENGINE]
+        self.metrics: Metrics = app[METRICS]
+        self.settings = settings
+        self.primary = settings.primary_url.rstrip("/")
+        self.replica_id = settings.replica_id or f"{os.uname().nodename}:{settings.port}"
+        self.state = "starting"
+        self.primary_lsn = 0
+        self.primary_ts = 0
+        self.received_lsn = 0
+        self.last_error = ""
+        self.reconnects = 0
+        self.reseeds = 0
+        self.connected_since: float | None = None
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._last_ack = 0.0
+
+    # -- life cycle ---------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.create_task(self.run(), name="follower")
+
+    async def stop(self) -> None:
+        self._stop.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+
+    def _headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.settings.replication_key}"}
+
+    async def run(self) -> None:
+        delay = 0.2
+        async with aiohttp.ClientSession() as session:
+            while not self._stop.is_set():
+                try:
+                    await self._follow(session)
+                    delay = 0.2
+                except Reseed as exc:
+                    self.state = "reseeding"
+                    self.last_error = f"re-seeding: {exc}"
+                    log.warning("replica refuses to apply: %s; re-seeding from a snapshot", exc)
+                    try:
+                        await self._bootstrap(session)
+                        delay = 0.2
+                        continue
+                    except Exception as exc2:  # keep trying: the primary may be restarting
+                        self.last_error = f"re-seed failed: {type(exc2).__name__}: {exc2}"
+                        log.warning("re-seed failed: %s", self.last_error)
+                except Fenced as exc:
+                    self.state = "fenced"
+                    self.last_error = str(exc)
+                    log.error("replica fenced: %s", exc)
+                    delay = 10.0
+                except asyncio.CancelledError:
+                    raise
+                except Exception as exc:  # network cuts, primary restarts, bad frames
+                    self.state = "disconnected"
+                    self.last_error = f"{type(exc).__name__}: {exc}"
+                    log.info(
+                        "replication stream lost (%s); reconnecting in %.1fs",
+                        self.last_error,
+                        delay,
+                    )
+                self.connected_since = None
+                self.reconnects += 1
+                self.metrics.replication_reconnects.inc()
+                try:
+                    await asyncio.wait_for(self._stop.wait(), delay * (0.5 + random.random()))
+                except TimeoutError:
+                    pass
+                delay = min(10.0, delay * 2)
+
+    # -- streaming ----------------------------------------------------------------------------
+    async def _follow(self, session: aiohttp.ClientSession) -> None:
+        wal = self.engine.log
+        params = {
+            "after": str(wal.last_lsn),
+            "checksum": wal.last_checksum.hex(),
+            "replica_id": self.replica_id,
+        }
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=15)
+        async with session.get(
+            self.primary + "/v1/replication/stream",
+            params=params,
+            headers=self._headers(),
+            timeout=timeout,
+        ) as resp:
+            if resp.status != 200:
+                text = (await resp.text())[:300]
+                raise ConnectionError(f"primary answered {resp.status}: {text}")
+            self.state = "streaming"
+            self.connected_since = time.time()
+            while True:
+                header = await resp.content.readexactly(4)
+                data = await resp.content.readexactly(length(header))
+                await self._handle(session, parse(data))
+
+    async def _handle(self, session: aiohttp.ClientSession, f: dict[str, Any]) -> None:
+        wal = self.engine.log
+        t = f["t"]
+        if t == "hello":
+            if int(f["epoch"]) < wal.epoch:
+                raise Fenced(f"primary epoch {f['epoch']} < ours {wal.epoch}: it was superseded")
+            self._saw_primary(int(f["primary_lsn"]), int(f["primary_ts"]))
+        elif t == "hb":
+            if int(f["epoch"]) < wal.epoch:
+                raise Fenced(f"primary epoch {f['epoch']} < ours {wal.epoch}")
+            self._saw_primary(int(f["last_lsn"]), int(f["last_ts"]))
+        elif t == "reseed":
+            raise Reseed(str(f.get("reason", "the primary asked for it")))
+        elif t == "recs":
+            try:
+                recs = [decode(raw) for raw in f["records"]]
+            except ValueError as exc:
+                raise FrameError(f"bad record in stream: {exc}") from None
+            if not recs:
+                return
+            self.received_lsn = recs[-1].lsn
+            self._saw_primary(
+                max(self.primary_lsn, recs[-1].lsn), max(self.primary_ts, recs[-1].ts)
+            )
+            assert self.engine.writer is not None
+            try:
+                await self.engine.writer.submit_async(Replicated(recs))
+            except LogError as exc:  # continuity, epoch or chain: never apply garbage
+                raise Reseed(f"records from the primary do not follow ours ({exc})") from None
+            self._update_lag()
+            await self._ack(session)
+        else:
+            raise FrameError(f"unknown frame type {t!r}")
+
+    def _saw_primary(self, lsn: int, ts: int) -> None:
+        self.primary_lsn = max(self.primary_lsn, lsn)
+        self.primary_ts = max(self.primary_ts, ts)
+        self._update_lag()
+
+    def lag(self) -> tuple[int, float]:
+        wal = self.engine.log
+        behind = max(0, self.primary_lsn - wal.last_lsn)
+        if behind == 0:
+            return 0, 0.0
+        return behind, max(0.0, (self.primary_ts - wal.last_ts) / 1e9)
+
+    def _update_lag(self) -> None:
+        records, seconds = self.lag()
+        self.metrics.replication_lag_records.set(records)
+        self.metrics.replication_lag_seconds.set(seconds)
+        self.metrics.replication_applied_lsn.set(self.engine.log.last_lsn)
+
+    async def _ack(self, session: aiohttp.ClientSession, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - self._last_ack < 0.2:
+            return
+        self._last_ack = now
+        lsn = self.engine.log.last_lsn
+        try:
+            async with session.post(
+                self.primary + "/v1/replication/ack",
+                params={"replica_id": self.replica_id},
+                json={"received_lsn": self.received_lsn, "applied_lsn": lsn},
+                headers=self._headers(),
+                timeout=aiohttp.ClientTimeout(total=5),
+            ) as resp:
+                await resp.read()
+        except (TimeoutError, aiohttp.ClientError) as exc:
+            log.debug("ack failed: %s", exc)
+
+    # -- bootstrap ------------------------------------------------------------------------------
+    async def _bootstrap(self, session: aiohttp.ClientSession) -> None:
+        """Replace our data with a snapshot streamed by the primary, then continue from it."""
+        s = self.settings
+        work = os.path.join(s.data_dir, ".reseed")
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(work)
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=120)
+        async with session.get(
+            self.primary + "/v1/replication/snapshot", headers=self._headers(), timeout=timeout
+        ) as resp:
+            if resp.status != 200:
+                raise ConnectionError(f"snapshot download answered {resp.status}")
+            buf = io.BytesIO()
+            async for chunk in resp.content.iter_chunked(1 << 20):
+                buf.write(chunk)
+        buf.seek(0)
+        await asyncio.to_thread(_extract, buf, work)
+        names = [n for n in os.listdir(work) if n.startswith("snap-")]
+        if len(names) != 1:
+            raise Reseed("the snapshot archive holds no snapshot")
+        snap = os.path.join(work, names[0])
+        problems = await asyncio.to_thread(snapshot.verify, snap)
+        if problems:
+            raise ConnectionError("streamed snapshot is damaged: " + "; ".join(problems))
+        await asyncio.to_thread(self._swap, snap)
+        shutil.rmtree(work, ignore_errors=True)
+        self.reseeds += 1
+        self.app[AUTH].clear_cache()
+        log.info("re-seeded from snapshot %s at LSN %d", names[0], self.engine.log.last_lsn)
+
+    def _swap(self, snap: str) -> None:
+        s = self.settings
+        e = self.engine
+        e.close(checkpoint=False)
+        for path in (s.db_path, s.auth_db_path):
+            for p in (path, path + "-lock"):
+                if os.path.exists(p):
+                    os.remove(p)
+        shutil.rmtree(s.index_dir, ignore_errors=True)
+        shutil.copy2(os.path.join(snap, snapshot.DATA_FILE), s.db_path)
+        shutil.copy2(os.path.join(snap, snapshot.AUTH_FILE), s.auth_db_path)
+        if os.path.isdir(os.path.join(snap, "indexes")):
+            shutil.copytree(os.path.join(snap, "indexes"), s.index_dir)
+        e.open()
+
+    # -- promotion -------------------------------------------------------------------------------
+    async def promote(self) -> dict[str, Any]:
+        await self.stop()
+        self.engine.role = "primary"
+        self.state = "promoted"
+        epoch = self.engine.log.epoch + 1
+        recs = await self.engine.submit(
+            Command("system.promote", {"epoch": epoch, "previous_primary": self.primary}, "system")
+        )
+        self.metrics.replication_lag_records.set(0)
+        self.metrics.replication_lag_seconds.set(0)
+        log.warning("promoted to primary at LSN %d with epoch %d", recs[-1].lsn, epoch)
+        return {"epoch": epoch, "lsn": recs[-1].lsn}
+
+    def status(self) -> dict[str, Any]:
+        records, seconds = self.lag()
+        wal = self.engine.log
+        return {
+            "state": self.state,
+            "primary": self.primary,
+            "replica_id": self.replica_id,
+            "epoch": wal.epoch,
+            "primary_lsn": self.primary_lsn,
+            "received_lsn": self.received_lsn,
+            "durable_lsn": wal.last_lsn,
+            "applied_lsn": wal.last_lsn,
+            "lag_records": records,
+            "lag_seconds": round(seconds, 3),
+            "reconnects": self.reconnects,
+            "reseeds": self.reseeds,
+            "last_error": self.last_error,
+            "connected_since": self.connected_since,
+        }
+
+
+def _extract(buf: io.BytesIO, dest: str) -> None:
+    with tarfile.open(fileobj=buf, mode="r:") as tar:
+        tar.extractall(dest, filter="data")
+
+
+def attach(app: web.Application, settings: Settings) -> Follower:
+    """Make ``app`` a replica of ``settings.primary_url`` (before the app starts)."""
+    if not settings.replication_key:
+        raise ValueError(
+            "a replica needs JADEVECTORDB_REPLICATION_KEY (an API key of a user "
+            "with the replicator role)"
+        )
+    app[ENGINE].role = "replica"
+    follower = Follower(app, settings)
+    app[REPLICA_STATUS] = follower.status
+    app[PROMOTE] = follower.promote
+
+    async def ctx(app: web.Application) -> Any:
+        follower.start()
+        yield
+        await follower.stop()
+
+    app.cleanup_ctx.append(ctx)
+    return follower
