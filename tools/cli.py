@@ -13,7 +13,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jade", description="JadeVectorDB server and tools")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from tools import config_cmd, restore_cmd, serve, snapshot_cmd, user, verify_cmd
+    from tools import bulk_cmd, config_cmd, restore_cmd, serve, snapshot_cmd, user, verify_cmd
 
     serve.register(sub)
     config_cmd.register(sub)
@@ -21,6 +21,7 @@ def main(argv: list[str] | None = None) -> int:
     snapshot_cmd.register(sub)
     restore_cmd.register(sub)
     verify_cmd.register(sub)
+    bulk_cmd.register(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
