@@ -13,7 +13,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="jade", description="JadeVectorDB server and tools")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from tools import bulk_cmd, config_cmd, restore_cmd, serve, snapshot_cmd, user, verify_cmd
+    from tools import (
+        bulk_cmd,
+        config_cmd,
+        openapi_cmd,
+        restore_cmd,
+        serve,
+        snapshot_cmd,
+        user,
+        verify_cmd,
+    )
 
     serve.register(sub)
     config_cmd.register(sub)
@@ -22,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     restore_cmd.register(sub)
     verify_cmd.register(sub)
     bulk_cmd.register(sub)
+    openapi_cmd.register(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)

@@ -42,6 +42,7 @@ from jade.http import (
     bulk,
     databases,
     indexes,
+    openapi,
     replication,
     search,
     security,
@@ -60,6 +61,7 @@ from jade.http.keys import (
     ENGINE,
     METRICS,
     OBSERVE,
+    OPENAPI,
     PRINCIPAL,
     REPLICAS,
     ROUTE_TABLE,
@@ -104,6 +106,8 @@ ROUTES: tuple[Route, ...] = (
     R("GET", "/health/db", system.health_db, "public"),
     R("GET", "/metrics", system.metrics, "public"),
     R("GET", "/status", system.status, "auth"),
+    R("GET", "/openapi.json", openapi.spec_handler, "public"),
+    R("GET", "/docs", openapi.docs_handler, "public"),
     # auth
     R("POST", "/v1/auth/register", auth.register, "public", mutates=True),
     R("POST", "/v1/auth/login", auth.login, "public", records=True),
@@ -188,7 +192,7 @@ ROUTES: tuple[Route, ...] = (
     R("DELETE", DB + "/indexes/{iid}", indexes.delete, "write", mutates=True),
 )
 
-PROBES = frozenset({"/health", "/health/db", "/metrics"})
+PROBES = frozenset({"/health", "/health/db", "/metrics", "/openapi.json", "/docs"})
 
 
 @web.middleware
@@ -372,6 +376,7 @@ def build_app(settings: Settings, engine: Engine | None = None) -> web.Applicati
         app.router.add_route(r.method, r.path, r.handler)
         app[ACCESS][(r.method, r.path)] = r
     app[ROUTE_TABLE] = ROUTES
+    app[OPENAPI] = openapi.build(ROUTES)
 
     def observe(request: web.Request, status: int, seconds: float) -> None:
         m = app[METRICS]

@@ -45,4 +45,5 @@ from jade.http.replication_state import Replicas  # noqa: E402
 
 REPLICAS = web.AppKey("replicas", Replicas)
 REPLICA_STATUS = web.AppKey("replica_status", Callable[[], dict[str, Any]])
+OPENAPI = web.AppKey("openapi", dict)
 PROMOTE = web.AppKey("promote", Callable[[], Awaitable[dict[str, Any]]])
