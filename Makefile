@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-slow crash bench lint clean
+.PHONY: serve test test-slow crash bench lint clean chromium
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -15,7 +15,16 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/jade serve
 
-test: $(STAMP)
+# The web console's end-to-end test drives Debian's chromium (never a downloaded browser).
+CHROMIUM := $(shell command -v chromium 2>/dev/null)
+
+chromium:
+ifeq ($(CHROMIUM),)
+	-(apt-get update -qq && apt-get install -y -qq chromium) >/dev/null 2>&1 || \
+		echo "chromium could not be installed: the web console test will be skipped"
+endif
+
+test: $(STAMP) chromium
 	$(BIN)/python -m pytest -n 2 -m "not slow" -q
 
 test-slow: $(STAMP)

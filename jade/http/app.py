@@ -47,6 +47,7 @@ from jade.http import (
     search,
     security,
     system,
+    ui_static,
     users,
     vectors,
 )
@@ -108,6 +109,8 @@ ROUTES: tuple[Route, ...] = (
     R("GET", "/status", system.status, "auth"),
     R("GET", "/openapi.json", openapi.spec_handler, "public"),
     R("GET", "/docs", openapi.docs_handler, "public"),
+    R("GET", "/ui", ui_static.index, "public"),
+    R("GET", "/ui/{name}", ui_static.asset, "public"),
     # auth
     R("POST", "/v1/auth/register", auth.register, "public", mutates=True),
     R("POST", "/v1/auth/login", auth.login, "public", records=True),
@@ -192,7 +195,8 @@ ROUTES: tuple[Route, ...] = (
     R("DELETE", DB + "/indexes/{iid}", indexes.delete, "write", mutates=True),
 )
 
-PROBES = frozenset({"/health", "/health/db", "/metrics", "/openapi.json", "/docs"})
+PROBES = frozenset({"/health", "/health/db", "/metrics", "/openapi.json", "/docs", "/ui",
+                    "/ui/{name}"})
 
 
 @web.middleware
@@ -220,9 +224,14 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
                 principal = svc.authenticate(request.headers)
             except Unauthorized:
                 principal = None
-            if principal is not None:
+            # an enrol-only token (admin without TOTP) carries no admin powers anywhere
+            if principal is not None and not principal.enroll_only:
                 request[PRINCIPAL] = principal
                 request[ACTOR] = principal.user_id
+            # refused before the handler runs, so the answer cannot depend on the input (a
+            # forgot-password for an unknown name must not differ from one for a known name)
+            if route.mutates and engine.mode() == "readonly":
+                raise ReadOnly("the server is in readonly mode; writes are refused")
         return await handler(request)
     svc.check_blocked(ip)
     principal = svc.authenticate(request.headers)

@@ -412,6 +412,8 @@ op("DELETE", DB + "/indexes/{iid}", "Delete an index (exact search when none is 
 op("GET", "/openapi.json", "This document")
 op("GET", "/docs", "API documentation page", resp=STR, ctype="text/html")
 op("GET", "/ui", "Web console", resp=STR, ctype="text/html")
+op("GET", "/ui/{name}", "Web console assets", resp=STR,
+   ctype="text/html|text/javascript|text/css")
 
 
 def build(routes: tuple[Any, ...]) -> S:
