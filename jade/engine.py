@@ -10,6 +10,7 @@ as the log) from ``applied_lsn``, the indexes from their checkpoints.
 
 from __future__ import annotations
 
+import contextvars
 import logging
 import os
 import time
@@ -32,6 +33,10 @@ from wal.log import Log
 from wal.writer import Draft, Writer
 
 log = logging.getLogger(__name__)
+
+# The LSN of the last record the current request wrote (0: none); the HTTP layer returns it as
+# the ``X-LSN`` header so clients can ask a replica for read-your-writes (``X-Min-LSN``).
+written_lsn: contextvars.ContextVar[int] = contextvars.ContextVar("written_lsn", default=0)
 
 
 @dataclass(slots=True)
@@ -159,7 +164,10 @@ class Engine:
         if (cmd.type != "system.mode" and cmd.type not in AUTH_READONLY_ALLOWED
                 and self.mode() == "readonly"):
             raise ReadOnly("the server is in readonly mode; writes are refused")
-        return await self.writer.submit_async(cmd, cmd.size)
+        records = await self.writer.submit_async(cmd, cmd.size)
+        if records:
+            written_lsn.set(records[-1].lsn)
+        return records
 
     def submit_sync(self, cmd: Command) -> list[Record]:
         """For tools and tests without an event loop."""

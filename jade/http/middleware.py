@@ -14,6 +14,7 @@ from collections.abc import Awaitable, Callable
 import orjson
 from aiohttp import web
 
+from jade.engine import written_lsn
 from jade.errors import JadeError
 from jade.http.keys import OBSERVE, REQUEST_ID
 from jade.logs import request_id_var
@@ -55,6 +56,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     rid = request.headers.get("X-Request-ID", "")[:64] or uuid.uuid4().hex[:16]
     request[REQUEST_ID] = rid
     request_id_var.set(rid)
+    written_lsn.set(0)
     t0 = time.perf_counter()
     status = 500
     try:
@@ -80,6 +82,9 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             {"error": "internal_error", "message": f"internal error (request {rid})"}, status=500
         )
     resp.headers["X-Request-ID"] = rid
+    lsn = written_lsn.get()
+    if lsn and not resp.prepared:
+        resp.headers["X-LSN"] = str(lsn)
     elapsed = time.perf_counter() - t0
     observe = request.app.get(OBSERVE)
     if observe is not None:
