@@ -240,7 +240,15 @@ class _Handler:
                 self._auth_full()
                 raise
 
+    def aborted(self) -> None:
+        self._drop_auth_txn()
+
+    def stopping(self) -> None:
+        self._drop_auth_txn()
+
     def after_commit(self, records: list[Record]) -> None:
+        if self._atxn is not None and not records:
+            self._drop_auth_txn()  # every auth command of the group was refused
         if self._atxn is not None:
             atxn, self._atxn, self._for = self._atxn, None, None
             try:

@@ -47,7 +47,9 @@ class JsonFormatter(logging.Formatter):
             "message": record.getMessage(),
         }
         for k, v in vars(record).items():
-            if k not in _STD and k not in out and k != "audit":
+            # ``extra`` may carry non-string keys (an aiohttp RequestKey...): json cannot
+            # write them and the whole line would be lost, so they are skipped
+            if isinstance(k, str) and k not in _STD and k not in out and k != "audit":
                 out[k] = v if isinstance(v, (str, int, float, bool, type(None))) else str(v)
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)

@@ -7,10 +7,14 @@ LSN and time, from which lag is computed (received = durable = applied here: the
 in the same transaction as the log append, the indexes right after it).
 
 - Cut or refused connection: reconnect with exponential back-off (0.2 s doubling to 10 s, with
-  jitter); a restarted replica resumes from its own last LSN.
+  jitter, from 0.2 s again once a stream worked); a restarted replica resumes from its own LSN.
+- Acks are throttled while records flow and sent on the next heartbeat otherwise, so the
+  primary's view (and its truncation) follows us even when idle. Lag is computed when read; a
+  primary silent for more than SILENCE_SECONDS counts as lag in seconds.
 - Too far behind (the primary truncated what we need) or diverged (our record at our last LSN is
   not the primary's, e.g. after a promotion elsewhere): we refuse to apply, say why, and re-seed
-  from a snapshot the primary streams, then continue.
+  from a snapshot the primary streams (to disk, files moved in by rename under a marker: a
+  re-seed interrupted by kill -9 starts over), then continue.
 - A primary with a lower epoch than ours is fenced: we never apply its records.
 - ``promote()``: stop following, raise the epoch with a ``system.promote`` record, serve writes.
 """
@@ -18,7 +22,6 @@ in the same transaction as the log append, the indexes right after it).
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import os
 import random
@@ -42,6 +45,10 @@ from wal.stream import FrameError, length, parse
 from wal.writer import Replicated
 
 log = logging.getLogger(__name__)
+
+
+SILENCE_SECONDS = 3.0
+RESEED_MARKER = ".reseed-in-progress"
 
 
 class Reseed(Exception):
@@ -70,7 +77,16 @@ class Follower:
         self.connected_since: float | None = None
         self._stop = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._swapping: asyncio.Future[None] | None = None
         self._last_ack = 0.0
+        self._acked_lsn = -1
+        self.last_contact = time.monotonic()  # of the last frame from the primary (or start)
+        # computed when scraped, so a silent stream shows as growing lag rather than a frozen 0
+        m = self.metrics
+        m.replication_lag_records.set_function(lambda: self.lag()[0])
+        m.replication_lag_seconds.set_function(lambda: self.lag()[1])
+        m.replication_applied_lsn.set_function(
+            lambda: self.engine.log.last_lsn if self.engine.env is not None else 0)
 
     # -- life cycle ---------------------------------------------------------------------------
     def start(self) -> None:
@@ -85,6 +101,13 @@ class Follower:
             except asyncio.CancelledError:
                 pass
             self._task = None
+        if self._swapping is not None and not self._swapping.done():
+            # a swap of data files cannot be cancelled half-way: let it finish (the engine is
+            # closed and reopened in it), so that shutdown or promotion find an open engine
+            try:
+                await self._swapping
+            except Exception:  # noqa: BLE001 - reported by _bootstrap's caller
+                pass
 
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.settings.replication_key}"}
@@ -115,6 +138,8 @@ class Follower:
                 except asyncio.CancelledError:
                     raise
                 except Exception as exc:  # network cuts, primary restarts, bad frames
+                    if self.connected_since is not None:
+                        delay = 0.2  # the stream worked: back off from scratch after a cut
                     self.state = "disconnected"
                     self.last_error = f"{type(exc).__name__}: {exc}"
                     log.info(
@@ -133,6 +158,8 @@ class Follower:
 
     # -- streaming ----------------------------------------------------------------------------
     async def _follow(self, session: aiohttp.ClientSession) -> None:
+        if os.path.exists(os.path.join(self.settings.data_dir, RESEED_MARKER)):
+            raise Reseed("a previous re-seed was interrupted; its data cannot be trusted")
         wal = self.engine.log
         params = {
             "after": str(wal.last_lsn),
@@ -151,6 +178,7 @@ class Follower:
                 raise ConnectionError(f"primary answered {resp.status}: {text}")
             self.state = "streaming"
             self.connected_since = time.time()
+            self._acked_lsn = -1  # tell this (maybe restarted) primary where we are soon
             while True:
                 header = await resp.content.readexactly(4)
                 data = await resp.content.readexactly(length(header))
@@ -159,6 +187,7 @@ class Follower:
     async def _handle(self, session: aiohttp.ClientSession, f: dict[str, Any]) -> None:
         wal = self.engine.log
         t = f["t"]
+        self.last_contact = time.monotonic()
         if t == "hello":
             if int(f["epoch"]) < wal.epoch:
                 raise Fenced(f"primary epoch {f['epoch']} < ours {wal.epoch}: it was superseded")
@@ -167,6 +196,8 @@ class Follower:
             if int(f["epoch"]) < wal.epoch:
                 raise Fenced(f"primary epoch {f['epoch']} < ours {wal.epoch}")
             self._saw_primary(int(f["last_lsn"]), int(f["last_ts"]))
+            if wal.last_lsn > self._acked_lsn:  # the last batch's ack may have been throttled
+                await self._ack(session, force=True)
         elif t == "reseed":
             raise Reseed(str(f.get("reason", "the primary asked for it")))
         elif t == "recs":
@@ -185,7 +216,6 @@ class Follower:
                 await self.engine.writer.submit_async(Replicated(recs))
             except LogError as exc:  # continuity, epoch or chain: never apply garbage
                 raise Reseed(f"records from the primary do not follow ours ({exc})") from None
-            self._update_lag()
             await self._ack(session)
         else:
             raise FrameError(f"unknown frame type {t!r}")
@@ -193,20 +223,20 @@ class Follower:
     def _saw_primary(self, lsn: int, ts: int) -> None:
         self.primary_lsn = max(self.primary_lsn, lsn)
         self.primary_ts = max(self.primary_ts, ts)
-        self._update_lag()
 
     def lag(self) -> tuple[int, float]:
+        """(records, seconds) behind the primary as far as we know. A primary silent for longer
+        than SILENCE_SECONDS (heartbeats come every second) may have written anything since:
+        the silence counts as lag in seconds."""
+        if self.engine.role != "replica":
+            return 0, 0.0
         wal = self.engine.log
         behind = max(0, self.primary_lsn - wal.last_lsn)
-        if behind == 0:
-            return 0, 0.0
-        return behind, max(0.0, (self.primary_ts - wal.last_ts) / 1e9)
-
-    def _update_lag(self) -> None:
-        records, seconds = self.lag()
-        self.metrics.replication_lag_records.set(records)
-        self.metrics.replication_lag_seconds.set(seconds)
-        self.metrics.replication_applied_lsn.set(self.engine.log.last_lsn)
+        seconds = max(0.0, (self.primary_ts - wal.last_ts) / 1e9) if behind else 0.0
+        silent = time.monotonic() - self.last_contact
+        if silent > SILENCE_SECONDS:
+            seconds = max(seconds, silent)
+        return behind, seconds
 
     async def _ack(self, session: aiohttp.ClientSession, force: bool = False) -> None:
         now = time.monotonic()
@@ -223,54 +253,65 @@ class Follower:
                 timeout=aiohttp.ClientTimeout(total=5),
             ) as resp:
                 await resp.read()
+                if resp.status == 200:
+                    self._acked_lsn = lsn
         except (TimeoutError, aiohttp.ClientError) as exc:
             log.debug("ack failed: %s", exc)
 
     # -- bootstrap ------------------------------------------------------------------------------
     async def _bootstrap(self, session: aiohttp.ClientSession) -> None:
-        """Replace our data with a snapshot streamed by the primary, then continue from it."""
+        """Replace our data with a snapshot streamed by the primary, then continue from it.
+        The archive goes to disk (not memory); its files are moved into place by rename, under
+        a marker that makes an interrupted swap (kill -9) start over rather than open a mix."""
         s = self.settings
         work = os.path.join(s.data_dir, ".reseed")
-        shutil.rmtree(work, ignore_errors=True)
+        await asyncio.to_thread(shutil.rmtree, work, True)
         os.makedirs(work)
+        archive = os.path.join(work, "snapshot.tar")
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=120)
         async with session.get(
             self.primary + "/v1/replication/snapshot", headers=self._headers(), timeout=timeout
         ) as resp:
             if resp.status != 200:
                 raise ConnectionError(f"snapshot download answered {resp.status}")
-            buf = io.BytesIO()
-            async for chunk in resp.content.iter_chunked(1 << 20):
-                buf.write(chunk)
-        buf.seek(0)
-        await asyncio.to_thread(_extract, buf, work)
+            with open(archive, "wb") as fh:
+                async for chunk in resp.content.iter_chunked(1 << 20):
+                    fh.write(chunk)
+        await asyncio.to_thread(_extract, archive, work)
         names = [n for n in os.listdir(work) if n.startswith("snap-")]
         if len(names) != 1:
-            raise Reseed("the snapshot archive holds no snapshot")
+            raise ConnectionError("the streamed archive holds no snapshot")
         snap = os.path.join(work, names[0])
         problems = await asyncio.to_thread(snapshot.verify, snap)
         if problems:
             raise ConnectionError("streamed snapshot is damaged: " + "; ".join(problems))
-        await asyncio.to_thread(self._swap, snap)
-        shutil.rmtree(work, ignore_errors=True)
+        self._swapping = asyncio.ensure_future(asyncio.to_thread(self._swap, snap))
+        await asyncio.shield(self._swapping)
         self.reseeds += 1
         self.app[AUTH].clear_cache()
         log.info("re-seeded from snapshot %s at LSN %d", names[0], self.engine.log.last_lsn)
+        await asyncio.to_thread(shutil.rmtree, work, True)
 
     def _swap(self, snap: str) -> None:
         s = self.settings
         e = self.engine
+        marker = os.path.join(s.data_dir, RESEED_MARKER)
+        with open(marker, "w") as fh:
+            fh.write(snap)
+            fh.flush()
+            os.fsync(fh.fileno())
         e.close(checkpoint=False)
-        for path in (s.db_path, s.auth_db_path):
-            for p in (path, path + "-lock"):
-                if os.path.exists(p):
-                    os.remove(p)
+        for path, name in ((s.db_path, snapshot.DATA_FILE), (s.auth_db_path, snapshot.AUTH_FILE)):
+            lock = path + "-lock"
+            if os.path.exists(lock):
+                os.remove(lock)
+            os.replace(os.path.join(snap, name), path)  # same file system: atomic
         shutil.rmtree(s.index_dir, ignore_errors=True)
-        shutil.copy2(os.path.join(snap, snapshot.DATA_FILE), s.db_path)
-        shutil.copy2(os.path.join(snap, snapshot.AUTH_FILE), s.auth_db_path)
         if os.path.isdir(os.path.join(snap, "indexes")):
-            shutil.copytree(os.path.join(snap, "indexes"), s.index_dir)
+            os.replace(os.path.join(snap, "indexes"), s.index_dir)
+        snapshot.fsync_path(s.data_dir)
         e.open()
+        os.remove(marker)
 
     # -- promotion -------------------------------------------------------------------------------
     async def promote(self) -> dict[str, Any]:
@@ -281,8 +322,6 @@ class Follower:
         recs = await self.engine.submit(
             Command("system.promote", {"epoch": epoch, "previous_primary": self.primary}, "system")
         )
-        self.metrics.replication_lag_records.set(0)
-        self.metrics.replication_lag_seconds.set(0)
         log.warning("promoted to primary at LSN %d with epoch %d", recs[-1].lsn, epoch)
         return {"epoch": epoch, "lsn": recs[-1].lsn}
 
@@ -300,6 +339,7 @@ class Follower:
             "applied_lsn": wal.last_lsn,
             "lag_records": records,
             "lag_seconds": round(seconds, 3),
+            "last_contact_seconds_ago": round(time.monotonic() - self.last_contact, 3),
             "reconnects": self.reconnects,
             "reseeds": self.reseeds,
             "last_error": self.last_error,
@@ -307,8 +347,8 @@ class Follower:
         }
 
 
-def _extract(buf: io.BytesIO, dest: str) -> None:
-    with tarfile.open(fileobj=buf, mode="r:") as tar:
+def _extract(archive: str, dest: str) -> None:
+    with tarfile.open(archive, mode="r:") as tar:
         tar.extractall(dest, filter="data")
 
 

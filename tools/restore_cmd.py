@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import re
 import sys
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from jade import settings as settings_mod
@@ -27,17 +28,27 @@ def register(sub: Any) -> None:
 
 
 def parse_time(text: str) -> int:
-    """RFC 3339 → ns since the epoch (microsecond precision)."""
+    """RFC 3339 → ns since the epoch, exactly (integer arithmetic; up to 9 fraction digits are
+    kept, so a record's own ``ts`` can be named)."""
     t = text.strip().replace("z", "Z")
     if t.endswith("Z"):
         t = t[:-1] + "+00:00"
+    frac_ns = 0
+    m = re.search(r"\.(\d+)(?=[+-]\d\d:?\d\d$|$)", t)
+    if m:
+        digits = m[1]
+        if len(digits) > 9:
+            raise RestoreError(f"time {text!r}: more than 9 fraction digits")
+        frac_ns = int(digits.ljust(9, "0"))
+        t = t[: m.start()] + t[m.end() :]
     try:
         dt = datetime.fromisoformat(t)
     except ValueError:
         raise RestoreError(f"not an RFC 3339 time: {text!r}") from None
     if dt.tzinfo is None:
         raise RestoreError(f"time {text!r} needs a zone (Z or ±hh:mm)")
-    return int(dt.timestamp()) * 1_000_000_000 + dt.microsecond * 1000
+    d = dt - datetime(1970, 1, 1, tzinfo=UTC)
+    return (d.days * 86400 + d.seconds) * 1_000_000_000 + frac_ns
 
 
 def run(args: argparse.Namespace) -> int:

@@ -14,7 +14,7 @@ from aiohttp import web
 from jade import logs
 from jade import settings as settings_mod
 from jade.http.app import build_app
-from jade.http.keys import SHUTDOWN
+from jade.http.keys import ENGINE, SHUTDOWN
 
 log = logging.getLogger("jade.serve")
 
@@ -59,17 +59,84 @@ def run(args: argparse.Namespace) -> int:
 
 
 async def _serve(app: web.Application, host: str, port: int) -> None:
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
-    await runner.setup()
+    stop = app[SHUTDOWN]  # set by SIGTERM/SIGINT or POST /v1/admin/shutdown
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):  # before start-up: a stop during it is graceful
+        loop.add_signal_handler(sig, stop.set)
+    inflight = _InFlight()
+    app.middlewares.insert(0, inflight.middleware)  # outermost: counts every request
+    runner = web.AppRunner(app, access_log=None, handle_signals=False,
+                           shutdown_timeout=FINAL_SECONDS)
+    await runner.setup()  # opens the engine (replaying what the last run left)
+    _report_unclean_start(app)
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
     log.info("JadeVectorDB listening on http://%s:%d", host, port)
     print(f"JadeVectorDB listening on http://{host}:{port}", flush=True)
-    stop = app[SHUTDOWN]  # set by SIGTERM/SIGINT or POST /v1/admin/shutdown
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("shutting down: no new connections, draining in-flight requests, checkpointing")
-    await runner.cleanup()  # stops listening, waits for handlers, then the engine closes
+    # aiohttp's own shutdown marks every connection closing at once, which drops the rest of a
+    # request body still in transit: that request's handler would then wait for it until the
+    # shutdown timeout and be cancelled. So: stop listening, let the requests in flight finish
+    # (bounded), and only then close the connections and the engine.
+    for s in list(runner.sites):
+        await s.stop()
+    await asyncio.sleep(0)  # requests whose headers were already read enter the middleware
+    if not await inflight.drained(DRAIN_SECONDS):
+        log.warning("%d request(s) still running after %ds; cancelling them",
+                    inflight.count, DRAIN_SECONDS)
+    await runner.cleanup()  # closes connections, cancels leftovers, then the engine closes
     log.info("stopped cleanly")
+
+
+DRAIN_SECONDS = 25  # in-flight requests get this long to finish after SIGTERM
+FINAL_SECONDS = 5.0  # then what is left (long-lived replication streams...) gets this long
+LONG_LIVED = frozenset({"/v1/replication/stream"})  # never "finish": not waited for
+
+
+class _InFlight:
+    """Counts the requests being handled, so shutdown can wait for them."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @web.middleware
+    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path in LONG_LIVED:
+            return await handler(request)  # type: ignore[no-any-return]
+        self.count += 1
+        self._idle.clear()
+        try:
+            return await handler(request)  # type: ignore[no-any-return]
+        finally:
+            self.count -= 1
+            if self.count == 0:
+                self._idle.set()
+
+    async def drained(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+
+def _report_unclean_start(app: web.Application) -> None:
+    """Say so when the previous run was killed (no clean close): what recovery replayed."""
+    report = app[ENGINE].report
+    if not report.unclean:
+        return
+    index = report.index or {}
+    log.warning(
+        "the previous run did not stop cleanly: replayed %d log records into the indexes "
+        "(%d loaded from checkpoints, %d rebuilt from the store), %d into the data store and "
+        "%d into the auth store; now at LSN %d",
+        index.get("replayed_records", 0),
+        index.get("loaded", 0),
+        index.get("rebuilt", 0),
+        report.store_replayed,
+        report.auth_replayed,
+        report.last_lsn,
+    )

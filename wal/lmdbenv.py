@@ -96,19 +96,24 @@ class Env:
                 txn.commit()
                 return result
             except lmdb.MapFullError:
-                txn.abort()
-                self.grow()
+                self.grow(before=txn.abort)
             except BaseException:
                 txn.abort()
                 raise
 
-    def grow(self, factor: int = 2) -> None:
-        """Multiply the map size, waiting for in-flight readers of this process."""
+    def grow(self, factor: int = 2, *, before: Callable[[], None] | None = None) -> None:
+        """Multiply the map size, waiting for in-flight readers of this process.
+
+        ``before`` (the abort of the write transaction that hit ``MapFullError``) runs once the
+        readers are out: py-lmdb serialises an abort with every reader's cursor work on one
+        environment lock, so an abort racing busy readers can wait for seconds."""
         with self._gate:
             self._resizing = True
             while self._readers:
                 self._gate.wait()
             try:
+                if before is not None:
+                    before()
                 self.env.set_mapsize(self.env.info()["map_size"] * factor)
                 self.grow_count += 1
             finally:

@@ -187,6 +187,8 @@ class Log:
         the checksum chain is checked from the first record returned (its predecessor's checksum
         is read from the log, or is the base checksum)."""
         out: list[Record] = []
+        if limit is not None and limit <= 0:
+            return out
         for rec in self.iterate(after, upto=upto, verify=verify):
             out.append(rec)
             if limit is not None and len(out) >= limit:
@@ -201,28 +203,32 @@ class Log:
         if after + 1 < self.first_lsn:
             raise LogError(f"LSN {after + 1} was truncated; the log starts at {self.first_lsn}")
         prev: bytes | None = None
-        if verify:
-            prev = self._checksum_before(start)
         nxt = start
         while True:
-            batch: list[bytes] = []
+            batch: list[tuple[int, bytes]] = []
             with self.env.read() as txn:
                 cur = txn.cursor(db=self._log)
-                if not cur.set_key(lsn_key(nxt)):
+                # set_range, not set_key: a record missing at a chunk boundary must show up as
+                # a gap below, not end the iteration silently
+                if not cur.set_range(lsn_key(nxt)):
                     return
                 for key, value in cur:
                     lsn = key_lsn(key)
                     if upto is not None and lsn > upto:
                         break
-                    batch.append(value)
+                    batch.append((lsn, value))
                     if len(batch) >= chunk:
                         break
             if not batch:
                 return
-            for raw in batch:
+            if verify and prev is None:
+                prev = self._checksum_before(start)
+            for lsn, raw in batch:
+                if lsn != nxt:
+                    raise LogError(f"gap in the log: expected LSN {nxt}, found {lsn}")
                 rec = decode(raw, prev) if verify else decode(raw)
                 if rec.lsn != nxt:
-                    raise LogError(f"gap in the log: expected LSN {nxt}, found {rec.lsn}")
+                    raise LogError(f"record stored under LSN {nxt} says LSN {rec.lsn}")
                 prev = rec.checksum
                 nxt += 1
                 yield rec

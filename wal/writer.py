@@ -139,11 +139,18 @@ class Writer:
         while True:
             group = self._take()
             if group is None:
+                # last words on the writer thread: transactions it opened must end here
+                stopping = getattr(self.handler, "stopping", None)
+                if stopping is not None:
+                    stopping()
                 return
             try:
                 self._commit(group)
             except BaseException as exc:  # a bug in apply, or LMDB failing: fail the group
                 log.exception("log group failed; nothing of it was committed")
+                aborted = getattr(self.handler, "aborted", None)
+                if aborted is not None:
+                    aborted()
                 for job in group:
                     if not job.future.done():
                         job.future.set_exception(exc)
@@ -160,9 +167,8 @@ class Writer:
                 txn.commit()
                 break
             except lmdb.MapFullError:
-                txn.abort()
                 self.log.aborted()
-                self.log.env.grow()
+                self.log.env.grow(before=txn.abort)  # abort with the readers held off
                 log.info("log map grown to %d bytes", self.log.env.map_size())
             except BaseException:
                 txn.abort()
@@ -178,8 +184,9 @@ class Writer:
         if self._on_group is not None:
             self._on_group(len(group), len(records), elapsed)
         try:
-            if records:
-                self.handler.after_commit(records)
+            # called even for a group whose every item was refused: the handler may hold
+            # per-group state (the engine's auth transaction) to close
+            self.handler.after_commit(records)
         finally:
             for job in group:
                 if job.error is not None:

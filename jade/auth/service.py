@@ -52,11 +52,13 @@ class Principal:
 
     @property
     def is_admin(self) -> bool:
-        return ADMIN in self.roles
+        """The admin role, through a credential not restricted away from it: an API key with
+        scopes acts as an admin only when ``admin`` is one of them."""
+        return ADMIN in self.roles and (not self.scopes or ADMIN in self.scopes)
 
     @property
     def is_replicator_only(self) -> bool:
-        return REPLICATOR in self.roles and not self.is_admin
+        return REPLICATOR in self.roles and ADMIN not in self.roles
 
 
 LOOPBACK_ADMIN = Principal("system", "loopback-admin", (ADMIN,), "loopback")
@@ -120,6 +122,7 @@ class AuthService:
     _fail_user: dict[str, int] = field(default_factory=dict)
     _fail_ip: dict[str, deque[float]] = field(default_factory=dict)
     key_usage: dict[str, tuple[int, int]] = field(default_factory=dict)  # key_id -> (count, ms)
+    _dummy_hash: str = ""
 
     @property
     def store(self) -> AuthStore:
@@ -171,6 +174,13 @@ class AuthService:
             password.encode(), opslimit=s.argon2_opslimit, memlimit=s.argon2_memlimit
         ).decode()
 
+    def waste_verify(self, password: str) -> None:
+        """As slow as a real ``verify_password``, for logins of unknown or inactive users: the
+        reply time must not tell which user names exist."""
+        if not self._dummy_hash:
+            self._dummy_hash = self.hash_password(secrets.token_hex(16))
+        self.verify_password(self._dummy_hash, password)
+
     @staticmethod
     def verify_password(hashed: str, password: str) -> bool:
         try:
@@ -190,7 +200,7 @@ class AuthService:
             "jti": jti,
             "iat": iat // 1000,
             "iat_ms": iat,
-            "exp": exp // 1000,
+            "exp": -(-exp // 1000),  # rounded up: a token never dies before its TTL
             "name": user["username"],
         }
         if enroll_only:
@@ -323,8 +333,12 @@ class AuthService:
             )
 
     def _decide(self, p: Principal, action: str, db_id: str | None) -> bool:
+        if action == "replicate":
+            return (p.is_replicator_only or ADMIN in p.roles) and (
+                not p.scopes or "replicate" in p.scopes
+            )
         if p.is_replicator_only:
-            return action == "replicate"
+            return False
         if (
             p.scopes
             and action in ("read", "write", "create")

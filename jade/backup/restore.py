@@ -20,9 +20,9 @@ from typing import Any
 from jade.backup import archive, snapshot
 from jade.engine import Engine
 from jade.settings import Settings
-from wal.codec import Record
+from wal.codec import CodecError, Record
 from wal.lmdbenv import Env
-from wal.log import Log
+from wal.log import Log, LogError
 from wal.writer import Replicated
 
 
@@ -50,22 +50,31 @@ class Window:
         }
 
 
+def _ceil_us(ts: int) -> int:
+    """``ts`` (ns) rounded up to a whole microsecond, the precision of an RFC 3339 target."""
+    return -(-ts // 1000) * 1000
+
+
 def _iso(ts: int) -> str | None:
+    """RFC 3339 with microseconds, rounded UP (exact integer arithmetic): a time printed for a
+    record, given back as a restore target, reaches that record (``ts <= target``)."""
     if not ts:
         return None
     from datetime import datetime
 
-    dt = datetime.fromtimestamp(ts / 1e9, tz=UTC)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    sec, us = divmod(_ceil_us(ts) // 1000, 1_000_000)
+    return datetime.fromtimestamp(sec, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{us:06d}Z"
 
 
 class _Live:
-    """The source data directory's log, opened read-only (the server may be running)."""
+    """The source data directory's log, opened read-only (the server may be running in another
+    process). Inside the server's own process the engine's open ``Log`` must be passed instead:
+    LMDB (and py-lmdb) refuse to open one environment twice in one process."""
 
-    def __init__(self, db_path: str) -> None:
+    def __init__(self, db_path: str, log: Log | None = None) -> None:
         self.env: Env | None = None
-        self.log: Log | None = None
-        if os.path.exists(db_path):
+        self.log: Log | None = log
+        if log is None and os.path.exists(db_path):
             self.env = Env(db_path, readonly=True)
             self.log = Log(self.env)
 
@@ -74,9 +83,10 @@ class _Live:
             self.env.close()
 
 
-def window(settings: Settings) -> Window:
+def window(settings: Settings, log: Log | None = None) -> Window:
+    """The restorable range. ``log``: the source's open log when called inside the server."""
     snaps = snapshot.listing(settings.backup_dir)
-    live = _Live(settings.db_path)
+    live = _Live(settings.db_path, log)
     try:
         latest_lsn, latest_ts = _latest(settings, live)
     finally:
@@ -105,13 +115,18 @@ def _latest(settings: Settings, live: _Live) -> tuple[int, int]:
 
 
 def resolve_target(
-    settings: Settings, *, lsn: int | None = None, ts: int | None = None, latest: bool = False
+    settings: Settings,
+    *,
+    lsn: int | None = None,
+    ts: int | None = None,
+    latest: bool = False,
+    log: Log | None = None,
 ) -> tuple[int, snapshot.SnapshotInfo]:
     """The target LSN and the snapshot to start from, or ``RestoreError``."""
     snaps = snapshot.listing(settings.backup_dir)
     if not snaps:
         raise RestoreError(f"no snapshot in {snapshot.snapshots_dir(settings.backup_dir)}")
-    live = _Live(settings.db_path)
+    live = _Live(settings.db_path, log)
     try:
         latest_lsn, latest_ts = _latest(settings, live)
         if latest:
@@ -133,8 +148,9 @@ def resolve_target(
                     f"time {_iso(ts)} is before the window (oldest snapshot is "
                     f"at {_iso(snaps[0].ts)})"
                 )
-            if ts > max(latest_ts, snaps[-1].ts) and ts > 0:
-                last = max(latest_ts, snaps[-1].ts)
+            last = max(latest_ts, snaps[-1].ts)
+            # targets have microsecond precision: the last record's own (rounded) time is in
+            if ts > _ceil_us(last):
                 raise RestoreError(f"time {_iso(ts)} is past the last record ({_iso(last)})")
             target = _lsn_at_time(settings, live, ts)
         else:
@@ -158,7 +174,7 @@ def _lsn_at_time(settings: Settings, live: _Live, ts: int) -> int:
     return found
 
 
-def _records(settings: Settings, after: int, upto: int) -> Iterator[Record]:
+def _records(settings: Settings, after: int, upto: int, log: Log | None = None) -> Iterator[Record]:
     """Records (after, upto] from the archive, then the live log for the rest."""
     nxt = after
     for rec in archive.records(settings.backup_dir, after, upto):
@@ -168,7 +184,7 @@ def _records(settings: Settings, after: int, upto: int) -> Iterator[Record]:
         yield rec
     if nxt >= upto:
         return
-    live = _Live(settings.db_path)
+    live = _Live(settings.db_path, log)
     try:
         if live.log is None or live.log.last_lsn < upto:
             raise RestoreError(f"records after LSN {nxt} are neither archived nor in the log")
@@ -204,18 +220,52 @@ def restore(
     force: bool = False,
     verify_key: str = "",
     progress: Callable[[int, int], None] | None = None,
+    source_log: Log | None = None,
 ) -> dict[str, Any]:
-    target, snap = resolve_target(source, lsn=lsn, ts=ts, latest=latest)
+    """Restore into ``target_dir``. ``source_log``: the source's open log when this process is
+    the server itself (the file cannot be opened a second time here).
+
+    Every failure is a ``RestoreError`` naming the cause (a damaged snapshot, archive segment or
+    log record is refused, never loaded); a failed restore leaves no half-restored directory
+    behind."""
+    try:
+        target, snap = resolve_target(source, lsn=lsn, ts=ts, latest=latest, log=source_log)
+    except (archive.ArchiveError, LogError, CodecError) as exc:
+        raise RestoreError(str(exc)) from None
     problems = snapshot.verify(snap.path, verify_key=verify_key)
     if problems:
         raise RestoreError(f"snapshot {snap.name} is damaged: " + "; ".join(problems))
+    tdir = os.path.abspath(target_dir)
+    for what, path in (
+        ("data directory", source.data_dir),
+        ("data file", source.db_path),
+        ("backup directory", source.backup_dir),
+    ):
+        p = os.path.abspath(path)
+        if p == tdir or p.startswith(tdir + os.sep):
+            raise RestoreError(f"refusing to restore over the source {what} ({path})")
     if os.path.exists(target_dir) and os.listdir(target_dir):
         if not force:
             raise RestoreError(f"{target_dir} is not empty (use --force to replace it)")
-        if os.path.abspath(target_dir) == os.path.abspath(source.data_dir):
-            raise RestoreError("refusing to restore over the source data directory")
         shutil.rmtree(target_dir)
     os.makedirs(target_dir, exist_ok=True)
+    try:
+        return _restore_into(source, target_dir, target, snap, progress, source_log)
+    except BaseException as exc:
+        shutil.rmtree(target_dir, ignore_errors=True)
+        if isinstance(exc, (archive.ArchiveError, LogError, CodecError)):
+            raise RestoreError(f"{exc} (nothing restored)") from None
+        raise
+
+
+def _restore_into(
+    source: Settings,
+    target_dir: str,
+    target: int,
+    snap: snapshot.SnapshotInfo,
+    progress: Callable[[int, int], None] | None,
+    source_log: Log | None,
+) -> dict[str, Any]:
     for rel in snapshot.read_manifest(snap.path)["files"]:
         dst = os.path.join(target_dir, rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
@@ -228,7 +278,7 @@ def restore(
     try:
         assert engine.writer is not None
         batch: list[Record] = []
-        for rec in _records(source, snap.lsn, target):
+        for rec in _records(source, snap.lsn, target, source_log):
             batch.append(rec)
             if len(batch) >= 512:
                 engine.writer.submit(Replicated(batch)).result()

@@ -95,8 +95,16 @@ def _signing_key(hex_seed: str) -> nacl.signing.SigningKey:
 
 
 def _canonical(manifest: dict[str, Any]) -> bytes:
-    body = {k: v for k, v in manifest.items() if k not in ("signature", "verify_key")}
+    body = {
+        k: v for k, v in manifest.items() if k not in ("signature", "verify_key", "manifest_sha256")
+    }
     return json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def manifest_checksum(manifest: dict[str, Any]) -> str:
+    """SHA-256 of the manifest's canonical form: a damaged LSN, time or epoch in an unsigned
+    manifest is detected, not trusted (the per-file checksums do not cover the manifest)."""
+    return hashlib.sha256(_canonical(manifest)).hexdigest()
 
 
 def create(
@@ -115,10 +123,7 @@ def create(
     os.makedirs(tmp)
     try:
         # 1. index checkpoints
-        if os.path.isdir(index_dir):
-            shutil.copytree(
-                index_dir, os.path.join(tmp, "indexes"), ignore=shutil.ignore_patterns("*.tmp")
-            )
+        _copy_indexes(index_dir, os.path.join(tmp, "indexes"))
         # 2. auth store
         auth_path = os.path.join(tmp, AUTH_FILE)
         auth_env.copy_to(auth_path)
@@ -151,6 +156,7 @@ def create(
             "created_at": time.time(),
             "files": files,
         }
+        manifest["manifest_sha256"] = manifest_checksum(manifest)
         if signing_key:
             key = _signing_key(signing_key)
             manifest["signature"] = key.sign(_canonical(manifest)).signature.hex()
@@ -172,6 +178,43 @@ def create(
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _copy_indexes(src: str, dst: str) -> None:
+    """Copy each database's checkpoint as one consistent set: the files its ``index.json``
+    names, then that ``index.json`` — retried when a checkpoint is replaced during the copy.
+    A database deleted meanwhile (its directory vanishes) or a checkpoint that keeps moving is
+    left out: the restore then rebuilds that index from the vectors in the data file."""
+    try:
+        names = sorted(os.listdir(src))
+    except FileNotFoundError:
+        return
+    for name in names:
+        sdir, ddir = os.path.join(src, name), os.path.join(dst, name)
+        if not os.path.isdir(sdir):
+            continue
+        for _ in range(5):
+            shutil.rmtree(ddir, ignore_errors=True)
+            try:
+                with open(os.path.join(sdir, "index.json"), "rb") as fh:
+                    meta_raw = fh.read()
+                prefix = str(json.loads(meta_raw)["file"])
+                os.makedirs(ddir)
+                for fname in os.listdir(sdir):
+                    if fname.startswith(prefix) and not fname.endswith(".tmp"):
+                        shutil.copy2(os.path.join(sdir, fname), os.path.join(ddir, fname))
+                if not os.path.exists(os.path.join(ddir, prefix)):
+                    continue  # replaced between reading index.json and copying: again
+                with open(os.path.join(sdir, "index.json"), "rb") as fh:
+                    if fh.read() != meta_raw:
+                        continue
+                with open(os.path.join(ddir, "index.json"), "wb") as fh:
+                    fh.write(meta_raw)
+                break
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+        else:
+            shutil.rmtree(ddir, ignore_errors=True)
 
 
 def _bring_auth_to(auth_path: str, data_path: str, lsn: int) -> None:
@@ -265,6 +308,8 @@ def verify(path: str, *, verify_key: str = "") -> list[str]:
             continue
         if sha256_file(p) != f["sha256"]:
             problems.append(f"{rel}: checksum mismatch (damaged)")
+    if m.get("manifest_sha256") != manifest_checksum(m):
+        problems.append(f"{MANIFEST}: checksum mismatch (damaged)")
     if "signature" in m:
         try:
             key = verify_key or m.get("verify_key", "")
@@ -330,8 +375,25 @@ def delete(backup_dir: str, name: str) -> None:
     shutil.rmtree(path)
 
 
+def _alive(pid: str) -> bool:
+    if pid == str(os.getpid()):
+        return True
+    try:
+        n = int(pid)
+        if n <= 0:
+            return False
+        os.kill(n, 0)
+    except (ValueError, OverflowError, ProcessLookupError):
+        return False
+    except PermissionError:  # exists, belongs to someone else
+        return True
+    return True
+
+
 def cleanup(backup_dir: str) -> int:
-    """Remove temporary directories left by interrupted snapshots (not our own live ones)."""
+    """Remove temporary directories left by interrupted snapshots. A directory whose process
+    still runs is a snapshot in progress (this server's, or ``jade snapshot create`` running
+    beside it) and is left alone."""
     root = snapshots_dir(backup_dir)
     n = 0
     if not os.path.isdir(root):
@@ -339,7 +401,7 @@ def cleanup(backup_dir: str) -> int:
     for name in os.listdir(root):
         if name.startswith(TMP_PREFIX):
             pid = name[len(TMP_PREFIX) :].split("-")[0]
-            if pid == str(os.getpid()):
+            if _alive(pid):
                 continue
             shutil.rmtree(os.path.join(root, name), ignore_errors=True)
             n += 1

@@ -11,7 +11,7 @@ from jade.core.decide import Command
 from jade.errors import Conflict, Forbidden, InvalidArgument, NotFound
 from jade.http.auth import audit, principal_of, svc_of
 from jade.http.databases import engine_of, get_db
-from jade.http.keys import PROMOTE, REPLICAS, SHUTDOWN
+from jade.http.keys import METRICS, PROMOTE, REPLICAS, SHUTDOWN
 from jade.http.middleware import json_response
 from jade.http.validate import read_json
 
@@ -104,6 +104,8 @@ async def grants_set(request: web.Request) -> web.Response:
         raise InvalidArgument("missing required field 'user_id'", code="missing_field")
     if perm not in ("read", "write"):
         raise InvalidArgument("'permission' must be 'read' or 'write'")
+    if svc_of(request).store.user(uid) is None:  # decide re-checks
+        raise NotFound("User not found", user_id=uid)
     p = principal_of(request)
     await engine_of(request).submit(
         Command("auth.grant.set", {"db": db["id"], "user_id": uid, "permission": perm}, p.user_id)
@@ -155,6 +157,10 @@ async def forget_replica(request: web.Request) -> web.Response:
     rid = request.match_info["rid"]
     if not request.app[REPLICAS].forget(rid):
         raise NotFound("Replica not found", replica_id=rid)
+    try:
+        request.app[METRICS].replica_lag.remove(rid)
+    except KeyError:  # never tracked (it registered but never streamed or acked)
+        pass
     audit(request, "ADMIN_OPERATION", operation="forget_replica", resource=f"replicas/{rid}")
     return json_response({"replica_id": rid, "message": "replica forgotten; it no longer holds "
                           "log truncation"})

@@ -11,7 +11,7 @@ from aiohttp import web
 from jade.auth.service import KEY_PREFIX, digest, now_ms
 from jade.core.decide import Command
 from jade.errors import Forbidden, InvalidArgument, NotFound
-from jade.http.auth import audit, iso_ms, principal_of, svc_of
+from jade.http.auth import audit, iso_ms, svc_of
 from jade.http.databases import engine_of
 from jade.http.middleware import json_response
 from jade.http.users import require_manager
@@ -37,25 +37,34 @@ def key_json(k: dict[str, Any], usage: tuple[int, int] | None) -> dict[str, Any]
 
 
 async def create(request: web.Request) -> web.Response:
-    p = principal_of(request)
+    p = require_manager(request)
     body = await read_json(request)
     uid = body.get("user_id")
     if not isinstance(uid, str) or not uid:
         raise InvalidArgument("missing required field 'user_id'", code="missing_field")
-    require_manager(request)
     if uid != p.user_id and not p.is_admin:
         raise Forbidden("only an admin may create keys for another user", code="admin_required")
     svc = svc_of(request)
-    if svc.store.user(uid) is None:
+    user = svc.store.user(uid)
+    if user is None:
         raise NotFound("User not found", user_id=uid)
+    if not user["is_active"]:
+        raise InvalidArgument("the user is inactive", code="user_inactive")
     perms = body.get("permissions") or []
     if not isinstance(perms, list) or not all(isinstance(x, str) for x in perms):
         raise InvalidArgument("'permissions' must be a list of strings")
+    perms = list(dict.fromkeys(perms))
     unknown = set(perms) - SCOPES
     if unknown:
         raise InvalidArgument(f"unknown permissions {sorted(unknown)}; use {sorted(SCOPES)}")
     if ("admin" in perms or "replicate" in perms) and not p.is_admin:
         raise Forbidden("only an admin may create admin or replicate keys", code="admin_required")
+    if p.scopes and (not perms or not set(perms) <= set(p.scopes)):
+        # a restricted key may only mint keys as restricted as itself
+        raise Forbidden(
+            f"this API key is limited to {sorted(p.scopes)}; it cannot create a key beyond that",
+            code="permission_denied",
+        )
     days = opt_int(body, "validity_days", 0, lo=0, hi=36500)
     raw = KEY_PREFIX + secrets.token_hex(32)
     key_id = uuid.uuid4().hex[:16]

@@ -197,6 +197,7 @@ ROUTES: tuple[Route, ...] = (
 
 PROBES = frozenset({"/health", "/health/db", "/metrics", "/openapi.json", "/docs", "/ui",
                     "/ui/{name}"})
+FORWARDING_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
 
 
 @web.middleware
@@ -237,10 +238,11 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
     principal = svc.authenticate(request.headers)
     if principal is None:
         settings = request.app[SETTINGS]
-        if (
+        if (  # a local caller, not a local reverse proxy relaying someone else
             route.access == "admin"
             and settings.loopback_admin
             and svc.is_loopback(request.remote or "")
+            and not any(h in request.headers for h in FORWARDING_HEADERS)
         ):
             principal = LOOPBACK_ADMIN
         else:

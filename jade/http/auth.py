@@ -204,6 +204,8 @@ async def login(request: web.Request) -> web.Response:
     ok = False
     if user is not None and user["is_active"]:
         ok = await asyncio.to_thread(svc.verify_password, user["password_hash"], password)
+    else:
+        await asyncio.to_thread(svc.waste_verify, password)
     if ok and user is not None and user.get("totp_enabled"):
         code = body.get("totp_code")
         if code is None or code == "":
@@ -310,15 +312,17 @@ async def forgot_password(request: web.Request) -> web.Response:
     body = await read_json(request)
     username = body.get("username")
     email = body.get("email")
-    if not (isinstance(username, str) and username) and not (isinstance(email, str) and email):
+    username = username if isinstance(username, str) and username else None
+    email = email if isinstance(email, str) and email else None
+    if username is None and email is None:
         raise InvalidArgument("give 'username' or 'email'", code="missing_field")
     ident = (username or email or "").lower()[:256]
     svc.limit(svc.forgot_limit, ident, "forgot_password")
-    user = (
-        svc.store.user_by_name(username)
-        if isinstance(username, str) and username
-        else svc.store.user_by_email(email)
-    )  # type: ignore[arg-type]
+    user: dict[str, Any] | None = None
+    if username is not None:
+        user = svc.store.user_by_name(username) if len(username) <= 64 else None
+    elif email is not None and len(email) <= 256:
+        user = svc.store.user_by_email(email)
     out: dict[str, Any] = {
         "message": "If the account exists, a password reset has been issued to its owner."
     }
@@ -349,7 +353,7 @@ async def reset_password(request: web.Request) -> web.Response:
         raise InvalidArgument("missing required field 'reset_token'", code="missing_field")
     password = svc.check_strength(body.get("new_password"), "new_password")
     reset = svc.store.reset(digest(token))
-    if reset is None:
+    if reset is None or reset["used"] or reset["expires_at"] < now_ms():  # decide re-checks
         raise InvalidArgument("invalid or expired reset token", code="invalid_reset_token")
     hashed = await asyncio.to_thread(svc.hash_password, password)
     await engine_of(request).submit(

@@ -4,6 +4,7 @@ thread while writes continue; a download streams the snapshot as a tar archive."
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import queue
 import tarfile
@@ -11,15 +12,20 @@ import threading
 
 from aiohttp import web
 
-from jade.backup import restore, snapshot
-from jade.errors import NotFound
+from jade.backup import archive, restore, snapshot
+from jade.errors import Internal, NotFound
 from jade.http.auth import audit
-from jade.http.keys import BACKUPS, SETTINGS
+from jade.http.keys import BACKUPS, ENGINE, SETTINGS
 from jade.http.middleware import json_response
+
+log = logging.getLogger(__name__)
 
 
 async def create(request: web.Request) -> web.Response:
-    info = await asyncio.to_thread(request.app[BACKUPS].snapshot)
+    try:
+        info = await asyncio.to_thread(request.app[BACKUPS].snapshot)
+    except snapshot.SnapshotError as exc:  # e.g. a bad signing key: say so, not "internal"
+        raise Internal(str(exc), code="snapshot_failed") from None
     audit(request, "ADMIN_OPERATION", operation="snapshot", resource=f"snapshots/{info.name}")
     return json_response(info.json(), status=201)
 
@@ -57,13 +63,38 @@ async def delete(request: web.Request) -> web.Response:
     return json_response({"name": name, "message": "snapshot deleted"})
 
 
+class _Cancelled(Exception):
+    """The client went away: the tar producer stops."""
+
+
 class _QueueWriter:
+    """The tar stream's file object: chunks go to a bounded queue the handler drains. Once
+    ``cancelled`` is set (the handler ended) a blocked producer gives up instead of waiting
+    forever for a reader that is gone."""
+
     def __init__(self, q: queue.Queue[bytes | None]) -> None:
         self.q = q
+        self.cancelled = threading.Event()
+
+    def put(self, item: bytes | None) -> None:
+        while True:
+            if self.cancelled.is_set():
+                if item is None:  # the end marker: never block, a reader may still wait
+                    try:
+                        self.q.put_nowait(None)
+                    except queue.Full:
+                        pass
+                    return
+                raise _Cancelled()
+            try:
+                self.q.put(item, timeout=0.2)
+                return
+            except queue.Full:
+                continue
 
     def write(self, data: bytes) -> int:
         if data:
-            self.q.put(bytes(data))
+            self.put(bytes(data))
         return len(data)
 
 
@@ -72,18 +103,26 @@ async def download(request: web.Request) -> web.StreamResponse:
 
 
 async def stream_snapshot(request: web.Request, path: str) -> web.StreamResponse:
-    """Stream a snapshot directory as a tar archive (built in a thread, sent as it is made)."""
+    """Stream a snapshot directory as a tar archive (built in a thread, sent as it is made).
+    A failure while building it (a file gone: the snapshot was deleted meanwhile) drops the
+    connection, so the client sees an incomplete transfer, never a short but valid-looking
+    tar."""
     name = os.path.basename(path)
-    q: queue.Queue[bytes | None] = queue.Queue(maxsize=32)
+    out = _QueueWriter(queue.Queue(maxsize=32))
+    failed: list[BaseException] = []
 
     def produce() -> None:
         try:
-            with tarfile.open(fileobj=_QueueWriter(q), mode="w|") as tar:  # type: ignore[arg-type]
+            with tarfile.open(fileobj=out, mode="w|") as tar:  # type: ignore[call-overload]
                 tar.add(
                     path, arcname=name, filter=lambda ti: None if ti.name.endswith("-lock") else ti
                 )
+        except _Cancelled:
+            pass
+        except Exception as exc:  # reported to the handler, which aborts the response
+            failed.append(exc)
         finally:
-            q.put(None)
+            out.put(None)
 
     resp = web.StreamResponse(
         headers={
@@ -94,15 +133,29 @@ async def stream_snapshot(request: web.Request, path: str) -> web.StreamResponse
     await resp.prepare(request)
     threading.Thread(target=produce, name="snapshot-download", daemon=True).start()
     loop = asyncio.get_running_loop()
-    while True:
-        chunk = await loop.run_in_executor(None, q.get)
-        if chunk is None:
-            break
-        await resp.write(chunk)
+    try:
+        while True:
+            chunk = await loop.run_in_executor(None, out.q.get)
+            if chunk is None:
+                break
+            await resp.write(chunk)
+    except ConnectionResetError:  # the client went away
+        return resp
+    finally:
+        out.cancelled.set()
+    if failed:
+        log.warning("snapshot download of %s failed: %s", name, failed[0])
+        if request.transport is not None:
+            request.transport.abort()
+        return resp
     await resp.write_eof()
     return resp
 
 
 async def window(request: web.Request) -> web.Response:
-    w = await asyncio.to_thread(restore.window, request.app[SETTINGS])
+    # the engine's open log: this process cannot open the same LMDB file a second time
+    try:
+        w = await asyncio.to_thread(restore.window, request.app[SETTINGS], request.app[ENGINE].log)
+    except archive.ArchiveError as exc:
+        raise Internal(f"the log archive is damaged: {exc}", code="archive_damaged") from None
     return json_response(w.json())

@@ -78,12 +78,17 @@ def index_parameters(value: object, where: str = "indexParameters") -> dict[str,
 
 
 def new_index(requested: str, kind: str, params: dict[str, int], name: str = "") -> dict[str, Any]:
+    # timestamps travel in the record (db.update stores this dict as is; index.create and
+    # db.create overwrite them with the record's time)
+    now = int(time.time() * 1000)
     return {
         "id": "index_" + uuid.uuid4().hex[:16],
         "name": name,
         "requested": requested,
         "kind": kind,
         "parameters": params,
+        "created_at": now,
+        "updated_at": now,
     }
 
 

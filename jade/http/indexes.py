@@ -45,8 +45,9 @@ def index_json(db: dict[str, Any], idx: dict[str, Any], request: web.Request) ->
         "servedBy": idx["kind"],
         "status": "active" if serving is not None and serving["id"] == idx["id"] else "inactive",
         "parameters": params,
-        "createdAt": idx["created_at"],
-        "updatedAt": idx["updated_at"],
+        # indexes made by a database PUT before new_index carried timestamps have none
+        "createdAt": idx.get("created_at", db["updated_at"]),
+        "updatedAt": idx.get("updated_at", idx.get("created_at", db["updated_at"])),
     }
 
 

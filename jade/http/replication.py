@@ -21,14 +21,17 @@ from aiohttp import web
 from jade.errors import InvalidArgument
 from jade.http.auth import principal_of
 from jade.http.backups import stream_snapshot
-from jade.http.keys import BACKUPS, ENGINE, METRICS, REPLICA_STATUS, REPLICAS
+from jade.http.keys import BACKUPS, ENGINE, METRICS, REPLICA_STATUS, REPLICAS, SHUTDOWN
 from jade.http.middleware import json_response
+from jade.http.replication_state import ReplicaState
 from jade.http.validate import read_json
 from wal.log import LogError
 from wal.stream import frame
 
 HEARTBEAT_SECONDS = 1.0
-BATCH = 512
+BATCH = 512  # records per frame at most
+FRAME_BYTES = 8 * 1024 * 1024  # and about this many bytes (wal.stream.MAX_FRAME is the limit)
+WRITE_TIMEOUT_SECONDS = 30.0
 
 
 def _replica_id(request: web.Request) -> str:
@@ -52,55 +55,82 @@ async def stream(request: web.Request) -> web.StreamResponse:
     state = request.app[REPLICAS].get(_replica_id(request), request.remote or "", p.user_id)
     resp = web.StreamResponse(headers={"Content-Type": "application/x-jade-stream"})
     await resp.prepare(request)
-    await resp.write(
-        frame(
-            {
-                "t": "hello",
-                "primary_lsn": wal.last_lsn,
-                "primary_ts": wal.last_ts,
-                "epoch": wal.epoch,
-                "first_lsn": wal.first_lsn,
-            }
-        )
-    )
+    await _send(resp, {"t": "hello", "primary_lsn": wal.last_lsn, "primary_ts": wal.last_ts,
+                       "epoch": wal.epoch, "first_lsn": wal.first_lsn})
     reason = await asyncio.to_thread(_mismatch, wal, after, checksum)
     if reason:
-        await resp.write(frame({"t": "reseed", "reason": reason, "first_lsn": wal.first_lsn}))
+        await _send(resp, {"t": "reseed", "reason": reason, "first_lsn": wal.first_lsn})
         return resp
-    state.connected = True
+    state.streams += 1
+    _track(request.app, state)
     cursor = after
+    stop = request.app[SHUTDOWN]
     try:
-        while True:
+        while not stop.is_set():
             if wal.last_lsn > cursor:
                 try:
                     recs = await asyncio.to_thread(wal.read, cursor, limit=BATCH, verify=False)
                 except LogError as exc:  # truncated under us
-                    await resp.write(
-                        frame({"t": "reseed", "reason": str(exc), "first_lsn": wal.first_lsn})
-                    )
+                    await _send(resp, {"t": "reseed", "reason": str(exc),
+                                       "first_lsn": wal.first_lsn})
                     return resp
                 if recs:
-                    await resp.write(frame({"t": "recs", "records": [r.encoded() for r in recs]}))
-                    cursor = recs[-1].lsn
+                    raw = _bounded([r.encoded() for r in recs])
+                    await _send(resp, {"t": "recs", "records": raw})
+                    cursor = recs[len(raw) - 1].lsn
                     state.streamed_lsn = cursor
                     state.last_seen = time.time()
                     continue
-            if not await wal.wait_for(cursor + 1, HEARTBEAT_SECONDS):
-                await resp.write(
-                    frame(
-                        {
-                            "t": "hb",
-                            "last_lsn": wal.last_lsn,
-                            "last_ts": wal.last_ts,
-                            "epoch": wal.epoch,
-                        }
-                    )
-                )
-    except (ConnectionResetError, asyncio.CancelledError):
-        raise
+            arrived = await _wait_new(wal, cursor + 1, stop)
+            if arrived is False:
+                await _send(resp, {"t": "hb", "last_lsn": wal.last_lsn, "last_ts": wal.last_ts,
+                                   "epoch": wal.epoch})
     finally:
-        state.connected = False
-    return resp
+        state.streams -= 1
+    return resp  # shutting down: the follower sees the end of the stream and reconnects
+
+
+def _bounded(raw: list[bytes]) -> list[bytes]:
+    """The first records of ``raw`` that fit in one frame of at most FRAME_BYTES (at least one:
+    a record is at most the request body limit, far below ``wal.stream.MAX_FRAME``)."""
+    total = 0
+    for i, r in enumerate(raw):
+        total += len(r) + 8
+        if total > FRAME_BYTES and i:
+            return raw[:i]
+    return raw
+
+
+async def _send(resp: web.StreamResponse, obj: dict[str, Any]) -> None:
+    """Write a frame; a follower that stopped reading (a dead peer that never reset the
+    connection) ends the stream instead of holding this handler forever."""
+    await asyncio.wait_for(resp.write(frame(obj)), WRITE_TIMEOUT_SECONDS)
+
+
+async def _wait_new(wal: Any, lsn: int, stop: asyncio.Event) -> bool | None:
+    """True when record ``lsn`` committed, False after a heartbeat interval without it, None
+    when the server is shutting down (streams must not hold a graceful shutdown)."""
+    if wal.last_lsn >= lsn:
+        return True
+    waiter = asyncio.ensure_future(wal.wait_for(lsn, HEARTBEAT_SECONDS))
+    stopper = asyncio.ensure_future(stop.wait())
+    try:
+        done, _ = await asyncio.wait({waiter, stopper}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for t in (waiter, stopper):
+            if not t.done():
+                t.cancel()
+    if stopper in done:
+        return None
+    return bool(waiter.result())
+
+
+def _track(app: web.Application, state: ReplicaState) -> None:
+    """The per-follower lag gauge, computed when scraped (a follower that stopped acking shows
+    its lag growing, not the last value it reported)."""
+    engine = app[ENGINE]
+    app[METRICS].replica_lag.labels(state.replica_id).set_function(
+        lambda: max(0, engine.log.last_lsn - state.applied_lsn))
 
 
 def _mismatch(wal: Any, after: int, checksum: str) -> str:
@@ -131,10 +161,7 @@ async def ack(request: web.Request) -> web.Response:
                 raise InvalidArgument(f"'{key}' must be a non-negative integer")
             setattr(state, key, v)
     state.last_seen = time.time()
-    m = request.app[METRICS]
-    m.replica_lag.labels(state.replica_id).set(
-        max(0, request.app[ENGINE].log.last_lsn - state.applied_lsn)
-    )
+    _track(request.app, state)
     return json_response({"ok": True, "primary_lsn": request.app[ENGINE].log.last_lsn})
 
 
@@ -146,15 +173,16 @@ async def snapshot(request: web.Request) -> web.StreamResponse:
 async def status(request: web.Request) -> web.Response:
     follower = request.app.get(REPLICA_STATUS)
     engine = request.app[ENGINE]
-    if follower is not None:
+    if follower is not None and engine.role == "replica":
         return json_response({"role": "replica", **follower()})
     last = engine.log.last_lsn
-    return json_response(
-        {
-            "role": "primary",
-            "last_lsn": last,
-            "last_time_ns": engine.log.last_ts,
-            "epoch": engine.log.epoch,
-            "replicas": [s.json(last) for s in request.app[REPLICAS].by_id.values()],
-        }
-    )
+    body: dict[str, Any] = {
+        "role": "primary",
+        "last_lsn": last,
+        "last_time_ns": engine.log.last_ts,
+        "epoch": engine.log.epoch,
+        "replicas": [s.json(last) for s in request.app[REPLICAS].by_id.values()],
+    }
+    if follower is not None:  # a promoted replica: say what it used to follow
+        body["promoted_from"] = follower()["primary"]
+    return json_response(body)

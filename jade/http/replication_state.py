@@ -13,7 +13,7 @@ class ReplicaState:
     replica_id: str
     address: str
     user_id: str
-    connected: bool = False
+    streams: int = 0  # open streams (a reconnect may overlap the old, not yet dead one)
     streamed_lsn: int = 0
     received_lsn: int = 0
     applied_lsn: int = 0
@@ -23,7 +23,7 @@ class ReplicaState:
         return {
             "replica_id": self.replica_id,
             "address": self.address,
-            "connected": self.connected,
+            "connected": self.streams > 0,
             "streamed_lsn": self.streamed_lsn,
             "received_lsn": self.received_lsn,
             "applied_lsn": self.applied_lsn,

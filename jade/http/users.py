@@ -12,7 +12,7 @@ from aiohttp import web
 
 from jade.auth.service import ADMIN, REPLICATOR, Principal
 from jade.core.decide import Command
-from jade.errors import Forbidden, InvalidArgument, NotFound, Unauthorized
+from jade.errors import Conflict, Forbidden, InvalidArgument, NotFound, Unauthorized
 from jade.http.auth import (
     audit,
     create_user,
@@ -44,6 +44,15 @@ def _check_roles(p: Principal, roles: list[str]) -> None:
     if not p.is_admin and PRIVILEGED & set(roles):
         raise Forbidden(
             "only an admin may grant the admin or replicator roles", code="admin_required"
+        )
+
+
+def _guard_privileged(p: Principal, target: dict[str, Any]) -> None:
+    """Only an admin changes or removes an admin or replicator account (development lets any
+    user manage users; it must not let one disable, demote or rename the admin)."""
+    if not p.is_admin and target["user_id"] != p.user_id and PRIVILEGED & set(target["roles"]):
+        raise Forbidden(
+            "only an admin may change an admin or replicator account", code="admin_required"
         )
 
 
@@ -95,6 +104,8 @@ async def get(request: web.Request) -> web.Response:
 async def update(request: web.Request) -> web.Response:
     uid = request.match_info["uid"]
     p = principal_of(request)
+    if uid != p.user_id:
+        require_manager(request)  # someone else's account: before looking at the body
     body = await read_json(request)
     changes: dict[str, Any] = {}
     if "is_active" in body:
@@ -112,7 +123,12 @@ async def update(request: web.Request) -> web.Response:
         raise InvalidArgument("nothing to update: give is_active, roles, username or email")
     self_safe = set(changes) <= {"email", "username"}
     require_manager(request, uid if self_safe else None)
-    _user(request)
+    target = _user(request)
+    _guard_privileged(p, target)
+    new_name = changes.get("username")
+    if new_name and new_name.lower() != target["username"].lower():
+        if svc_of(request).store.user_by_name(new_name) is not None:  # decide re-checks
+            raise Conflict("Username already exists", code="username_exists")
     await engine_of(request).submit(
         Command("auth.user.update", {"user_id": uid, "changes": changes}, p.user_id)
     )
@@ -130,6 +146,7 @@ async def update(request: web.Request) -> web.Response:
 async def delete(request: web.Request) -> web.Response:
     p = require_manager(request)
     user = _user(request)
+    _guard_privileged(p, user)
     await engine_of(request).submit(
         Command("auth.user.delete", {"user_id": user["user_id"]}, p.user_id)
     )

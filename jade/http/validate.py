@@ -10,11 +10,14 @@ import numpy as np
 import orjson
 from aiohttp import web
 
-from jade.errors import InvalidArgument, PayloadTooLarge, UnsupportedMediaType
+from jade.errors import InvalidArgument, NotFound, PayloadTooLarge, UnsupportedMediaType
 from jade.http.keys import SETTINGS
 
-MAX_ID_BYTES = 512
+# LMDB keys are at most 511 bytes and a vector key is ``db_id NUL vector_id``: 256 leaves room
+# for any database id we mint (29 bytes) with margin.
+MAX_ID_BYTES = 256
 NUMBER = (int, float)
+F32_MAX = float(np.finfo(np.float32).max)
 
 
 async def read_json(request: web.Request, *, required: bool = True) -> dict[str, Any]:
@@ -133,15 +136,32 @@ def query_int(request: web.Request, key: str, default: int, *, lo: int = 0, hi: 
 
 
 def check_id(v: object, what: str = "id") -> str:
-    """Vector ids: non-empty strings of at most 512 UTF-8 bytes, no control characters or '/'
-    (they appear in URL paths)."""
+    """Vector ids: non-empty strings of at most ``MAX_ID_BYTES`` UTF-8 bytes, no control
+    characters or '/', and not ``.`` or ``..`` (they appear in URL paths, where clients
+    normalise those away, so such a vector could never be fetched or deleted)."""
     if not isinstance(v, str) or not v:
         raise InvalidArgument(f"'{what}' must be a non-empty string")
-    if len(v.encode()) > MAX_ID_BYTES:
+    try:
+        size = len(v.encode())
+    except UnicodeEncodeError:  # a lone surrogate (JSON "\ud800")
+        raise InvalidArgument(f"'{what}' is not valid Unicode") from None
+    if size > MAX_ID_BYTES:
         raise InvalidArgument(f"'{what}' is longer than {MAX_ID_BYTES} bytes")
     if "/" in v or any(ord(c) < 32 or ord(c) == 127 for c in v):
         raise InvalidArgument(f"'{what}' must not contain '/' or control characters")
+    if v in (".", ".."):
+        raise InvalidArgument(f"'{what}' must not be '.' or '..'")
     return v
+
+
+def path_id(request: web.Request, key: str = "vid") -> str:
+    """A vector id from the URL path: one that could never have been stored is absent (404),
+    and is never used as a storage key."""
+    v = request.match_info[key]
+    try:
+        return check_id(v)
+    except InvalidArgument:
+        raise NotFound("Vector not found", vector_id=v[:MAX_ID_BYTES]) from None
 
 
 def vector_values(v: object, dim: int, what: str = "values") -> np.ndarray:
@@ -159,10 +179,9 @@ def vector_values(v: object, dim: int, what: str = "values") -> np.ndarray:
     arr = np.asarray(v, dtype=np.float64)
     if not np.isfinite(arr).all():
         raise InvalidArgument(f"'{what}' must contain only finite numbers (no NaN/Infinity)")
-    out = arr.astype(np.float32)
-    if not np.isfinite(out).all():
+    if arr.size and float(np.abs(arr).max()) > F32_MAX:  # cast would overflow to inf
         raise InvalidArgument(f"'{what}' has values outside the float32 range")
-    return out
+    return arr.astype(np.float32)
 
 
 def metadata_value(v: object) -> Any:

@@ -11,7 +11,14 @@ from jade.core.decide import MISSING, Command
 from jade.errors import InvalidArgument, NotFound
 from jade.http.databases import actor_of, engine_of, get_db
 from jade.http.middleware import json_response
-from jade.http.validate import check_id, metadata_value, query_int, read_json, vector_values
+from jade.http.validate import (
+    check_id,
+    metadata_value,
+    path_id,
+    query_int,
+    read_json,
+    vector_values,
+)
 from jade.stores.data import StoredVector
 
 MAX_BATCH = 100_000
@@ -118,7 +125,7 @@ async def list_(request: web.Request) -> web.Response:
 
 async def get(request: web.Request) -> web.Response:
     db = get_db(request)
-    vid = request.match_info["vid"]
+    vid = path_id(request)
     v = engine_of(request).store.vector(db["id"], vid)
     if v is None:
         raise NotFound("Vector not found", vector_id=vid)
@@ -127,7 +134,7 @@ async def get(request: web.Request) -> web.Response:
 
 async def update(request: web.Request) -> web.Response:
     db = get_db(request)
-    vid = check_id(request.match_info["vid"])
+    vid = path_id(request)
     body = await read_json(request)
     item = {"id": vid, "values": body.get("values")}
     if "values" not in body:
@@ -141,7 +148,7 @@ async def update(request: web.Request) -> web.Response:
 
 async def delete(request: web.Request) -> web.Response:
     db = get_db(request)
-    vid = request.match_info["vid"]
+    vid = path_id(request)
     await engine_of(request).submit(
         Command("vec.delete", {"db": db["id"], "ids": [vid], "must_exist": True}, actor_of(request))
     )

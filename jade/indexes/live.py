@@ -175,11 +175,12 @@ class LiveDb:
         live = max(1, len(self))
         if len(allowed) <= exact_scan_max or isinstance(self.index, FlatIndex):
             stats.strategy = "exact_filtered"
-            data = self.index.get(allowed)
+            present, data = self.index.get_present(allowed)
             scores = exact_scores(self.metric, data, q)
             sel = top_k(scores, k)
-            return allowed[sel], scores[sel], stats
+            return present[sel], scores[sel], stats
         stats.strategy = "hnsw_filtered"
+        k = min(k, len(allowed))  # hnswlib cannot return more than the filter admits
         allowed_set = set(allowed.tolist())
         selectivity = len(allowed) / live
         base = ef or self.spec.ef_search

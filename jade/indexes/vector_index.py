@@ -73,6 +73,11 @@ class VectorIndex:
         """Stored vectors (normalised for cosine) of the given live labels."""
         raise NotImplementedError
 
+    def get_present(self, labels: I64) -> tuple[I64, F32]:
+        """Like ``get``, but labels deleted meanwhile (a search racing the writer thread) are
+        left out: returns the labels kept and their vectors, row for row."""
+        raise NotImplementedError
+
     def search(
         self, q: F32, k: int, allowed: Callable[[int], bool] | None = None, ef: int | None = None
     ) -> tuple[I64, np.ndarray]:
@@ -148,6 +153,13 @@ class FlatIndex(VectorIndex):
         with self._lock:
             rows = [self.pos[int(label)] for label in labels]
             return self.data[rows].copy()
+
+    def get_present(self, labels: I64) -> tuple[I64, F32]:
+        with self._lock:
+            pos = self.pos
+            keep = [int(x) for x in labels.tolist() if x in pos]
+            rows = [pos[x] for x in keep]
+            return np.asarray(keep, dtype=np.int64), self.data[rows].copy()
 
     def search(
         self, q: F32, k: int, allowed: Callable[[int], bool] | None = None, ef: int | None = None
@@ -268,6 +280,25 @@ class HnswIndex(VectorIndex):
                 dtype=np.float32,
             )
 
+    def get_present(self, labels: I64) -> tuple[I64, F32]:
+        with self._resize_lock:
+            deleted = self.deleted
+            keep = [int(x) for x in labels.tolist() if x not in deleted]
+            if not keep:
+                return np.zeros(0, dtype=np.int64), np.zeros((0, self.dim), dtype=np.float32)
+            try:
+                data = self.index.get_items(np.asarray(keep, dtype=np.int64), return_type="numpy")
+            except RuntimeError:  # marked deleted between the check and the read: one by one
+                rows, kept = [], []
+                for x in keep:
+                    try:
+                        rows.append(self.index.get_items([x], return_type="numpy")[0])
+                    except RuntimeError:
+                        continue
+                    kept.append(x)
+                keep, data = kept, np.asarray(rows).reshape(len(kept), self.dim)
+        return np.asarray(keep, dtype=np.int64), np.asarray(data, dtype=np.float32)
+
     def set_ef(self, ef: int) -> None:
         self.ef_search = ef
         self.index.set_ef(ef)
@@ -280,23 +311,39 @@ class HnswIndex(VectorIndex):
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         q2 = np.asarray(q, dtype=np.float32).reshape(1, -1)
         with self._resize_lock:
-            if ef is not None and ef != self.ef_search:
-                self.index.set_ef(ef)
             try:
                 for attempt in range(3):
+                    if attempt:  # fewer than k reachable (many deleted, a narrow filter): wider
+                        self.index.set_ef(max(self.ef_search, ef or 0, k) * (4 << attempt))
+                    elif ef is not None and ef != self.ef_search:
+                        self.index.set_ef(ef)
                     try:
                         labels, dist = self.index.knn_query(q2, k=k, num_threads=1, filter=allowed)
-                        break
                     except RuntimeError:
-                        # fewer than k reachable (many deleted, or a narrow filter): look wider
-                        if attempt == 2:
-                            k = max(1, k // 2)
-                        self.index.set_ef(max(self.ef_search, ef or 0, k) * (4 << attempt))
-                else:  # pragma: no cover - the last attempt above always breaks or raises
-                    raise RuntimeError("unreachable")
+                        continue
+                    return labels[0].astype(np.int64), distances_to_scores(self.metric, dist[0])
             finally:
                 self.index.set_ef(self.ef_search)
-        return labels[0].astype(np.int64), distances_to_scores(self.metric, dist[0])
+            # the graph cannot yield k live (allowed) neighbours: answer exactly instead
+            return self._exact(q2[0], k, allowed)
+
+    def _exact(
+        self, q: F32, k: int, allowed: Callable[[int], bool] | None
+    ) -> tuple[I64, np.ndarray]:
+        """Exact top-k over the live (and allowed) labels; the caller holds ``_resize_lock``."""
+        deleted = self.deleted
+        ids = [
+            label
+            for label in self.index.get_ids_list()
+            if label not in deleted and (allowed is None or allowed(label))
+        ]
+        if not ids:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        labels = np.asarray(ids, dtype=np.int64)
+        data = np.asarray(self.index.get_items(labels, return_type="numpy"), dtype=np.float32)
+        scores = exact_scores(self.metric, data, q)
+        sel = top_k(scores, k)
+        return labels[sel], scores[sel]
 
     def search_batch(self, qs: F32, k: int, ef: int | None = None) -> tuple[I64, np.ndarray]:
         k = min(k, self._live)
