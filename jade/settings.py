@@ -45,6 +45,16 @@ def _non_negative(v: Any) -> str | None:
     return None if v >= 0 else "must be >= 0"
 
 
+def _hex_seed(v: Any) -> str | None:
+    if v == "":
+        return None
+    try:
+        ok = len(bytes.fromhex(str(v))) == 32
+    except ValueError:
+        ok = False
+    return None if ok else "must be 64 hex characters (an Ed25519 seed)"
+
+
 def _port(v: Any) -> str | None:
     return None if 0 <= v <= 65535 else "must be a port number 0..65535"
 
@@ -172,7 +182,7 @@ FIELDS: tuple[Spec, ...] = (
          secret=True),
     Spec("snapshot_signing_key", "backup.snapshot_signing_key", P + "SNAPSHOT_SIGNING_KEY", str,
          "", "hex Ed25519 seed (64 hex chars): snapshot manifests are signed with it",
-         secret=True),
+         secret=True, check=_hex_seed),
     Spec("snapshot_interval_seconds", "backup.snapshot_interval_seconds",
          P + "SNAPSHOT_INTERVAL_SECONDS", int, 86400,
          "scheduled snapshots (0 = off; development default 0)", check=_non_negative),

@@ -1,37 +1,38 @@
 """The ``jade`` command line: the composition root. One module per subcommand lives beside this
-file; this one only parses arguments and dispatches."""
+file; this one only parses arguments and dispatches. Only the module of the command being run
+is imported (the server and the HTTP client are slow to import); ``jade --help`` imports all."""
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 
 from jade.settings import ConfigError
 
+# command word -> module in tools/ that registers it
+COMMANDS = {
+    "serve": "serve",
+    "config": "config_cmd",
+    "user": "user",
+    "snapshot": "snapshot_cmd",
+    "restore": "restore_cmd",
+    "verify": "verify_cmd",
+    "wal": "verify_cmd",
+    "import": "bulk_cmd",
+    "export": "bulk_cmd",
+    "openapi": "openapi_cmd",
+}
+
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     parser = argparse.ArgumentParser(prog="jade", description="JadeVectorDB server and tools")
     sub = parser.add_subparsers(dest="command", required=True)
-
-    from tools import (
-        bulk_cmd,
-        config_cmd,
-        openapi_cmd,
-        restore_cmd,
-        serve,
-        snapshot_cmd,
-        user,
-        verify_cmd,
-    )
-
-    serve.register(sub)
-    config_cmd.register(sub)
-    user.register(sub)
-    snapshot_cmd.register(sub)
-    restore_cmd.register(sub)
-    verify_cmd.register(sub)
-    bulk_cmd.register(sub)
-    openapi_cmd.register(sub)
+    word = next((a for a in argv if not a.startswith("-")), None)
+    modules = [COMMANDS[word]] if word in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for name in modules:
+        importlib.import_module(f"tools.{name}").register(sub)
     args = parser.parse_args(argv)
     try:
         return int(args.run(args) or 0)
