@@ -9,7 +9,6 @@ import time
 from typing import Any
 
 import aiohttp
-import pytest
 
 from jade.http.keys import ENGINE, SCHEDULER, SETTINGS
 from tests.conftest import Server, make_settings, running_server
@@ -310,8 +309,6 @@ async def test_lockout_counters_move(tmp_path: Any) -> None:
         assert sample(text, P + "ip_blocks_total") == 0  # 2 < the IP threshold of 10
 
 
-@pytest.mark.xfail(strict=True, reason="jadevectordb_db_operations_total and "
-                   "db_operation_duration_seconds are declared but nothing increments them")
 async def test_db_operation_counters_move(server: Server) -> None:
     api = server.user
     db = await api.create_db(4)

@@ -393,6 +393,18 @@ def build_app(settings: Settings, engine: Engine | None = None) -> web.Applicati
         m = app[METRICS]
         m.http_requests.labels(request.method, str(status)).inc()
         m.http_duration.observe(seconds)
+        resource = request.match_info.route.resource
+        route = app[ACCESS].get((request.method, resource.canonical if resource else ""))
+        if route is None:
+            return
+        # the runbook's database and user operation series, named by the handler
+        name = f"{route.handler.__module__.rsplit('.', 1)[-1]}.{route.handler.__name__}"
+        outcome = "success" if status < 400 else "error"
+        if route.path.startswith("/v1/databases"):
+            m.db_operations.labels(name, outcome).inc()
+            m.db_operation_duration.labels(name).observe(seconds)
+        elif route.path.startswith(("/v1/users", "/v1/admin/users", "/v1/api-keys")):
+            m.user_operations.labels(name).inc()
 
     app[OBSERVE] = observe
 

@@ -11,12 +11,13 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable
 
+import lmdb
 import orjson
 from aiohttp import web
 
 from jade.engine import written_lsn
 from jade.errors import JadeError
-from jade.http.keys import OBSERVE, REQUEST_ID
+from jade.http.keys import METRICS, OBSERVE, REQUEST_ID
 from jade.logs import request_id_var
 
 log = logging.getLogger("jade.http")
@@ -76,8 +77,12 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             message = f"method {request.method} not allowed on {request.path}"
         resp = json_response({"error": code, "message": message}, status=exc.status)
         status = exc.status
-    except Exception:
-        log.exception("unhandled error", extra={REQUEST_ID: rid})
+    except Exception as exc:
+        if isinstance(exc, lmdb.Error):
+            m = request.app.get(METRICS)
+            if m is not None:
+                m.db_connection_errors.inc()
+        log.exception("unhandled error", extra={"request_id": rid})
         resp = json_response(
             {"error": "internal_error", "message": f"internal error (request {rid})"}, status=500
         )

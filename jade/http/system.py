@@ -80,6 +80,12 @@ def refresh_gauges(request: web.Request) -> None:
     m.vectors.set(sum(d["count"] for d in dbs))
     m.wal_last_lsn.set(engine.log.last_lsn)
     m.wal_map_bytes.set(engine.env.map_size())
+    # map growths: the storage operations that were redone after MapFullError
+    grown = engine.env.grow_count + (engine.auth_env.grow_count if engine.auth_env else 0)
+    seen = getattr(m, "_grow_seen", 0)
+    if grown > seen:
+        m.db_query_retries.inc(grown - seen)
+        m._grow_seen = grown
     lives = list(engine.indexes.dbs.values())
     m.index_size.set(sum(x.index.memory_bytes() for x in lives))
     m.index_vectors.set(sum(len(x) for x in lives))

@@ -83,13 +83,15 @@ class IndexManager:
         elif t == "db.create":
             db = self.store.database(db_id)
             if db is not None:
-                self.dbs[db_id] = LiveDb(
+                live = LiveDb(
                     db_id,
                     db["dimension"],
                     db["metric"],
                     spec_of(db, self.settings),
                     threads=self.settings.index_threads,
                 )
+                live.dirty = True  # an empty index is checkpointed too
+                self.dbs[db_id] = live
         elif t == "db.delete":
             self.dbs.pop(db_id, None)
             self._remove_checkpoint(db_id)
