@@ -25,7 +25,7 @@ from jade.backup.restore import RestoreError, _iso, restore, target_settings
 from jade.backup.verify import verify_dir
 from jade.engine import Engine
 from jade.http.keys import ENGINE, SCHEDULER
-from jade.settings import Settings
+from jade.settings import ConfigError, Settings
 from tests.conftest import make_settings, running_server
 from tests.test_backup_pitr import DIM, digest_dir, digest_envs, replay_digest, vectors
 
@@ -264,12 +264,12 @@ async def test_signed_manifest(tmp_path: Any) -> None:
 
 
 async def test_bad_signing_key_is_named(tmp_path: Any) -> None:
-    s = make_settings(tmp_path, snapshot_signing_key="not-hex", archive_interval_seconds=0)
-    async with running_server(s) as srv:
-        st, body = await srv.admin.post("/v1/admin/snapshots")
-        assert st == 500 and body["error"] == "snapshot_failed", body
-        assert "bad snapshot signing key" in body["message"]
-        assert os.listdir(snapshot.snapshots_dir(s.backup_dir)) == []
+    # refused when the configuration loads, before any snapshot can fail on it
+    with pytest.raises(ConfigError, match="snapshot_signing_key"):
+        make_settings(tmp_path, snapshot_signing_key="not-hex", archive_interval_seconds=0)
+    # and the snapshot code still names a bad key it is handed directly
+    with pytest.raises(snapshot.SnapshotError, match="bad snapshot signing key"):
+        snapshot._signing_key("not-hex")
 
 
 async def test_scheduled_snapshots_and_retention(server: Any, settings: Settings) -> None:

@@ -468,7 +468,7 @@ DB_ROUTES = [r for r in ROUTES if r.path == DB or r.path.startswith(DB + "/")]
 async def test_unknown_database_is_404_on_every_db_route(strict: Strict) -> None:
     for route in DB_ROUTES:
         body = _BODIES.get(route.path[len(DB) :]) if route.method in ("POST", "PUT") else None
-        for db in ("nonexistent_db_id", "db_0_000000"):
+        for db in ("nonexistent_db_id", "db_0_000000", "a" * 600, "%C3%A9", "%00"):
             data = await strict.expect(404, route.method, _fill(route.path, db), body)
             assert "not found" in data["message"].lower(), (route, data)
 
