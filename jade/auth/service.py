@@ -49,6 +49,7 @@ class Principal:
     key_id: str | None = None
     scopes: tuple[str, ...] = ()
     enroll_only: bool = False
+    expires_ms: int | None = None  # when the credential stops being valid (None: never)
 
     @property
     def is_admin(self) -> bool:
@@ -122,6 +123,7 @@ class AuthService:
     _fail_user: dict[str, int] = field(default_factory=dict)
     _fail_ip: dict[str, deque[float]] = field(default_factory=dict)
     key_usage: dict[str, tuple[int, int]] = field(default_factory=dict)  # key_id -> (count, ms)
+    _principals: dict[str, tuple[Principal, int]] = field(default_factory=dict)
     _dummy_hash: str = ""
 
     @property
@@ -134,6 +136,9 @@ class AuthService:
 
     def __post_init__(self) -> None:
         s = self.settings
+        # labelled children bound once: .labels() costs more than the check itself
+        self._granted = self.metrics.permission_checks.labels("granted")
+        self._denied = self.metrics.permission_checks.labels("denied")
         self.login_limit = RateLimiter(s.login_rate_per_minute, 60)
         self.register_limit = RateLimiter(s.register_rate_per_hour, 3600)
         self.forgot_limit = RateLimiter(s.forgot_rate_per_hour, 3600)
@@ -245,10 +250,24 @@ class AuthService:
         if cred is None:
             return None
         try:
-            if cred.count(".") == 2 and not cred.startswith(KEY_PREFIX):
-                p = self._from_token(cred)
+            # Verified credentials are cached per auth-store version: any logout, revocation,
+            # deactivation or role change bumps the version, so the cache is never stale.
+            version = self.store.version
+            hit = self._principals.get(cred)
+            if hit is not None and hit[1] == version and (
+                    hit[0].expires_ms is None or hit[0].expires_ms > now_ms()):
+                p = hit[0]
+                if p.key_id is not None:
+                    n, _ = self.key_usage.get(p.key_id, (0, 0))
+                    self.key_usage[p.key_id] = (n + 1, now_ms())
             else:
-                p = self._from_key(cred)
+                if cred.count(".") == 2 and not cred.startswith(KEY_PREFIX):
+                    p = self._from_token(cred)
+                else:
+                    p = self._from_key(cred)
+                if len(self._principals) >= 10_000:
+                    self._principals.clear()
+                self._principals[cred] = (p, version)
             self.metrics.auth_requests.labels(p.via, "success").inc()
             return p
         except Unauthorized as exc:
@@ -275,6 +294,7 @@ class AuthService:
             "token",
             jti=jti,
             enroll_only=claims.get("scope") == "totp_enroll",
+            expires_ms=int(claims["exp"]) * 1000,
         )
 
     def _from_key(self, key: str) -> Principal:
@@ -295,6 +315,7 @@ class AuthService:
             "key",
             key_id=rec["key_id"],
             scopes=tuple(rec.get("permissions", [])),
+            expires_ms=rec.get("expires_at") or None,
         )
 
     # -- may they ---------------------------------------------------------------------------
@@ -324,7 +345,7 @@ class AuthService:
                         self._cache.popitem(last=False)
         else:
             m.permission_cache_hits.inc()
-        m.permission_checks.labels("granted" if allowed else "denied").inc()
+        (self._granted if allowed else self._denied).inc()
         m.permission_check_duration.observe(time.perf_counter() - t0)
         if not allowed:
             raise Forbidden(
@@ -377,6 +398,7 @@ class AuthService:
     def clear_cache(self) -> None:
         with self._cache_lock:
             self._cache.clear()
+        self._principals.clear()
 
     # -- client address and throttling -------------------------------------------------------
     def client_ip(self, peer: str | None, headers: Any) -> str:
