@@ -334,6 +334,7 @@ async def test_sigkill_under_concurrent_writes_loses_no_acknowledged_write(tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1800)
 async def test_sigkill_hundred_cycles(tmp_path: Any) -> None:
     model = await run_cycles(tmp_path, cycles=100, seed=_seed(7), big_every=10)
     assert model.acked_writes > 2000, model.acked_writes

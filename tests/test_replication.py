@@ -607,6 +607,33 @@ async def test_new_replica_bootstraps_from_snapshot_after_truncation(tmp_path: A
             assert st_["reseeds"] == 1 and "interrupted" in st_["last_error"], st_
             assert not os.path.exists(marker)
             assert await digest(r) == await digest(p)
+
+            # a registered replica's position holds the primary's log truncation, even while it
+            # is down; forgetting it releases the log
+            held = await wait_converged(p, [r])
+            deadline = time.monotonic() + 5
+            while {x["replica_id"]: x for x in (await status(p))["replicas"]}[
+                    "fresh"]["applied_lsn"] != held:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.1)
+            replica.kill()
+            assert await writer(p, dbids, 4, 20, seed=4) == 20
+            st, snap2 = await p.post("/v1/admin/snapshots")
+            assert st == 201 and snap2["lsn"] == held + 20
+            st, snaps = await p.get("/v1/admin/snapshots")
+            for old in snaps["snapshots"]:  # only the replica may hold the log back now
+                if old["name"] != snap2["name"]:
+                    st, body = await p.delete(f"/v1/admin/snapshots/{old['name']}")
+                    assert st == 200, body
+            await asyncio.sleep(2.5)  # retention 1 s, archive and truncation every second
+            st, body = await p.get("/status")
+            assert body["log"]["first_lsn"] == held + 1, (body["log"], held)
+            st, body = await p.delete("/v1/replication/replicas/fresh")
+            assert st == 200, body
+            deadline = time.monotonic() + 10
+            while (await p.get("/status"))[1]["log"]["first_lsn"] <= held + 1:
+                assert time.monotonic() < deadline
+                await asyncio.sleep(0.2)
     finally:
         for n in (replica, primary):
             if n is not None:

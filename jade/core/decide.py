@@ -50,8 +50,11 @@ def _db(store: DataStore, txn: lmdb.Transaction, db_id: str) -> dict[str, Any]:
     return db
 
 
-def _passthrough(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[Draft]:
-    return [Draft(cmd.type, cmd.actor, cmd.body)]
+def _db_create(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[Draft]:
+    # apply would overwrite the catalog entry and leave the old vectors behind it
+    if store.database(cmd.body["id"], txn) is not None:
+        raise Conflict("Database already exists", database_id=cmd.body["id"])
+    return [Draft("db.create", cmd.actor, cmd.body)]
 
 
 def _db_update(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[Draft]:
@@ -89,10 +92,14 @@ def _vec_upsert(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[D
     labels: list[int] = []
     metadata: list[Any] = []
     seen: dict[str, int] = {}
+    resolved: dict[str, Any] = {}  # id -> its metadata as of the previous item of this batch
     for vid, md in zip(ids, b["metadata"], strict=True):
         if vid in seen:  # the same id twice in one batch: the later one wins, same label
             labels.append(seen[vid])
-            metadata.append(md if md != MISSING else None)
+            if md == MISSING:
+                md = resolved[vid]
+            resolved[vid] = md
+            metadata.append(md)
             continue
         old = store.vector(db["id"], vid, txn)
         if old is None:
@@ -105,6 +112,7 @@ def _vec_upsert(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[D
         if md == MISSING:
             md = old.metadata if old is not None else None
         seen[vid] = label
+        resolved[vid] = md
         labels.append(label)
         metadata.append(md)
     body = {
@@ -152,7 +160,7 @@ def _system_mode(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[
 
 
 _DECIDE: dict[str, Callable[[DataStore, lmdb.Transaction, Command], list[Draft]]] = {
-    "db.create": _passthrough,
+    "db.create": _db_create,
     "db.update": _db_update,
     "db.delete": _db_delete,
     "vec.upsert": _vec_upsert,

@@ -199,8 +199,14 @@ class DataStore:
         db = self.database(rec.body["id"], txn)
         if db is None:
             return
-        db.update(rec.body["changes"])
-        db["updated_at"] = ms(rec.ts)
+        changes = dict(rec.body["changes"])
+        now = ms(rec.ts)
+        if "indexes" in changes:  # copies: the record's body is never modified
+            changes["indexes"] = [
+                {"created_at": now, "updated_at": now, **i} for i in changes["indexes"]
+            ]
+        db.update(changes)
+        db["updated_at"] = now
         self._put_db(txn, db)
 
     def _db_delete(self, txn: lmdb.Transaction, rec: Record) -> None:

@@ -1,0 +1,292 @@
+"""Shared pieces of the benchmarks: a seeded clustered dataset, exact ground truth, recall, a
+real server subprocess in a temp data dir, and a lean keep-alive HTTP client.
+
+The benchmarks print tables and never assert: they measure, a person judges.
+"""
+
+from __future__ import annotations
+
+import http.client
+import os
+import platform
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import orjson
+from numpy.typing import NDArray
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+F32 = NDArray[np.float32]
+PASSWORD = "Bench_Secure123@"
+
+
+# -- data --------------------------------------------------------------------------------------
+def normalise(x: F32) -> F32:
+    out: F32 = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    return out
+
+
+def clustered(
+    n: int, dim: int, *, clusters: int = 100, spread: float = 0.35, seed: int = 42
+) -> F32:
+    """``n`` unit vectors around ``clusters`` random unit centres (gaussian, per-axis sigma
+    ``spread / sqrt(dim)``), shuffled. The same seed gives the same data."""
+    rng = np.random.default_rng(seed)
+    centres = normalise(rng.standard_normal((clusters, dim)).astype(np.float32))
+    which = rng.integers(0, clusters, n)
+    noise = rng.standard_normal((n, dim)).astype(np.float32) * (spread / np.sqrt(dim))
+    return normalise(centres[which] + noise)
+
+
+def dataset(n: int, dim: int, queries: int, seed: int = 42) -> tuple[F32, F32]:
+    """(data, queries): queries come from the same clusters but are not in the data."""
+    both = clustered(n + queries, dim, seed=seed)
+    return both[:n], both[n:]
+
+
+def ground_truth(data: F32, queries: F32, k: int, chunk: int = 256) -> NDArray[np.int64]:
+    """Exact top-``k`` row indices by cosine (inner product of unit vectors), best first;
+    chunked matmul so memory stays at ``chunk * n`` floats."""
+    out = np.empty((len(queries), k), dtype=np.int64)
+    for s in range(0, len(queries), chunk):
+        sims = queries[s : s + chunk] @ data.T
+        part = np.argpartition(-sims, k, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(sims, part, axis=1), axis=1)
+        out[s : s + chunk] = np.take_along_axis(part, order, axis=1)
+    return out
+
+
+def recall_at_k(found: list[list[int]] | NDArray[np.int64], truth: NDArray[np.int64]) -> float:
+    """Mean fraction of the true top-k present in each answer (k = truth's width)."""
+    k = int(truth.shape[1])
+    hits: int = sum(
+        len(set(list(f)[:k]) & set(t.tolist())) for f, t in zip(found, truth, strict=True)
+    )
+    return float(hits) / (k * len(truth))
+
+
+def percentile_ms(seconds: list[float], p: float) -> float:
+    return float(np.percentile(np.asarray(seconds) * 1000.0, p))
+
+
+# -- the server ----------------------------------------------------------------------------
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class BenchServer:
+    """``python -m tools serve`` as a subprocess on a free loopback port, with built-in
+    (development) settings: no config files, so the figures do not depend on local edits."""
+
+    def __init__(self, data_dir: str | None = None, env: dict[str, str] | None = None) -> None:
+        self.tmp = None if data_dir else tempfile.mkdtemp(prefix="jade-bench-")
+        self.data_dir = data_dir or os.path.join(self.tmp or "", "data")
+        self.port = free_port()
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.env = {
+            **os.environ,
+            "JADEVECTORDB_DATA_DIR": self.data_dir,
+            "JADEVECTORDB_PORT": str(self.port),
+            "JADEVECTORDB_HOST": "127.0.0.1",
+            "JADEVECTORDB_CONFIG_DIR": os.path.join(self.data_dir, "no-config"),
+            "PYTHONPATH": ROOT,
+            **(env or {}),
+        }
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.log_path = os.path.join(os.path.dirname(self.data_dir), f"server-{self.port}.log")
+
+    def start(self, timeout: float = 600.0) -> float:
+        """Start and wait until the port accepts; returns the seconds that took."""
+        t0 = time.perf_counter()
+        self.spawn()
+        deadline = t0 + timeout
+        while time.perf_counter() < deadline:
+            assert self.proc is not None
+            if self.proc.poll() is not None:
+                raise RuntimeError(
+                    f"server exited with {self.proc.returncode}; see {self.log_path}"
+                )
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
+                    return time.perf_counter() - t0
+            except OSError:
+                time.sleep(0.01)
+        raise TimeoutError("server did not start")
+
+    def spawn(self) -> None:
+        log = open(self.log_path, "ab")  # handed to the child, closed here
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "tools", "serve"],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            cwd=ROOT,
+        )
+        log.close()
+
+    def stop(self, timeout: float = 600.0) -> float:
+        """SIGTERM (drain, checkpoint the indexes, close); returns the seconds it took."""
+        t0 = time.perf_counter()
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=timeout)
+        return time.perf_counter() - t0
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def cleanup(self) -> None:
+        self.kill()
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def log_text(self) -> str:
+        try:
+            with open(self.log_path, "rb") as fh:
+                return fh.read().decode(errors="replace")
+        except OSError:
+            return ""
+
+    def last_open_seconds(self) -> float | None:
+        """The engine's own open time from the server log ("opened ... in 1.23s"), if logged."""
+        found = re.findall(r"opened .* in ([0-9.]+)s", self.log_text())
+        return float(found[-1]) if found else None
+
+    def __enter__(self) -> BenchServer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.cleanup()
+
+
+# -- the client ----------------------------------------------------------------------------
+class HttpError(RuntimeError):
+    pass
+
+
+class Client:
+    """One persistent HTTP/1.1 connection (http.client): the least client work per request,
+    so the timings are the server's as far as a 2-core machine allows."""
+
+    def __init__(self, base: str, token: str = "") -> None:
+        m = re.match(r"http://([^:/]+):(\d+)", base)
+        assert m, base
+        self.host, self.port = m.group(1), int(m.group(2))
+        self.token = token
+        self.conn = http.client.HTTPConnection(self.host, self.port, timeout=600)
+
+    def headers(self) -> dict[str, str]:
+        h = {"Content-Type": "application/json"}
+        if self.token:
+            h["Authorization"] = f"Bearer {self.token}"
+        return h
+
+    def raw(self, method: str, path: str, body: bytes | None = None) -> tuple[int, bytes]:
+        for attempt in (0, 1):
+            try:
+                self.conn.request(method, path, body=body, headers=self.headers())
+                r = self.conn.getresponse()
+                return r.status, r.read()
+            except (http.client.RemoteDisconnected, ConnectionResetError, BrokenPipeError):
+                self.conn.close()  # a stale keep-alive connection: reconnect once
+                if attempt:
+                    raise
+        raise AssertionError("unreachable")
+
+    def call(
+        self, method: str, path: str, body: Any = None, *, ok: tuple[int, ...] = (200, 201)
+    ) -> Any:
+        data = body if isinstance(body, bytes) or body is None else dumps(body)
+        status, text = self.raw(method, path, data)
+        if status not in ok:
+            raise HttpError(f"{method} {path} -> {status} {text[:300]!r}")
+        return orjson.loads(text) if text else None
+
+    def close(self) -> None:
+        self.conn.close()
+
+
+def dumps(body: Any) -> bytes:
+    return orjson.dumps(body, option=orjson.OPT_SERIALIZE_NUMPY)
+
+
+def login(base: str, username: str = "bench") -> str:
+    """Register (first time) and log in; returns a bearer token (it survives restarts)."""
+    c = Client(base)
+    try:
+        c.call(
+            "POST", "/v1/auth/register", {"username": username, "password": PASSWORD}, ok=(201, 409)
+        )
+        return str(
+            c.call("POST", "/v1/auth/login", {"username": username, "password": PASSWORD})["token"]
+        )
+    finally:
+        c.close()
+
+
+def batch_bodies(data: F32, size: int, prefix: str = "v") -> Iterator[tuple[int, bytes]]:
+    """(count, JSON body) of POST /vectors/batch for consecutive slices; ids are ``prefix<row>``."""
+    for s in range(0, len(data), size):
+        chunk = data[s : s + size]
+        body = {
+            "vectors": [{"id": f"{prefix}{s + i}", "values": row} for i, row in enumerate(chunk)]
+        }
+        yield len(chunk), dumps(body)
+
+
+def row_of(vector_id: str, prefix: str = "v") -> int:
+    return int(vector_id[len(prefix) :])
+
+
+def metric_sum_count(metrics_text: str, name: str) -> tuple[float, float]:
+    """(sum, count) of a Prometheus histogram in /metrics text (0, 0 when absent)."""
+    total = count = 0.0
+    for line in metrics_text.splitlines():
+        if line.startswith(name + "_sum"):
+            total = float(line.split()[-1])
+        elif line.startswith(name + "_count"):
+            count = float(line.split()[-1])
+    return total, count
+
+
+# -- printing --------------------------------------------------------------------------------
+@dataclass
+class Table:
+    title: str
+    header: list[str]
+    rows: list[list[str]]
+
+    def render(self) -> str:
+        cols = [self.header, *self.rows]
+        widths = [max(len(r[i]) for r in cols) for i in range(len(self.header))]
+
+        def line(r: list[str]) -> str:
+            return "| " + " | ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) + " |"
+
+        sep = "|" + "|".join("-" * (w + 2) for w in widths) + "|"
+        return "\n".join([f"\n{self.title}", line(self.header), sep, *map(line, self.rows)])
+
+
+def machine() -> str:
+    return (
+        f"{time.strftime('%Y-%m-%d')} · {platform.machine()} · {os.cpu_count()} cores · "
+        f"Python {platform.python_version()} · load avg {os.getloadavg()[0]:.1f}"
+    )
+
+
+def fmt(x: float, digits: int = 0) -> str:
+    return f"{x:,.{digits}f}"
