@@ -11,7 +11,15 @@ from aiohttp import web
 
 from jade import __version__
 from jade.http.databases import engine_of
-from jade.http.keys import AUTH_HEALTH, CONNECTIONS, METRICS, SCHEDULER, SETTINGS
+from jade.http.keys import (
+    AUTH_HEALTH,
+    CONNECTIONS,
+    METRICS,
+    REPLICA_STATUS,
+    REPLICAS,
+    SCHEDULER,
+    SETTINGS,
+)
 from jade.http.middleware import json_response
 from jade.metrics import CONTENT_TYPE
 
@@ -145,9 +153,25 @@ async def status(request: web.Request) -> web.Response:
             "groups": engine.writer.stats.groups if engine.writer else 0,
         },
         "scheduler": request.app[SCHEDULER].status(),
+        "replication": _replication(request),
         "indexes": {
             "checkpoint_age_seconds": engine.indexes.checkpoint_age_seconds(),
             "replayed_on_start": engine.indexes.replayed_on_start,
         },
     }
     return json_response(body)
+
+
+def _replication(request: web.Request) -> dict[str, Any]:
+    """Lag on both sides: a replica's own, or the primary's followers."""
+    follower = request.app.get(REPLICA_STATUS)
+    engine = engine_of(request)
+    if follower is not None and engine.role == "replica":
+        st = follower()
+        return {k: st.get(k) for k in ("state", "primary", "applied_lsn", "primary_lsn",
+                                       "lag_records", "lag_seconds")}
+    last = engine.log.last_lsn
+    replicas = [{"replica_id": r.replica_id, "applied_lsn": r.applied_lsn,
+                 "lag_records": max(0, last - r.applied_lsn)}
+                for r in request.app[REPLICAS].by_id.values()]
+    return {"replicas": replicas}
