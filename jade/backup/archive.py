@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from wal.codec import Record, decode, pack, unpack
+from wal.files import fsync_path
 from wal.log import Log
 
 FORMAT = 1
@@ -110,11 +111,7 @@ def _write(d: str, recs: list[Record], prev: bytes) -> Segment:
         os.fsync(fh.fileno())
     final = os.path.join(d, name)
     os.replace(tmp, final)
-    fd = os.open(d, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_path(d)
     return Segment(final, recs[0].lsn, recs[-1].lsn, sha16)
 
 

@@ -30,6 +30,7 @@ import nacl.signing
 from jade.auth.store import AUTH_TYPES, AuthStore
 from jade.stores.data import DataStore
 from wal.codec import decode, lsn_key
+from wal.files import fsync_path
 from wal.lmdbenv import Env
 from wal.log import LOG_DB
 
@@ -77,14 +78,6 @@ def sha256_file(path: str) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
-
-
-def fsync_path(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def _signing_key(hex_seed: str) -> nacl.signing.SigningKey:

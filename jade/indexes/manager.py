@@ -24,6 +24,7 @@ from jade.indexes.vector_index import FlatIndex, HnswIndex, VectorIndex
 from jade.settings import Settings
 from jade.stores.data import DataStore, serving_index
 from wal.codec import Record
+from wal.files import fsync_path
 from wal.log import Log, LogError
 
 log = logging.getLogger(__name__)
@@ -236,7 +237,7 @@ class IndexManager:
         live.index.save(tmp)
         for suffix in ("", ".deleted.json"):
             if os.path.exists(tmp + suffix):
-                _fsync_file(tmp + suffix)
+                fsync_path(tmp + suffix)
                 os.replace(tmp + suffix, os.path.join(base, name + suffix))
         meta = {
             "format": CHECKPOINT_FORMAT,
@@ -265,13 +266,6 @@ class IndexManager:
             return None
         return time.time() - self.last_checkpoint_ts
 
-
-def _fsync_file(path: str) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 __all__ = ["IndexManager", "LogError", "spec_of"]
