@@ -40,6 +40,7 @@ from jade.http.keys import AUTH, ENGINE, METRICS, PROMOTE, REPLICA_STATUS
 from jade.metrics import Metrics
 from jade.settings import Settings
 from wal.codec import decode
+from wal.files import fsync_path
 from wal.log import LogError
 from wal.stream import FrameError, length, parse
 from wal.writer import Replicated
@@ -309,7 +310,7 @@ class Follower:
         shutil.rmtree(s.index_dir, ignore_errors=True)
         if os.path.isdir(os.path.join(snap, "indexes")):
             os.replace(os.path.join(snap, "indexes"), s.index_dir)
-        snapshot.fsync_path(s.data_dir)
+        fsync_path(s.data_dir)
         e.open()
         os.remove(marker)
 
