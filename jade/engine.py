@@ -107,14 +107,16 @@ class Engine:
             n += len(chunk)
         return n
 
-    def _catch_up_auth(self) -> int:
+    def _catch_up_auth(self, upto: int | None = None) -> int:
         """Apply the auth records after the auth store's applied LSN (after a crash between the
-        log commit and the auth store's own commit, or a restore)."""
+        log commit and the auth store's own commit, or a restore), up to ``upto`` (default: the
+        log's tail)."""
         applied = self.auth.applied_lsn()
-        if applied >= self.log.last_lsn:
+        last = self.log.last_lsn if upto is None else upto
+        if applied >= last:
             return 0
         n = 0
-        for chunk in _chunks(self.log.iterate(applied, verify=True), 1024):
+        for chunk in _chunks(self.log.iterate(applied, upto=last, verify=True), 1024):
             todo = [r for r in chunk if r.type in AUTH_TYPES]
 
             def body(txn: lmdb.Transaction, todo: list[Record] = todo,
@@ -255,7 +257,8 @@ class _Handler:
                 atxn.commit()
             except lmdb.Error:
                 log.exception("auth store commit failed; catching up from the log")
-                self.e._catch_up_auth()
+                # the group is durable in the log but not yet the visible tail
+                self.e._catch_up_auth(upto=records[-1].lsn if records else None)
             self.e.auth.version += 1  # permission decisions cached before the commit expire
         for rec in records:
             self.e.indexes.apply(rec)

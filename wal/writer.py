@@ -174,7 +174,6 @@ class Writer:
                 txn.abort()
                 self.log.aborted()
                 raise
-        self.log.committed()
         records = [r for job in group for r in job.records]
         elapsed = time.perf_counter() - t0
         self.stats.groups += 1
@@ -188,6 +187,10 @@ class Writer:
             # per-group state (the engine's auth transaction) to close
             self.handler.after_commit(records)
         finally:
+            # The new tail becomes visible (last_lsn, wait_for, the replication stream) only once
+            # the group is applied everywhere, indexes included: a read that waited for an LSN
+            # then finds it in search too.
+            self.log.committed()
             for job in group:
                 if job.error is not None:
                     job.future.set_exception(job.error)
