@@ -216,9 +216,9 @@ class _Handler:
         self._atxn, self._for = None, None
 
     def _auth_full(self) -> None:
-        self._drop_auth_txn()
         assert self.e.auth_env is not None
-        self.e.auth_env.grow()
+        # the abort runs with the auth env's readers held off (see ``Env.grow``)
+        self.e.auth_env.grow(before=self._drop_auth_txn)
 
     def prepare(self, txn: lmdb.Transaction, item: Command) -> list[Draft]:
         if item.type == "system.promote":

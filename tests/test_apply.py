@@ -214,7 +214,8 @@ def test_vec_upsert_new_vectors(engine: Engine) -> None:
     live = engine.indexes.get("d")
     assert live is not None
     assert live.meta == {0: {"c": "red"}, 1: None}
-    assert np.allclose(live.index.get(np.array([1])), np.array([4, 5, 6]) / np.linalg.norm([4, 5, 6]))
+    unit = np.array([4, 5, 6]) / np.linalg.norm([4, 5, 6])  # cosine stores normalised vectors
+    assert np.allclose(live.index.get(np.array([1])), unit)
 
 
 def test_vec_upsert_again_keeps_the_label(engine: Engine) -> None:

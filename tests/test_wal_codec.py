@@ -31,7 +31,8 @@ def _chain_of(n: int, *, big: bool = False) -> list[Record]:
             "metadata": [{"k": i, "s": "x" * i}, None],
             "nested": {"a": [1, 2.5, None, True], "b": -i},
         }
-        rec = encode(i, 1_700_000_000_000_000_000 + i, 1 + i // 4, "vec.upsert", "alice", body, prev)
+        ts = 1_700_000_000_000_000_000 + i
+        rec = encode(i, ts, 1 + i // 4, "vec.upsert", "alice", body, prev)
         out.append(rec)
         prev = rec.checksum
     return out

@@ -343,7 +343,9 @@ def test_truncation_survives_reopen(tmp_path: Path) -> None:
 # -- the replica path ---------------------------------------------------------------------------
 
 
-def _primary_records(tmp_path: Path, n: int, epoch_at: dict[int, int] | None = None) -> list[Record]:
+def _primary_records(
+    tmp_path: Path, n: int, epoch_at: dict[int, int] | None = None
+) -> list[Record]:
     """Records made by a 'primary' log in its own env (with epoch changes before some LSNs)."""
     env = Env(str(tmp_path / "primary.db"), map_size=4 << 20)
     try:

@@ -291,3 +291,21 @@ def test_on_group_callback(env: Env) -> None:
         assert writer.stats.last_commit_seconds >= 0
     finally:
         writer.close()
+
+
+def test_a_failing_group_observer_does_not_wedge_the_log(env: Env) -> None:
+    log = Log(env)
+
+    def observer(*_: Any) -> None:
+        raise RuntimeError("metrics bug")
+
+    writer = Writer(log, Handler(env, log), on_group=observer)
+    try:
+        first = writer.submit(Item("a")).result(10)
+        assert [r.lsn for r in first] == [1]  # durable, so it is reported as done
+        assert log.last_lsn == 1
+        second = writer.submit(Item("b", n=2)).result(10)
+        assert [r.lsn for r in second] == [2, 3]
+        assert [r.body["name"] for r in log.read(0, verify=True)] == ["a", "b", "b"]
+    finally:
+        writer.close()

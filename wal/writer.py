@@ -181,7 +181,12 @@ class Writer:
         self.stats.last_group_size = len(group)
         self.stats.last_commit_seconds = elapsed
         if self._on_group is not None:
-            self._on_group(len(group), len(records), elapsed)
+            # the group is durable: an observer's failure must neither fail its requests nor
+            # keep the tail below (``committed`` not running would wedge every later append)
+            try:
+                self._on_group(len(group), len(records), elapsed)
+            except Exception:
+                log.exception("group observer failed")
         try:
             # called even for a group whose every item was refused: the handler may hold
             # per-group state (the engine's auth transaction) to close
