@@ -142,31 +142,36 @@ class Log:
 
     # -- truncation --------------------------------------------------------------------------
     def truncate_before(self, lsn: int) -> int:
-        """Remove records with LSN < ``lsn`` (never the last one). Returns how many went."""
+        """Remove records with LSN < ``lsn`` (never the last one) in a transaction of its own.
+        For offline use; a running server truncates through its writer (``wal.writer.Truncate``)."""
         lsn = min(lsn, self.last_lsn)
         if lsn <= self.first_lsn:
             return 0
+        n = self.env.write(lambda txn: self.truncate_in_txn(txn, lsn))
+        self.truncated(lsn)
+        return n
 
-        def body(txn: lmdb.Transaction) -> int:
-            prev = txn.get(lsn_key(lsn - 1), db=self._log)
-            if prev is None:
-                raise LogError(f"LSN {lsn - 1} missing")
-            base = decode(prev)
-            cur = txn.cursor(db=self._log)
-            n = 0
-            if cur.first():
-                while key_lsn(cur.key()) < lsn:
-                    cur.delete()
-                    n += 1
-            txn.put(b"base_lsn", lsn_key(lsn - 1), db=self._meta)
-            txn.put(b"base_checksum", base.checksum, db=self._meta)
-            return n
-
-        n = self.env.write(body)
+    def truncated(self, lsn: int) -> None:
+        """After the commit of ``truncate_in_txn(.., lsn)``: the log now starts at ``lsn``."""
         with self.env.read() as txn:
             raw = txn.get(b"base_checksum", db=self._meta)
         self.base_checksum = bytes(raw) if raw else GENESIS
         self.first_lsn = lsn
+
+    def truncate_in_txn(self, txn: lmdb.Transaction, lsn: int) -> int:
+        """Delete records with LSN < ``lsn`` inside ``txn``, remembering the base checksum."""
+        prev = txn.get(lsn_key(lsn - 1), db=self._log)
+        if prev is None:
+            raise LogError(f"LSN {lsn - 1} missing")
+        base = decode(prev)
+        cur = txn.cursor(db=self._log)
+        n = 0
+        if cur.first():
+            while key_lsn(cur.key()) < lsn:
+                cur.delete()
+                n += 1
+        txn.put(b"base_lsn", lsn_key(lsn - 1), db=self._meta)
+        txn.put(b"base_checksum", base.checksum, db=self._meta)
         return n
 
     # -- reading -----------------------------------------------------------------------------

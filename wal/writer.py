@@ -51,6 +51,14 @@ class Replicated:
     records: list[Record]
 
 
+@dataclass(slots=True)
+class Truncate:
+    """Drop log records before ``lsn`` (retention), in the writer's own transaction."""
+
+    lsn: int
+    removed: int = 0
+
+
 class Handler(Protocol):
     def prepare(self, txn: lmdb.Transaction, item: Any) -> list[Draft]: ...
     def apply_in_txn(self, txn: lmdb.Transaction, record: Record) -> None: ...
@@ -197,6 +205,8 @@ class Writer:
             # then finds it in search too.
             self.log.committed()
             for job in group:
+                if isinstance(job.item, Truncate) and job.error is None and job.item.removed:
+                    self.log.truncated(job.item.lsn)
                 if job.error is not None:
                     job.future.set_exception(job.error)
                 else:
@@ -204,6 +214,9 @@ class Writer:
 
     def _one(self, txn: lmdb.Transaction, job: _Job) -> None:
         item = job.item
+        if isinstance(item, Truncate):
+            item.removed = self.log.truncate_in_txn(txn, item.lsn)
+            return
         if isinstance(item, Replicated):
             for rec in item.records:
                 self.log.append_record(txn, rec)

@@ -12,6 +12,7 @@ from typing import Any
 
 from jade.backup import archive, snapshot
 from jade.engine import Engine
+from wal.writer import Truncate
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +69,13 @@ class Backups:
         limit = self.truncation_limit()
         if limit < self.engine.log.first_lsn:
             return 0
-        n = self.engine.log.truncate_before(limit + 1)
+        # through the writer: the running server's log has one writer
+        lsn = min(limit + 1, self.engine.log.last_lsn)
+        if lsn <= self.engine.log.first_lsn or self.engine.writer is None:
+            return 0
+        job = Truncate(lsn)
+        self.engine.writer.submit(job).result()
+        n = job.removed
         if n:
             log.info("log truncated: %d records up to LSN %d removed", n, limit)
         return n
