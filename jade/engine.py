@@ -26,7 +26,7 @@ from jade.core.decide import Command, decide
 from jade.errors import NotPrimary, ReadOnly, Unavailable
 from jade.indexes.manager import IndexManager
 from jade.settings import Settings
-from jade.stores.data import DataStore
+from jade.stores.data import CATALOG_TYPES, DataStore
 from wal.codec import Record
 from wal.lmdbenv import Env
 from wal.log import Log
@@ -178,7 +178,7 @@ class Engine:
         return self.writer.submit(cmd, cmd.size).result()
 
     def mode(self) -> str:
-        return self.store.mode()
+        return self.store.mode_cached()
 
     def _on_group(self, requests: int, records: int, seconds: float) -> None:
         for fn in self.group_observers:
@@ -260,6 +260,8 @@ class _Handler:
                 # the group is durable in the log but not yet the visible tail
                 self.e._catch_up_auth(upto=records[-1].lsn if records else None)
             self.e.auth.version += 1  # permission decisions cached before the commit expire
+        if any(rec.type in CATALOG_TYPES for rec in records):
+            self.e.store.catalog_version += 1  # after the commit: see DataStore.database_cached
         for rec in records:
             self.e.indexes.apply(rec)
 

@@ -19,8 +19,11 @@ import logging
 import logging.handlers
 import os
 import sys
+import threading
 import time
 from typing import Any
+
+import orjson
 
 from jade.settings import ConfigError, Settings
 
@@ -61,6 +64,109 @@ class AuditFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         return record.getMessage()
+
+
+class AccessLog(logging.handlers.RotatingFileHandler):
+    """access.log without the logging machinery on the request path.
+
+    The HTTP middleware hands ``request`` the finished fields of each request; the line is
+    formatted (with a timestamp cached per second) and buffered, and the buffer is written by a
+    background thread every ``FLUSH_SECONDS`` (or at once past ``MAX_BUFFER`` lines, on
+    ``flush`` and on ``close``). Rotation is the ``RotatingFileHandler``'s, checked per write of
+    the buffer rather than per line. Records logged through ``logging`` to ``jade.access`` still
+    arrive through ``emit``. A crash loses at most the last ``FLUSH_SECONDS`` of access lines.
+    """
+
+    FLUSH_SECONDS = 0.2
+    MAX_BUFFER = 512
+
+    def __init__(self, path: str, max_bytes: int, backups: int, json_lines: bool) -> None:
+        super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
+        self.json_lines = json_lines
+        self._buf: list[str] = []
+        self._sec = -1
+        self._stamp = ""
+        self._io = threading.Lock()
+        self._closed = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.FLUSH_SECONDS):
+            self.flush()
+
+    def request(
+        self, rid: str, remote: str | None, method: str, path_qs: str, path: str, status: int,
+        seconds: float,
+    ) -> None:
+        now = time.time()
+        sec = int(now)
+        msec = int((now - sec) * 1000)
+        ms = round(seconds * 1000, 3)
+        if self.json_lines:
+            if sec != self._sec:
+                self._sec, self._stamp = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
+            line = orjson.dumps({
+                "ts": f"{self._stamp}.{msec:03d}Z", "level": "info", "logger": "jade.access",
+                "request_id": rid,
+                "message": f'{remote} "{method} {path_qs}" {status} {seconds * 1000:.2f}ms',
+                "status": status, "method": method, "path": path, "remote": remote,
+                "duration_ms": ms,
+            }).decode()
+        else:
+            if sec != self._sec:
+                self._sec, self._stamp = sec, time.strftime("%Y-%m-%d %H:%M:%S",
+                                                            time.localtime(sec))
+            line = (f"{self._stamp},{msec:03d} INFO jade.access [{rid}] {remote} "
+                    f'"{method} {path_qs}" {status} {seconds * 1000:.2f}ms')
+        self._buf.append(line)
+        if len(self._buf) >= self.MAX_BUFFER:
+            self.flush()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self._buf.append(self.format(record))
+        except Exception:
+            self.handleError(record)
+
+    def flush(self) -> None:
+        with self._io:
+            buf, self._buf = self._buf, []  # swapped, not copied: appends go to the new list
+            if not buf or self._closed:
+                return
+            text = "\n".join(buf) + "\n"
+            if self.stream is None:  # type: ignore[has-type]
+                self.stream = self._open()
+            if self.maxBytes > 0 and self.stream.tell() + len(text) >= self.maxBytes:
+                self.doRollover()
+            self.stream.write(text)
+            self.stream.flush()
+
+    def close(self) -> None:
+        global _access
+        if _access is self:
+            _access = None
+        self._stop.set()
+        self.flush()
+        self._closed = True
+        super().close()
+
+
+_access: AccessLog | None = None
+
+
+def access(
+    rid: str, remote: str | None, method: str, path_qs: str, path: str, status: int,
+    seconds: float,
+) -> bool:
+    """Write one access line through the fast writer; False when there is none (logging was
+    not set up by ``setup``: the caller falls back to the ``jade.access`` logger)."""
+    a = _access
+    if a is None:
+        return False
+    a.request(rid, remote, method, path_qs, path, status, seconds)
+    return True
 
 
 class _Only(logging.Filter):
@@ -123,7 +229,11 @@ def setup(settings: Settings, *, console: bool | None = None) -> str:
 
     app = file("app.log", fmt)
     app.addFilter(_Only(("jade.access", "jade.audit"), include=False))
-    access = file("access.log", fmt)
+    global _access
+    access = AccessLog(os.path.join(log_dir, "access.log"), max_bytes, backups,
+                       settings.log_format == "json")
+    access.setFormatter(fmt)
+    access.addFilter(rid)
     access.addFilter(_Only(("jade.access",), include=True))
     audit = file("audit.log", AuditFormatter())
     audit.addFilter(_Only(("jade.audit",), include=True))
@@ -141,4 +251,6 @@ def setup(settings: Settings, *, console: bool | None = None) -> str:
         logging.getLogger(name).setLevel(str(lvl).upper())
     logging.getLogger("aiohttp.access").setLevel(logging.WARNING)
     logging.getLogger("apscheduler").setLevel(logging.WARNING)
+    # the fast path writes only while jade.access logs INFO (a per-logger level can mute it)
+    _access = access if logging.getLogger("jade.access").isEnabledFor(logging.INFO) else None
     return log_dir

@@ -124,6 +124,9 @@ class AuthService:
     _fail_ip: dict[str, deque[float]] = field(default_factory=dict)
     key_usage: dict[str, tuple[int, int]] = field(default_factory=dict)  # key_id -> (count, ms)
     _principals: dict[str, tuple[Principal, int]] = field(default_factory=dict)
+    _ok_series: dict[str, Any] = field(default_factory=dict)
+    # ip -> (auth-store version, its block record or None): a block comes and goes with a record
+    _blocks: dict[str, tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
     _dummy_hash: str = ""
 
     @property
@@ -268,7 +271,10 @@ class AuthService:
                 if len(self._principals) >= 10_000:
                     self._principals.clear()
                 self._principals[cred] = (p, version)
-            self.metrics.auth_requests.labels(p.via, "success").inc()
+            ok = self._ok_series.get(p.via)
+            if ok is None:
+                ok = self._ok_series[p.via] = self.metrics.auth_requests.labels(p.via, "success")
+            ok.inc()
             return p
         except Unauthorized as exc:
             self.metrics.auth_requests.labels("credential", "failure").inc()
@@ -420,7 +426,17 @@ class AuthService:
             return False
 
     def check_blocked(self, ip: str) -> None:
-        block = self.store.block(ip) if ip else None
+        if not ip:
+            return
+        version = self.store.version  # read before the store: a later bump drops this entry
+        hit = self._blocks.get(ip)
+        if hit is not None and hit[0] == version:
+            block = hit[1]
+        else:
+            block = self.store.block(ip)
+            if len(self._blocks) >= 10_000:
+                self._blocks.clear()
+            self._blocks[ip] = (version, block)
         if block is not None and block["until"] > now_ms():
             retry = max(1, (block["until"] - now_ms()) // 1000)
             exc = Forbidden(

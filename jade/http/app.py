@@ -18,6 +18,7 @@ import secrets
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from aiohttp import web
 
@@ -167,7 +168,10 @@ ROUTES: tuple[Route, ...] = (
     R("GET", "/v1/admin/snapshots/{name}/download", backups.download, "admin"),
     R("DELETE", "/v1/admin/snapshots/{name}", backups.delete, "admin"),
     R("GET", "/v1/admin/backup/window", backups.window, "admin"),
-    # databases
+    # databases (search first: aiohttp tries the routes under one prefix in this order)
+    R("POST", DB + "/search", search.search, "read"),
+    R("POST", DB + "/search/advanced", search.search, "read"),
+    R("POST", DB + "/search/batch", bulk.search_batch, "read"),
     R("POST", "/v1/databases", databases.create, "create", mutates=True),
     R("GET", "/v1/databases", databases.list_, "list"),
     R("GET", DB, databases.get, "read"),
@@ -184,9 +188,6 @@ ROUTES: tuple[Route, ...] = (
     R("GET", DB + "/vectors/{vid}", vectors.get, "read"),
     R("PUT", DB + "/vectors/{vid}", vectors.update, "write", mutates=True),
     R("DELETE", DB + "/vectors/{vid}", vectors.delete, "write", mutates=True),
-    R("POST", DB + "/search", search.search, "read"),
-    R("POST", DB + "/search/advanced", search.search, "read"),
-    R("POST", DB + "/search/batch", bulk.search_batch, "read"),
     R("POST", DB + "/vectors/import", bulk.import_, "write", mutates=True),
     R("POST", DB + "/indexes", indexes.create, "write", mutates=True),
     R("GET", DB + "/indexes", indexes.list_, "read"),
@@ -194,6 +195,15 @@ ROUTES: tuple[Route, ...] = (
     R("PUT", DB + "/indexes/{iid}", indexes.update, "write", mutates=True),
     R("DELETE", DB + "/indexes/{iid}", indexes.delete, "write", mutates=True),
 )
+
+@dataclass(slots=True)
+class _Series:
+    """The metric children one (method, status, route) observes."""
+
+    requests: Any
+    op: Any = None
+    op_duration: Any = None
+
 
 PROBES = frozenset({"/health", "/health/db", "/metrics", "/openapi.json", "/docs", "/ui",
                     "/ui/{name}"})
@@ -389,22 +399,38 @@ def build_app(settings: Settings, engine: Engine | None = None) -> web.Applicati
     app[ROUTE_TABLE] = ROUTES
     app[OPENAPI] = openapi.build(ROUTES)
 
-    def observe(request: web.Request, status: int, seconds: float) -> None:
+    # the labelled children per (method, status, route): ``labels()`` costs more than ``inc()``
+    children: dict[tuple[str, int, str], _Series] = {}
+
+    def series(method: str, status: int, path: str) -> _Series:
         m = app[METRICS]
-        m.http_requests.labels(request.method, str(status)).inc()
-        m.http_duration.observe(seconds)
+        out = _Series(m.http_requests.labels(method, str(status)))
+        route = app[ACCESS].get((method, path))
+        if route is not None:
+            # the runbook's database and user operation series, named by the handler
+            name = f"{route.handler.__module__.rsplit('.', 1)[-1]}.{route.handler.__name__}"
+            outcome = "success" if status < 400 else "error"
+            if route.path.startswith("/v1/databases"):
+                out.op = m.db_operations.labels(name, outcome)
+                out.op_duration = m.db_operation_duration.labels(name)
+            elif route.path.startswith(("/v1/users", "/v1/admin/users", "/v1/api-keys")):
+                out.op = m.user_operations.labels(name)
+        return out
+
+    def observe(request: web.Request, status: int, seconds: float) -> None:
         resource = request.match_info.route.resource
-        route = app[ACCESS].get((request.method, resource.canonical if resource else ""))
-        if route is None:
-            return
-        # the runbook's database and user operation series, named by the handler
-        name = f"{route.handler.__module__.rsplit('.', 1)[-1]}.{route.handler.__name__}"
-        outcome = "success" if status < 400 else "error"
-        if route.path.startswith("/v1/databases"):
-            m.db_operations.labels(name, outcome).inc()
-            m.db_operation_duration.labels(name).observe(seconds)
-        elif route.path.startswith(("/v1/users", "/v1/admin/users", "/v1/api-keys")):
-            m.user_operations.labels(name).inc()
+        key = (request.method, status, resource.canonical if resource else "")
+        s = children.get(key)
+        if s is None:
+            if len(children) > 4096:  # methods and statuses are few; this is only a bound
+                children.clear()
+            s = children[key] = series(*key)
+        s.requests.inc()
+        app[METRICS].http_duration.observe(seconds)
+        if s.op is not None:
+            s.op.inc()
+        if s.op_duration is not None:
+            s.op_duration.observe(seconds)
 
     app[OBSERVE] = observe
 

@@ -45,9 +45,12 @@ def actor_of(request: web.Request) -> str:
     return str(request.get(ACTOR, "anonymous"))
 
 
-def get_db(request: web.Request, key: str = "db") -> dict[str, Any]:
+def get_db(request: web.Request, key: str = "db", *, fresh: bool = True) -> dict[str, Any]:
+    """The database named in the path, or ``NotFound``. ``fresh=False`` may answer from the
+    catalog cache, whose ``count`` can lag: for paths that need only the database's shape."""
     db_id = request.match_info[key]
-    db = engine_of(request).store.database(db_id)
+    store = engine_of(request).store
+    db = store.database(db_id) if fresh else store.database_cached(db_id)
     if db is None:
         raise NotFound("Database not found", database_id=db_id)
     return db

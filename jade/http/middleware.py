@@ -18,6 +18,7 @@ from aiohttp import web
 from jade.engine import written_lsn
 from jade.errors import JadeError
 from jade.http.keys import METRICS, OBSERVE, REQUEST_ID
+from jade import logs
 from jade.logs import request_id_var
 
 log = logging.getLogger("jade.http")
@@ -94,7 +95,8 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     observe = request.app.get(OBSERVE)
     if observe is not None:
         observe(request, status, elapsed)
-    if access_log.isEnabledFor(logging.INFO):
+    if not logs.access(rid, request.remote, request.method, request.path_qs, request.path,
+                       status, elapsed) and access_log.isEnabledFor(logging.INFO):
         access_log.info(
             '%s "%s %s" %d %.2fms', request.remote, request.method, request.path_qs, status,
             elapsed * 1000,

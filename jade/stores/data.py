@@ -26,6 +26,9 @@ from wal.codec import Record, pack, unpack
 from wal.lmdbenv import Env
 
 SEP = b"\x00"
+# record types that change what ``database_cached``/``mode_cached`` answer
+CATALOG_TYPES = frozenset({"db.create", "db.update", "db.delete", "index.create", "index.update",
+                           "index.delete", "system.mode"})
 
 
 def vkey(db_id: str, vec_id: str) -> bytes:
@@ -62,6 +65,10 @@ class DataStore:
         self.vec = env.db(b"vec")
         self.lbl = env.db(b"lbl")
         self.sys = env.db(b"sys")
+        # bumped by the engine after every commit holding a CATALOG_TYPES record
+        self.catalog_version = 0
+        self._db_cache: dict[str, tuple[int, dict[str, Any] | None]] = {}
+        self._mode_cache: tuple[int, str] = (-1, "")
 
     # -- reads (any thread; each opens a short read transaction unless given one) --------------
     def applied_lsn(self, txn: lmdb.Transaction | None = None) -> int:
@@ -84,6 +91,26 @@ class DataStore:
                 return self.database(db_id, t)
         raw = txn.get(db_id.encode(), db=self.dbs)
         return unpack(raw) if raw is not None else None
+
+    def database_cached(self, db_id: str) -> dict[str, Any] | None:
+        """``database`` from memory while no catalog record has committed since it was read.
+        Its ``count`` and ``next_label`` may lag (vector writes do not invalidate it): for the
+        hot read paths, which need only the database's shape."""
+        version = self.catalog_version  # read before the store: a later bump drops the entry
+        hit = self._db_cache.get(db_id)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        db = self.database(db_id)
+        if len(self._db_cache) >= 10_000:
+            self._db_cache.clear()
+        self._db_cache[db_id] = (version, db)
+        return db
+
+    def mode_cached(self) -> str:
+        version = self.catalog_version
+        if self._mode_cache[0] != version:
+            self._mode_cache = (version, self.mode())
+        return self._mode_cache[1]
 
     def databases(self) -> list[dict[str, Any]]:
         with self.env.read() as txn:
@@ -156,12 +183,12 @@ class DataStore:
                 return
 
     def ids_for_labels(self, db_id: str, labels: list[int]) -> list[str | None]:
+        pre = prefix(db_id)
+        lbl = self.lbl
         with self.env.read() as txn:
-            out: list[str | None] = []
-            for label in labels:
-                raw = txn.get(lkey(db_id, int(label)), db=self.lbl)
-                out.append(raw.decode() if raw is not None else None)
-            return out
+            get = txn.get
+            raws = [get(pre + label.to_bytes(8, "big"), db=lbl) for label in labels]
+        return [raw.decode() if raw is not None else None for raw in raws]
 
     # -- apply (writer thread, inside the log's transaction) -----------------------------------
     def apply(self, txn: lmdb.Transaction, rec: Record) -> None:
