@@ -109,6 +109,11 @@ FIELDS: tuple[Spec, ...] = (
     Spec("exact_scan_max", "search.exact_scan_max", P + "EXACT_SCAN_MAX", int, 20000,
          "filtered searches matching at most this many vectors scan them exactly",
          check=_non_negative),
+    Spec("filter_overfetch_percent", "search.filter_overfetch_percent",
+         P + "FILTER_OVERFETCH_PERCENT", int, 5,
+         "filtered searches matching at least this percentage of the vectors search unfiltered "
+         "for 2 * topK / share neighbours and keep the matching ones (0 = never)",
+         check=_non_negative),
     Spec("filter_cache_size", "search.filter_cache_size", P + "FILTER_CACHE_SIZE", int, 256,
          "filter results cached per process", check=_non_negative),
     Spec("connection_pool_size", "database.connection_pool_size", P + "CONNECTION_POOL_SIZE",
@@ -253,6 +258,7 @@ class Settings:
     index_threads: int = 0
     checkpoint_interval_seconds: int = 300
     exact_scan_max: int = 20000
+    filter_overfetch_percent: int = 5
     filter_cache_size: int = 256
     connection_pool_size: int = 20
     query_timeout_seconds: int = 30

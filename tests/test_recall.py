@@ -1,7 +1,9 @@
 """Recall of the served search against an exact numpy brute force (DESIGN.md: "Filtered search
 must keep its recall at every selectivity"): HNSW recall@10 >= 0.95, and filtered recall@10 >=
-0.95 at ~0.5 %, 5 %, 30 % and 90 % selectivity, both through the exact-scan path (the default
-``exact_scan_max``) and through HNSW-with-filter (``exact_scan_max=0``)."""
+0.95 at ~0.5 %, 5 %, 30 % and 90 % selectivity, through the exact-scan path (the default
+``exact_scan_max``, over-fetching off), through HNSW-with-filter (``exact_scan_max=0``, no
+over-fetching) and through over-fetch + post-filter (``exact_scan_max=0``, the default
+``filter_overfetch_percent``)."""
 
 from __future__ import annotations
 
@@ -109,14 +111,25 @@ module_loop = pytest.mark.asyncio(loop_scope="module")
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def exact_path(tmp_path_factory: Any) -> AsyncIterator[tuple[Strict, str]]:
-    async with running_server(make_settings(tmp_path_factory.mktemp("exact"))) as srv:
+    settings = make_settings(tmp_path_factory.mktemp("exact"), filter_overfetch_percent=0)
+    async with running_server(settings) as srv:
         s = Strict(srv.user)
         yield s, await _load(s)
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
 async def hnsw_path(tmp_path_factory: Any) -> AsyncIterator[tuple[Strict, str]]:
-    settings = make_settings(tmp_path_factory.mktemp("hnsw"), exact_scan_max=0)
+    settings = make_settings(tmp_path_factory.mktemp("hnsw"), exact_scan_max=0,
+                             filter_overfetch_percent=0)
+    async with running_server(settings) as srv:
+        s = Strict(srv.user)
+        yield s, await _load(s)
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def postfilter_path(tmp_path_factory: Any) -> AsyncIterator[tuple[Strict, str]]:
+    settings = make_settings(tmp_path_factory.mktemp("post"), exact_scan_max=0)
+    assert settings.filter_overfetch_percent == 5
     async with running_server(settings) as srv:
         s = Strict(srv.user)
         yield s, await _load(s)
@@ -151,6 +164,19 @@ async def test_filtered_recall_hnsw_with_filter_path(hnsw_path: tuple[Strict, st
     s, db = hnsw_path
     for filters, pred, share in SELECTIVITIES:
         recall = await _recall(s, db, filters, pred, "hnsw_filtered")
+        assert recall >= MIN_RECALL, (share, recall)
+
+
+@module_loop
+async def test_filtered_recall_overfetch_path(postfilter_path: tuple[Strict, str]) -> None:
+    """Shares of 30 % and 90 % over-fetch unfiltered neighbours and post-filter them; below the
+    threshold (0.5 %) the graph search with the filter answers."""
+    s, db = postfilter_path
+    for filters, pred, share in SELECTIVITIES:
+        if share == 0.05:
+            continue  # at the threshold either path may answer (too few matches → fallback)
+        strategy = "hnsw_postfilter" if share >= 0.05 else "hnsw_filtered"
+        recall = await _recall(s, db, filters, pred, strategy)
         assert recall >= MIN_RECALL, (share, recall)
 
 

@@ -2,9 +2,12 @@
 inverted index of metadata terms, and a cache of filter results valid until the next write.
 
 Filtered search keeps its recall at every selectivity: the filter is evaluated first (narrowed by
-the inverted index when it has equality terms), then
-- few matches (``<= exact_scan_max``): an exact scan of just the matching vectors;
-- many: HNSW with the filter applied during the graph search and ``ef`` widened by the inverse
+the inverted index when it has equality terms; the result is cached until the next write), then
+- few matches (``<= EXACT_ALWAYS``): an exact scan of just the matching vectors;
+- a large share of the database (at least ``overfetch_percent``): an unfiltered HNSW search for
+  ``2 * topK / share`` neighbours, post-filtered, kept if at least ``topK`` of them match;
+- otherwise, up to ``exact_scan_max`` matches: the exact scan;
+- beyond: HNSW with the filter applied during the graph search and ``ef`` widened by the inverse
   of the selectivity, so ``topK`` counts only matching vectors (filter-then-rank).
 """
 
@@ -19,6 +22,42 @@ import numpy as np
 
 from jade.core.filters import Filter, index_terms
 from jade.indexes.vector_index import FlatIndex, HnswIndex, VectorIndex, exact_scores, top_k
+
+
+EXACT_ALWAYS = 4096  # matches up to this many: an exact scan is the cheapest answer
+
+
+class Match:
+    """The labels a filter matches (sorted), with a set and a mask by label built on demand."""
+
+    __slots__ = ("labels", "_set", "_mask")
+
+    def __init__(self, labels: np.ndarray) -> None:
+        self.labels = labels
+        self._set: set[int] | None = None
+        self._mask: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def contains(self) -> set[int]:
+        if self._set is None:
+            self._set = set(self.labels.tolist())
+        return self._set
+
+    def mask_of(self, labels: np.ndarray) -> np.ndarray:
+        """Which of ``labels`` match."""
+        if self._mask is None:
+            top = int(self.labels[-1]) + 1 if len(self.labels) else 0
+            mask = np.zeros(top, dtype=bool)
+            mask[self.labels] = True
+            self._mask = mask
+        mask = self._mask
+        inside = labels < len(mask)
+        out = np.zeros(len(labels), dtype=bool)
+        out[inside] = mask[labels[inside]]
+        return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +101,7 @@ class LiveDb:
         self.meta: dict[int, Any] = {}  # label -> metadata, for every live vector
         self.terms: dict[tuple[str, str], set[int]] = {}
         self.version = 0  # bumped on every write: filter results are cached per version
-        self._filter_cache: OrderedDict[str, tuple[int, np.ndarray]] = OrderedDict()
+        self._filter_cache: OrderedDict[str, tuple[int, Match]] = OrderedDict()
         self._cache_lock = threading.Lock()
         self.covered_lsn = 0  # the LSN this in-memory state reflects (for checkpoints)
         self.dirty = False
@@ -123,8 +162,8 @@ class LiveDb:
         return len(self.meta)
 
     # -- filters ---------------------------------------------------------------------------
-    def matching(self, f: Filter, cache_size: int) -> tuple[np.ndarray, bool]:
-        """Labels matching ``f`` (sorted), and whether they came from the cache."""
+    def matching(self, f: Filter, cache_size: int) -> tuple[Match, bool]:
+        """The labels matching ``f``, and whether they came from the cache."""
         key = f.canonical
         version = self.version
         if cache_size:
@@ -142,14 +181,14 @@ class LiveDb:
             labels = [x for x in cand if f.matches(meta.get(x))]
         else:
             labels = [x for x, md in list(meta.items()) if f.matches(md)]
-        arr = np.array(sorted(labels), dtype=np.int64)
+        match = Match(np.array(sorted(labels), dtype=np.int64))
         if cache_size:
             with self._cache_lock:
-                self._filter_cache[key] = (version, arr)
+                self._filter_cache[key] = (version, match)
                 self._filter_cache.move_to_end(key)
                 while len(self._filter_cache) > cache_size:
                     self._filter_cache.popitem(last=False)
-        return arr, False
+        return match, False
 
     # -- search ----------------------------------------------------------------------------
     def search(
@@ -161,29 +200,43 @@ class LiveDb:
         exact_scan_max: int,
         cache_size: int,
         ef: int | None = None,
+        overfetch_percent: int = 0,
     ) -> tuple[np.ndarray, np.ndarray, SearchStats]:
         stats = SearchStats()
         if f is None or f.is_match_all:
             labels, scores = self.index.search(q, k, ef=ef)
             stats.strategy = self.index.kind
             return labels, scores, stats
-        allowed, hit = self.matching(f, cache_size)
+        match, hit = self.matching(f, cache_size)
         stats.filter_cache_hit = hit
-        stats.matched = len(allowed)
-        if len(allowed) == 0:
+        stats.matched = n = len(match)
+        if n == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32), stats
+        if n <= min(EXACT_ALWAYS, exact_scan_max) or isinstance(self.index, FlatIndex):
+            return self._exact(q, k, match, stats)
         live = max(1, len(self))
-        if len(allowed) <= exact_scan_max or isinstance(self.index, FlatIndex):
-            stats.strategy = "exact_filtered"
-            present, data = self.index.get_present(allowed)
-            scores = exact_scores(self.metric, data, q)
-            sel = top_k(scores, k)
-            return present[sel], scores[sel], stats
-        stats.strategy = "hnsw_filtered"
-        k = min(k, len(allowed))  # hnswlib cannot return more than the filter admits
-        allowed_set = set(allowed.tolist())
-        selectivity = len(allowed) / live
+        selectivity = n / live
         base = ef or self.spec.ef_search
+        if overfetch_percent and selectivity * 100 >= overfetch_percent:
+            want = min(live, int(2 * k / selectivity) + 10)
+            labels, scores = self.index.search(q, want, ef=max(base, want))
+            keep = match.mask_of(labels)
+            if int(keep.sum()) >= min(k, n):
+                stats.strategy = "hnsw_postfilter"
+                return labels[keep][:k], scores[keep][:k], stats
+        if n <= exact_scan_max:
+            return self._exact(q, k, match, stats)
+        stats.strategy = "hnsw_filtered"
+        k = min(k, n)  # hnswlib cannot return more than the filter admits
         wide = int(min(4096, max(base, k) / max(selectivity, 1e-3)))
-        labels, scores = self.index.search(q, k, allowed=allowed_set.__contains__, ef=wide)
+        labels, scores = self.index.search(q, k, allowed=match.contains.__contains__, ef=wide)
         return labels, scores, stats
+
+    def _exact(
+        self, q: np.ndarray, k: int, match: Match, stats: SearchStats
+    ) -> tuple[np.ndarray, np.ndarray, SearchStats]:
+        stats.strategy = "exact_filtered"
+        present, data = self.index.get_present(match.labels)
+        scores = exact_scores(self.metric, data, q)
+        sel = top_k(scores, k)
+        return present[sel], scores[sel], stats

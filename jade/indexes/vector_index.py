@@ -5,8 +5,10 @@ Both map integer labels (decided in the log records) to vectors, and both answer
 ``1 / (1 + euclidean distance)`` for ``euclidean``.
 
 Thread model: one writer thread calls ``add``/``delete``/``save``; searches come from any
-thread. hnswlib allows searches concurrent with ``add_items``; ``resize_index`` is not, so it
-happens under ``_resize_lock`` which searches also take (uncontended but for a resize).
+thread, and run concurrently (hnswlib releases the GIL in ``knn_query``). hnswlib allows
+searches concurrent with ``add_items``, but not with ``resize_index``, and its ``ef`` is one
+value for the whole index: ``EfGate`` lets searches share the index while they want the same
+ef, and gives a resize (or a search wanting another ef) the index once it is idle.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ from __future__ import annotations
 import json
 import os
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import hnswlib
@@ -51,6 +54,50 @@ def top_k(scores: np.ndarray, k: int) -> np.ndarray:
         return np.argsort(-scores, kind="stable")
     part = np.argpartition(-scores, k)[:k]
     return part[np.argsort(-scores[part], kind="stable")]
+
+
+class EfGate:
+    """Shared use of an hnswlib index by searches with the same ``ef``; exclusive use for a
+    resize. A search wanting another ef waits until the searches in flight finish, then
+    switches the index's ef (the usual case, every search with the database's ef, never
+    waits)."""
+
+    def __init__(self, index: Any, ef: int) -> None:
+        self._index = index
+        self._cond = threading.Condition(threading.Lock())
+        self._ef = ef
+        self._active = 0
+        self._exclusive = False
+
+    @contextmanager
+    def shared(self, ef: int) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or (self._active and self._ef != ef):
+                self._cond.wait()
+            if self._ef != ef:
+                self._index.set_ef(ef)
+                self._ef = ef
+            self._active += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._active -= 1
+                if not self._active:
+                    self._cond.notify_all()
+
+    @contextmanager
+    def exclusive(self) -> Iterator[None]:
+        with self._cond:
+            while self._exclusive or self._active:
+                self._cond.wait()
+            self._exclusive = True
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._exclusive = False
+                self._cond.notify_all()
 
 
 class VectorIndex:
@@ -210,6 +257,12 @@ class FlatIndex(VectorIndex):
 
 
 class HnswIndex(VectorIndex):
+    """hnswlib for approximate search, and beside it a numpy copy of the vectors by label
+    (``vecs``, normalised for cosine as hnswlib stores them; ``alive`` marks the labels present
+    and not deleted). The copy serves exact scans of filtered subsets and ``get`` without
+    hnswlib's ``get_items`` (which builds Python lists: ~12 ms per 1,000 vectors); it costs
+    ``dim * 4`` bytes per label, and is rebuilt from hnswlib's own memory on ``load``."""
+
     kind = "hnsw"
 
     def __init__(
@@ -227,7 +280,6 @@ class HnswIndex(VectorIndex):
         super().__init__(dim, metric)
         self.m, self.ef_construction, self.ef_search = m, ef_construction, ef_search
         self.threads = threads if threads > 0 else (os.cpu_count() or 1)
-        self._resize_lock = threading.Lock()
         if _raw is not None:
             self.index = _raw
         else:
@@ -236,7 +288,11 @@ class HnswIndex(VectorIndex):
                 max_elements=capacity, M=m, ef_construction=ef_construction, random_seed=100
             )
         self.index.set_ef(ef_search)
+        self.gate = EfGate(self.index, ef_search)
         self.deleted: set[int] = set()  # labels marked deleted (and not re-added since)
+        # (vecs, alive), replaced as one tuple when it grows so readers never see a mismatch
+        self._rows: tuple[F32, NDArray[np.bool_]] = (
+            np.zeros((0, dim), dtype=np.float32), np.zeros(0, dtype=bool))
 
     @property
     def _live(self) -> int:
@@ -249,19 +305,42 @@ class HnswIndex(VectorIndex):
         need = self.index.element_count + extra
         cap = self.index.get_max_elements()
         if need > cap:
-            with self._resize_lock:
+            with self.gate.exclusive():
                 self.index.resize_index(max(need, cap * 2))
+
+    def _prep(self, v: F32) -> F32:
+        if self.metric == "cosine":
+            return v / (np.linalg.norm(v, axis=1, keepdims=True) + 1e-30)  # as hnswlib does
+        return v
+
+    def _grow_rows(self, top: int) -> tuple[F32, NDArray[np.bool_]]:
+        vecs, alive = self._rows
+        if top < len(alive):
+            return vecs, alive
+        cap = max(1024, top + 1, len(alive) * 2)
+        nv = np.zeros((cap, self.dim), dtype=np.float32)
+        nv[: len(vecs)] = vecs
+        na = np.zeros(cap, dtype=bool)
+        na[: len(alive)] = alive
+        self._rows = (nv, na)
+        return nv, na
 
     def add(self, labels: I64, vectors: F32) -> None:
         v = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         labels = np.asarray(labels, dtype=np.int64)
+        if len(labels) == 0:
+            return
         self._ensure_capacity(len(labels))
         # an existing label is updated in place; a deleted one is revived (hnswlib unmarks it)
         self.index.add_items(v, labels, num_threads=self.threads if len(labels) > 64 else 1)
+        vecs, alive = self._grow_rows(int(labels.max()))
+        vecs[labels] = self._prep(v)
+        alive[labels] = True
         if self.deleted:
             self.deleted.difference_update(labels.tolist())
 
     def delete(self, labels: list[int]) -> None:
+        alive = self._rows[1]
         for label in labels:
             if label in self.deleted:
                 continue
@@ -270,38 +349,28 @@ class HnswIndex(VectorIndex):
             except RuntimeError:
                 continue  # unknown label: nothing to delete
             self.deleted.add(label)
+            alive[label] = False
 
     def get(self, labels: I64) -> F32:
+        """From hnswlib's own memory (what verification compares with the store); raises
+        ``RuntimeError`` for an unknown or deleted label."""
         if len(labels) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
-        with self._resize_lock:
+        with self.gate.shared(self.ef_search):
             return np.asarray(
                 self.index.get_items(np.asarray(labels, dtype=np.int64), return_type="numpy"),
                 dtype=np.float32,
             )
 
     def get_present(self, labels: I64) -> tuple[I64, F32]:
-        with self._resize_lock:
-            deleted = self.deleted
-            keep = [int(x) for x in labels.tolist() if x not in deleted]
-            if not keep:
-                return np.zeros(0, dtype=np.int64), np.zeros((0, self.dim), dtype=np.float32)
-            try:
-                data = self.index.get_items(np.asarray(keep, dtype=np.int64), return_type="numpy")
-            except RuntimeError:  # marked deleted between the check and the read: one by one
-                rows, kept = [], []
-                for x in keep:
-                    try:
-                        rows.append(self.index.get_items([x], return_type="numpy")[0])
-                    except RuntimeError:
-                        continue
-                    kept.append(x)
-                keep, data = kept, np.asarray(rows).reshape(len(kept), self.dim)
-        return np.asarray(keep, dtype=np.int64), np.asarray(data, dtype=np.float32)
+        vecs, alive = self._rows
+        labels = np.asarray(labels, dtype=np.int64)
+        labels = labels[labels < len(alive)]
+        keep = labels[alive[labels]]
+        return keep, vecs[keep]
 
     def set_ef(self, ef: int) -> None:
-        self.ef_search = ef
-        self.index.set_ef(ef)
+        self.ef_search = ef  # the gate switches the index's ef at the next search
 
     def search(
         self, q: F32, k: int, allowed: Callable[[int], bool] | None = None, ef: int | None = None
@@ -310,53 +379,46 @@ class HnswIndex(VectorIndex):
         if k <= 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
         q2 = np.asarray(q, dtype=np.float32).reshape(1, -1)
-        with self._resize_lock:
-            try:
-                for attempt in range(3):
-                    if attempt:  # fewer than k reachable (many deleted, a narrow filter): wider
-                        self.index.set_ef(max(self.ef_search, ef or 0, k) * (4 << attempt))
-                    elif ef is not None and ef != self.ef_search:
-                        self.index.set_ef(ef)
-                    try:
-                        labels, dist = self.index.knn_query(q2, k=k, num_threads=1, filter=allowed)
-                    except RuntimeError:
-                        continue
-                    return labels[0].astype(np.int64), distances_to_scores(self.metric, dist[0])
-            finally:
-                self.index.set_ef(self.ef_search)
-            # the graph cannot yield k live (allowed) neighbours: answer exactly instead
-            return self._exact(q2[0], k, allowed)
+        want = ef or self.ef_search
+        for attempt in range(3):
+            if attempt:  # fewer than k reachable (many deleted, a narrow filter): wider
+                want = max(self.ef_search, ef or 0, k) * (4 << attempt)
+            with self.gate.shared(want):
+                try:
+                    labels, dist = self.index.knn_query(q2, k=k, num_threads=1, filter=allowed)
+                except RuntimeError:
+                    continue
+            return labels[0].astype(np.int64), distances_to_scores(self.metric, dist[0])
+        # the graph cannot yield k live (allowed) neighbours: answer exactly instead
+        return self._exact(q2[0], k, allowed)
 
     def _exact(
         self, q: F32, k: int, allowed: Callable[[int], bool] | None
     ) -> tuple[I64, np.ndarray]:
-        """Exact top-k over the live (and allowed) labels; the caller holds ``_resize_lock``."""
-        deleted = self.deleted
-        ids = [
-            label
-            for label in self.index.get_ids_list()
-            if label not in deleted and (allowed is None or allowed(label))
-        ]
-        if not ids:
+        """Exact top-k over the live (and allowed) labels."""
+        vecs, alive = self._rows
+        labels = np.nonzero(alive)[0]
+        if allowed is not None:
+            labels = labels[np.fromiter(map(allowed, labels.tolist()), dtype=bool,
+                                        count=len(labels))]
+        if len(labels) == 0:
             return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        labels = np.asarray(ids, dtype=np.int64)
-        data = np.asarray(self.index.get_items(labels, return_type="numpy"), dtype=np.float32)
-        scores = exact_scores(self.metric, data, q)
+        scores = exact_scores(self.metric, vecs[labels], q)
         sel = top_k(scores, k)
-        return labels[sel], scores[sel]
+        return labels[sel].astype(np.int64), scores[sel]
 
     def search_batch(self, qs: F32, k: int, ef: int | None = None) -> tuple[I64, np.ndarray]:
         k = min(k, self._live)
         if k <= 0:
             return np.zeros((len(qs), 0), dtype=np.int64), np.zeros((len(qs), 0))
-        with self._resize_lock:
+        with self.gate.shared(ef or self.ef_search):
             labels, dist = self.index.knn_query(
                 np.ascontiguousarray(qs, dtype=np.float32), k=k, num_threads=self.threads
             )
         return labels.astype(np.int64), distances_to_scores(self.metric, dist)
 
     def save(self, path: str) -> None:
-        with self._resize_lock:
+        with self.gate.shared(self.ef_search):
             self.index.save_index(path)
         with open(path + ".deleted.json", "w") as fh:
             json.dump(sorted(self.deleted), fh)
@@ -389,9 +451,31 @@ class HnswIndex(VectorIndex):
                 idx.deleted = set(json.load(fh))
         except FileNotFoundError:
             idx.deleted = set()
+        idx._load_rows()
         return idx
 
+    def _load_rows(self) -> None:
+        """Fill ``vecs``/``alive`` from hnswlib's level-0 memory (one copy, no per-vector
+        Python): each element holds its links, its vector and its label at fixed offsets."""
+        st = self.index.__getstate__()[0]
+        n, size = int(st["cur_element_count"]), int(st["size_data_per_element"])
+        if n == 0:
+            return
+        mem = np.asarray(st["data_level0"]).view(np.uint8)[: n * size].reshape(n, size)
+        off, loff = int(st["offset_data"]), int(st["label_offset"])
+        vecs = np.ascontiguousarray(mem[:, off : off + self.dim * 4]).view(np.float32)
+        labels = np.ascontiguousarray(mem[:, loff : loff + 8]).view(np.uint64).ravel()
+        labels = labels.astype(np.int64)
+        rows, alive = self._grow_rows(int(labels.max()))
+        rows[labels] = vecs
+        alive[labels] = True
+        if self.deleted:
+            gone = np.fromiter(self.deleted, dtype=np.int64, count=len(self.deleted))
+            alive[gone[gone < len(alive)]] = False
+
     def memory_bytes(self) -> int:
-        # hnswlib: per element the vector, M*2 level-0 links (4 bytes) and bookkeeping.
+        # hnswlib: per element the vector, M*2 level-0 links (4 bytes) and bookkeeping; then
+        # the numpy copy of the vectors
         per = self.dim * 4 + self.m * 2 * 4 + 8 + 4 + 8
-        return int(self.index.get_max_elements() * per)
+        vecs, alive = self._rows
+        return int(self.index.get_max_elements() * per + vecs.nbytes + alive.nbytes)

@@ -1,0 +1,127 @@
+"""``HnswIndex``'s numpy copy of the vectors (what exact filtered scans read) stays equal to
+hnswlib's own memory through adds, updates, deletes, growth and a save/load round trip; and
+``EfGate`` lets searches with different ``ef`` run from many threads with the answers each ef
+gives alone."""
+
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+import numpy as np
+import pytest
+
+from jade.indexes.vector_index import EfGate, HnswIndex
+
+DIM = 16
+
+
+def _data(n: int, seed: int = 3) -> np.ndarray:
+    return np.random.default_rng(seed).normal(size=(n, DIM)).astype(np.float32)
+
+
+def _unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean", "dot"])
+def test_copy_follows_adds_updates_deletes_and_growth(metric: str) -> None:
+    idx = HnswIndex(DIM, metric, m=8, ef_construction=32, capacity=16)
+    data = _data(3000)
+    labels = np.arange(0, 6000, 2, dtype=np.int64)  # sparse labels, past the initial capacity
+    for s in range(0, 3000, 500):
+        idx.add(labels[s : s + 500], data[s : s + 500])
+    want = _unit(data) if metric == "cosine" else data
+    present, vecs = idx.get_present(labels)
+    assert np.array_equal(present, labels)
+    assert np.allclose(vecs, want, atol=1e-6)
+    assert np.allclose(vecs, idx.get(labels), atol=1e-6)  # the copy equals hnswlib's memory
+
+    idx.delete([0, 2, 4, 5999])  # 5999 was never added: ignored
+    new = _data(1, seed=9)
+    idx.add(np.array([10], dtype=np.int64), new)  # update in place
+    idx.add(np.array([2], dtype=np.int64), new)  # revive a deleted label
+    present, vecs = idx.get_present(np.array([0, 1, 2, 4, 6, 10, 99_999], dtype=np.int64))
+    assert present.tolist() == [2, 6, 10]  # 1 and 99_999 unknown, 0 and 4 deleted
+    expect = _unit(new)[0] if metric == "cosine" else new[0]
+    assert np.allclose(vecs[0], expect) and np.allclose(vecs[2], expect)
+    assert len(idx) == 3000 - 2
+
+
+def test_load_rebuilds_the_copy_from_hnswlib_memory(tmp_path: Any) -> None:
+    idx = HnswIndex(DIM, "cosine", m=8, ef_construction=32, capacity=64)
+    data = _data(800)
+    labels = np.arange(800, dtype=np.int64) * 3 + 1
+    idx.add(labels, data)
+    idx.delete([int(labels[5]), int(labels[7])])
+    path = str(tmp_path / "h.bin")
+    idx.save(path)
+    back = HnswIndex.load(path, DIM, "cosine", m=8, ef_construction=32, ef_search=32)
+    p1, v1 = idx.get_present(labels)
+    p2, v2 = back.get_present(labels)
+    assert np.array_equal(p1, p2) and len(p2) == 798
+    assert np.allclose(v1, v2, atol=1e-6)  # numpy and hnswlib normalise with other roundings
+    q = data[11]
+    assert np.array_equal(idx.search(q, 10)[0], back.search(q, 10)[0])
+
+
+def test_searches_with_different_ef_from_many_threads() -> None:
+    idx = HnswIndex(DIM, "euclidean", m=8, ef_construction=64, ef_search=16, capacity=4000)
+    data = _data(4000)
+    idx.add(np.arange(4000, dtype=np.int64), data)
+    queries = _data(40, seed=5)
+    efs = (10, 40, 200)
+    alone = {ef: [idx.search(q, 10, ef=ef)[0].tolist() for q in queries] for ef in efs}
+    assert alone[10] != alone[200]  # the ef visibly changes answers: the check below can fail
+    errors: list[str] = []
+
+    def worker(ef: int) -> None:
+        for _ in range(5):
+            for i, q in enumerate(queries):
+                got = idx.search(q, 10, ef=ef)[0].tolist()
+                if got != alone[ef][i]:
+                    errors.append(f"ef {ef} query {i}")
+
+    threads = [threading.Thread(target=worker, args=(ef,)) for ef in efs * 2]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[:5]
+
+
+def test_gate_excludes_while_exclusive() -> None:
+    class Raw:
+        ef = 0
+
+        def set_ef(self, ef: int) -> None:
+            self.ef = ef
+
+    raw = Raw()
+    gate = EfGate(raw, 16)
+    inside = threading.Event()
+    release = threading.Event()
+    order: list[str] = []
+
+    def resize() -> None:
+        with gate.exclusive():
+            inside.set()
+            release.wait(5)
+            order.append("resize")
+
+    t = threading.Thread(target=resize)
+    t.start()
+    assert inside.wait(5)
+
+    def search() -> None:
+        with gate.shared(32):
+            order.append(f"search ef {raw.ef}")
+
+    s = threading.Thread(target=search)
+    s.start()
+    s.join(0.2)
+    assert s.is_alive()  # waiting for the resize
+    release.set()
+    t.join(5)
+    s.join(5)
+    assert order == ["resize", "search ef 32"]
