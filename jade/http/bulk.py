@@ -25,7 +25,7 @@ from jade.errors import InvalidArgument, JadeError, PayloadTooLarge
 from jade.http.databases import actor_of, engine_of, get_db
 from jade.http.keys import METRICS, SETTINGS
 from jade.http.middleware import json_response
-from jade.http.validate import opt_bool, opt_int, query_int, read_json, vector_values
+from jade.http.validate import opt_bool, opt_int, query_int, read_json, vector_rows
 from jade.http.vectors import _upsert_command, vector_json
 
 MAX_BATCH_QUERIES = 10_000
@@ -51,7 +51,7 @@ def b64_rows(value: object, dim: int, what: str) -> np.ndarray:
 
 
 async def search_batch(request: web.Request) -> web.Response:
-    db = get_db(request)
+    db = get_db(request, fresh=False)
     body = await read_json(request)
     dim = db["dimension"]
     if "queriesB64" in body:
@@ -64,16 +64,17 @@ async def search_batch(request: web.Request) -> web.Response:
             )
         if len(raw) > MAX_BATCH_QUERIES:
             raise InvalidArgument(f"at most {MAX_BATCH_QUERIES} queries per request")
-        qs = np.stack([vector_values(q, dim, f"queries[{i}]") for i, q in enumerate(raw)])
+        qs = vector_rows(raw, dim, "queries")
     if len(qs) > MAX_BATCH_QUERIES:
         raise InvalidArgument(f"at most {MAX_BATCH_QUERIES} queries per request")
     k = opt_int(body, "topK", 10, lo=1, hi=1000)
+    ef = opt_int(body, "efSearch", 0, lo=1, hi=10000) if body.get("efSearch") is not None else None
     include_meta = opt_bool(body, "includeMetadata", False)
     engine = engine_of(request)
     live = engine.indexes.get(db["id"])
     if live is None:
         raise JadeError("the index of this database is not loaded yet")
-    labels, scores = await asyncio.to_thread(live.index.search_batch, qs, k)
+    labels, scores = await asyncio.to_thread(live.index.search_batch, qs, k, ef)
     flat_ids = engine.store.ids_for_labels(db["id"], [int(x) for x in labels.ravel() if x >= 0])
     it = iter(flat_ids)
     meta: dict[str, Any] = {}

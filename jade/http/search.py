@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from aiohttp import web
 
@@ -16,6 +18,19 @@ from jade.http.middleware import json_response
 from jade.http.validate import opt_bool, opt_int, opt_number, read_json, vector_values
 
 MAX_TOP_K = 10000
+T = TypeVar("T")
+
+
+async def run_search(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a search where it finishes soonest. Alone (nothing else is ready to run on the event
+    loop): inline, no thread hand-off, the lowest latency. Under concurrent load: on the loop's
+    thread pool, where hnswlib and numpy release the GIL, so the other cores search while the
+    loop parses the next requests. ``_ready`` is asyncio's queue of runnable callbacks; a loop
+    without it (uvloop) always runs searches inline."""
+    loop = asyncio.get_running_loop()
+    if not getattr(loop, "_ready", None):
+        return fn(*args, **kwargs)
+    return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
 
 def parse_filters(body: dict[str, Any]) -> Filter | None:
@@ -31,7 +46,7 @@ def parse_filters(body: dict[str, Any]) -> Filter | None:
 
 async def search(request: web.Request) -> web.Response:
     t0 = time.perf_counter()
-    db = get_db(request)
+    db = get_db(request, fresh=False)
     body = await read_json(request)
     if "queryVector" not in body:
         raise InvalidArgument("missing required field 'queryVector'", code="missing_field")
@@ -59,11 +74,9 @@ async def search(request: web.Request) -> web.Response:
             "exact_scan_max": settings.exact_scan_max,
             "cache_size": settings.filter_cache_size if settings.enable_query_cache else 0,
             "ef": ef,
+            "overfetch_percent": settings.filter_overfetch_percent,
         }
-        if f is None:
-            labels, scores, stats = live.search(*args, **kwargs)
-        else:
-            labels, scores, stats = await asyncio.to_thread(live.search, *args, **kwargs)
+        labels, scores, stats = await run_search(live.search, *args, **kwargs)
     finally:
         metrics.search_active.dec()
     keep = scores >= threshold

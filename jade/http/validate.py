@@ -17,6 +17,7 @@ from jade.http.keys import SETTINGS
 # for any database id we mint (29 bytes) with margin.
 MAX_ID_BYTES = 256
 NUMBER = (int, float)
+_NUMBER_TYPES = frozenset(NUMBER)
 F32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -28,7 +29,10 @@ async def read_json(request: web.Request, *, required: bool = True) -> dict[str,
     ctype = request.content_type
     if ctype not in ("application/json", "application/octet-stream", "text/plain", ""):
         raise UnsupportedMediaType(f"expected application/json, got {ctype}")
-    raw = await _read_limited(request, limit)
+    if request.content_length is not None:  # aiohttp's client_max_size is the same limit
+        raw = await request.read()
+    else:
+        raw = await _read_limited(request, limit)
     if not raw.strip():
         if required:
             raise InvalidArgument("request body must be a JSON object", code="invalid_json")
@@ -173,15 +177,36 @@ def vector_values(v: object, dim: int, what: str = "values") -> np.ndarray:
             f"dimension mismatch: '{what}' has {len(v)} values, the database expects {dim}",
             code="dimension_mismatch",
         )
-    for x in v:
-        if type(x) is not float and type(x) is not int:
-            raise InvalidArgument(f"'{what}' must contain only numbers")
-    arr = np.asarray(v, dtype=np.float64)
-    if not np.isfinite(arr).all():
-        raise InvalidArgument(f"'{what}' must contain only finite numbers (no NaN/Infinity)")
-    if arr.size and float(np.abs(arr).max()) > F32_MAX:  # cast would overflow to inf
-        raise InvalidArgument(f"'{what}' has values outside the float32 range")
+    if not set(map(type, v)) <= _NUMBER_TYPES:  # bool, str, None, list... are not numbers
+        raise InvalidArgument(f"'{what}' must contain only numbers")
+    try:
+        arr = np.array(v, dtype=np.float64)
+    except OverflowError:  # an integer beyond float64
+        raise InvalidArgument(f"'{what}' has values outside the float32 range") from None
+    peak = float(np.abs(arr).max()) if arr.size else 0.0
+    if not peak <= F32_MAX:  # NaN compares false too
+        if not np.isfinite(arr).all():
+            raise InvalidArgument(f"'{what}' must contain only finite numbers (no NaN/Infinity)")
+        raise InvalidArgument(f"'{what}' has values outside the float32 range")  # cast → inf
     return arr.astype(np.float32)
+
+
+def vector_rows(rows: list[Any], dim: int, what: str) -> np.ndarray:
+    """A list of JSON number lists, each of length ``dim``, as one (n, dim) float32 array,
+    validated as a whole (the per-row messages of ``vector_values`` when something is wrong)."""
+    if all(type(r) is list and len(r) == dim for r in rows):
+        flat = [x for r in rows for x in r]
+        if set(map(type, flat)) <= _NUMBER_TYPES:
+            try:
+                arr = np.array(flat, dtype=np.float64).reshape(len(rows), dim)
+            except OverflowError:
+                arr = None
+            if arr is not None and float(np.abs(arr).max(initial=0.0)) <= F32_MAX:
+                return arr.astype(np.float32)
+    # something is wrong: find the first bad row and say what
+    for i, r in enumerate(rows):
+        vector_values(r, dim, f"{what}[{i}]")
+    raise AssertionError("unreachable: a bad batch has a bad row")
 
 
 def metadata_value(v: object) -> Any:
