@@ -119,6 +119,25 @@ def sequential(port: int, reqs: Sequence[bytes], warm: int = 50) -> tuple[list[b
         c.close()
 
 
+def sequential_http(port: int, path: str, token: str, bodies: Sequence[bytes],
+                    warm: int = 50) -> list[float]:
+    """The same requests through ``bench.common.Client`` (``http.client``, keep-alive)."""
+    c = Client(f"http://127.0.0.1:{port}", token)
+    try:
+        for b in bodies[:warm]:
+            c.raw("POST", path, b)
+        lat = []
+        for b in bodies:
+            t0 = time.perf_counter()
+            status, text = c.raw("POST", path, b)
+            lat.append(time.perf_counter() - t0)
+            if status != 200:
+                raise RuntimeError(f"-> {status} {text[:300]!r}")
+        return lat
+    finally:
+        c.close()
+
+
 class _Proto(asyncio.Protocol):
     def __init__(self, run: _Concurrent) -> None:
         self.run = run
@@ -243,7 +262,8 @@ def filtered_truth(data: F32, queries: F32, mod: int, val: int) -> np.ndarray:
 
 
 def row_stats(lat: list[float]) -> list[str]:
-    return [fmt(len(lat) / sum(lat)), f"{percentile_ms(lat, 50):.2f}", f"{percentile_ms(lat, 99):.2f}"]
+    return [fmt(len(lat) / sum(lat)), f"{percentile_ms(lat, 50):.2f}",
+            f"{percentile_ms(lat, 99):.2f}"]
 
 
 def main() -> None:
@@ -254,6 +274,7 @@ def main() -> None:
     ap.add_argument("--quick", action="store_true", help="n=20000")
     ap.add_argument("--clients", type=int, default=16)
     ap.add_argument("--seconds", type=float, default=5.0, help="each concurrent run")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved floor/ours rounds (1b)")
     ap.add_argument("--data-dir", help="keep the server's data here (ingest only once)")
     ap.add_argument("--floor-uvloop", action="store_true", help="run the floor on uvloop")
     args = ap.parse_args()
@@ -322,9 +343,28 @@ def main() -> None:
             if rec >= TARGET:
                 chosen = ef
                 break
-        print(Table(f"1. One client, sequential, top-{K}, {len(queries):,} queries per row",
+        print(Table(f"1. One client, sequential, top-{K}, {len(queries):,} queries per row "
+                    "(raw-socket client)",
                     ["server", "recall@10", "QPS", "p50 ms", "p99 ms", "raw hnswlib QPS",
                      "vs floor", "vs raw"], rows).render(), flush=True)
+
+        # -- 1b. the floor ratio with both clients, interleaved rounds --------------------------
+        rows = []
+        bodies_ef = [dumps({"queryVector": q, "topK": K, "efSearch": chosen}) for q in queries]
+        for name, run in (
+            ("raw socket", lambda port: sequential(port, reqs(port, chosen))[1]),
+            ("http.client", lambda port: sequential_http(port, path, token, bodies_ef)),
+        ):
+            fl, ol = [], []
+            for _ in range(args.rounds):  # interleaved, so drifting load hits both alike
+                fl += run(floor.port)
+                ol += run(server.port)
+            fq, oq = len(fl) / sum(fl), len(ol) / sum(ol)
+            rows.append([name, *row_stats(fl), *row_stats(ol), f"{oq / fq:.2f}x"])
+        print(Table(f"1b. Floor vs ours at efSearch {chosen}, one client, {args.rounds} "
+                    f"interleaved rounds of {len(queries):,}",
+                    ["client", "floor QPS", "floor p50", "floor p99", "ours QPS", "ours p50",
+                     "ours p99", "ours / floor"], rows).render(), flush=True)
 
         # -- 2. concurrent clients ----------------------------------------------------------
         rows = []

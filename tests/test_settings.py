@@ -24,7 +24,8 @@ def test_precedence_defaults_env_file_performance_environment(tmp_path):
     cfg = tmp_path / "cfg"
     env = {"JADEVECTORDB_CONFIG_DIR": str(cfg)}
     assert S.load(env).port == 8080
-    write(cfg, "development.json", {"server": {"port": 9001}, "cache": {"permission_cache_size": 5}})
+    write(cfg, "development.json",
+          {"server": {"port": 9001}, "cache": {"permission_cache_size": 5}})
     assert S.load(env).port == 9001
     write(cfg, "performance.json", {"cache": {"permission_cache_size": 7}})
     s = S.load(env)

@@ -15,10 +15,10 @@ import lmdb
 import orjson
 from aiohttp import web
 
+from jade import logs
 from jade.engine import written_lsn
 from jade.errors import JadeError
 from jade.http.keys import METRICS, OBSERVE, REQUEST_ID
-from jade import logs
 from jade.logs import request_id_var
 
 log = logging.getLogger("jade.http")

@@ -23,7 +23,6 @@ import numpy as np
 from jade.core.filters import Filter, index_terms
 from jade.indexes.vector_index import FlatIndex, HnswIndex, VectorIndex, exact_scores, top_k
 
-
 EXACT_ALWAYS = 4096  # matches up to this many: an exact scan is the cheapest answer
 
 
