@@ -281,6 +281,24 @@ class Table:
         return "\n".join([f"\n{self.title}", line(self.header), sep, *map(line, self.rows)])
 
 
+def cpu_ticks() -> tuple[int, int]:
+    """(all, stolen) CPU ticks since boot, from /proc/stat: steal is time the hypervisor gave
+    this VM's vCPUs to someone else."""
+    try:
+        with open("/proc/stat") as fh:
+            f = [int(x) for x in fh.readline().split()[1:]]
+    except (OSError, ValueError):
+        return 0, 0
+    return sum(f), f[7] if len(f) > 7 else 0
+
+
+def steal_since(start: tuple[int, int]) -> str:
+    """The share of CPU time stolen by the hypervisor since ``start`` (from ``cpu_ticks``)."""
+    now = cpu_ticks()
+    total = now[0] - start[0]
+    return f"{(now[1] - start[1]) * 100 / total:.0f} %" if total > 0 else "n/a"
+
+
 def machine() -> str:
     return (
         f"{time.strftime('%Y-%m-%d')} · {platform.machine()} · {os.cpu_count()} cores · "

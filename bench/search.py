@@ -40,6 +40,7 @@ from bench.common import (  # noqa: E402 - runnable as a script
     BenchServer,
     Client,
     Table,
+    cpu_ticks,
     dataset,
     dumps,
     fmt,
@@ -50,6 +51,7 @@ from bench.common import (  # noqa: E402 - runnable as a script
     percentile_ms,
     recall_at_k,
     row_of,
+    steal_since,
 )
 
 M, EF_CONSTRUCTION, BATCH, K = 16, 200, 1000, 10
@@ -281,6 +283,7 @@ def main() -> None:
     n = 20_000 if args.quick else args.n
     print(f"# search benchmark: n={n:,} dim={args.dim} queries={args.queries} k={K} · "
           f"{machine()}", flush=True)
+    ticks = cpu_ticks()
     data, queries = dataset(n, args.dim, args.queries)
     truth = ground_truth(data, queries, K)
 
@@ -430,6 +433,7 @@ def main() -> None:
                     ["selectivity", "strategy", "recall@10", "QPS", "p50 ms", "p99 ms",
                      "vs unfiltered", "matching"], rows).render(), flush=True)
         c.close()
+        print(f"\nCPU time stolen by the hypervisor during the run: {steal_since(ticks)}")
     finally:
         floor.stop()
         server.stop()

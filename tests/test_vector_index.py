@@ -125,3 +125,25 @@ def test_gate_excludes_while_exclusive() -> None:
     t.join(5)
     s.join(5)
     assert order == ["resize", "search ef 32"]
+
+
+def test_ids_for_remembers_store_answers_and_forgets_deleted_labels() -> None:
+    from jade.indexes.live import IndexSpec, LiveDb
+
+    live = LiveDb("db", DIM, "cosine", IndexSpec("i", "hnsw", 8, 32, 16))
+    store = {3: "a", 7: "b", 5000: "c"}
+    asked: list[list[int]] = []
+
+    def lookup(labels: list[int]) -> list[str | None]:
+        asked.append(labels)
+        return [store.get(x) for x in labels]
+
+    assert live.ids_for([3, 7, 9], lookup) == ["a", "b", None]
+    assert live.ids_for([7, 3], lookup) == ["b", "a"]  # from memory
+    assert asked == [[3, 7, 9]]
+    assert live.ids_for([5000, 3], lookup) == ["c", "a"]  # grows past its length
+    assert asked[-1] == [5000]
+    live.delete([7])
+    del store[7]
+    assert live.ids_for([7], lookup) == [None]  # asked again: the store says it is gone
+    assert asked[-1] == [7]

@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import functools
 from typing import Any
 
 import numpy as np
@@ -75,7 +76,8 @@ async def search_batch(request: web.Request) -> web.Response:
     if live is None:
         raise JadeError("the index of this database is not loaded yet")
     labels, scores = await asyncio.to_thread(live.index.search_batch, qs, k, ef)
-    flat_ids = engine.store.ids_for_labels(db["id"], [int(x) for x in labels.ravel() if x >= 0])
+    flat_ids = live.ids_for([int(x) for x in labels.ravel() if x >= 0],
+                            functools.partial(engine.store.ids_for_labels, db["id"]))
     it = iter(flat_ids)
     meta: dict[str, Any] = {}
     if include_meta:

@@ -6,10 +6,10 @@ logged with the request id and answered 500 without internals.
 
 from __future__ import annotations
 
-import logging
-import time
 import itertools
+import logging
 import secrets
+import time
 from collections.abc import Awaitable, Callable
 
 import lmdb

@@ -81,7 +81,7 @@ async def search(request: web.Request) -> web.Response:
         metrics.search_active.dec()
     keep = scores >= threshold
     labels, scores = labels[keep], scores[keep]
-    ids = engine.store.ids_for_labels(db["id"], labels.tolist())
+    ids = live.ids_for(labels.tolist(), functools.partial(engine.store.ids_for_labels, db["id"]))
     results: list[dict[str, Any]] = []
     want_vec = include_meta or include_values
     stored = {}

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +105,9 @@ class LiveDb:
         self._cache_lock = threading.Lock()
         self.covered_lsn = 0  # the LSN this in-memory state reflects (for checkpoints)
         self.dirty = False
+        # label -> vector id, filled from the store as searches return labels (a label names
+        # one id for ever: a new id always gets a new label), emptied for deleted labels
+        self._id_of: list[str | None] = []
 
     def new_index(self, spec: IndexSpec, capacity: int = 1024) -> VectorIndex:
         if spec.kind == "hnsw":
@@ -130,10 +134,33 @@ class LiveDb:
 
     def delete(self, labels: list[int]) -> None:
         self.index.delete(labels)
+        known = self._id_of
         for label in labels:
             self._unterm(label)
             self.meta.pop(label, None)
+            if label < len(known):
+                known[label] = None
         self._touch()
+
+    def ids_for(
+        self, labels: list[int], lookup: Callable[[list[int]], list[str | None]]
+    ) -> list[str | None]:
+        """The vector ids of ``labels`` (None for one deleted meanwhile): from memory, the
+        misses through ``lookup`` (the store), which are remembered."""
+        known = self._id_of
+        n = len(known)
+        out = [known[x] if x < n else None for x in labels]
+        miss = [i for i, v in enumerate(out) if v is None]
+        if miss:
+            found = lookup([labels[i] for i in miss])
+            top = max(labels[i] for i in miss)
+            if top >= len(known):
+                known.extend([None] * (max(top + 1, 2 * len(known)) - len(known)))
+            for i, vid in zip(miss, found, strict=True):
+                out[i] = vid
+                if vid is not None:
+                    known[labels[i]] = vid
+        return out
 
     def load_metadata(self, labels: list[int], metadata: list[Any]) -> None:
         """Fill the metadata side without touching the vector index (start-up from a checkpoint)."""
