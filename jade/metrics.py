@@ -88,6 +88,10 @@ class Metrics:
         self.search_active = Gauge(
             "similarity_search_active_requests", "Searches in flight", registry=r
         )
+        # a plain counter the search handler bumps (no lock, no prometheus call per search);
+        # the gauge reads it when scraped
+        self.searches_in_flight = 0
+        self.search_active.set_function(lambda: self.searches_in_flight)
         self.filtered_search_requests = Counter(
             "filtered_similarity_search_requests_total", "Filtered searches", registry=r
         )

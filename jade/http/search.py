@@ -44,6 +44,24 @@ def parse_filters(body: dict[str, Any]) -> Filter | None:
     return None if f.is_match_all else f
 
 
+def _with_vectors(engine: Any, db_id: str, ids: list[str | None],
+                  pairs: list[tuple[int, float]], include_meta: bool, include_values: bool
+                  ) -> list[dict[str, Any]]:
+    stored = {v.id: v for v in engine.store.vectors(db_id, [i for i in ids if i])}
+    results: list[dict[str, Any]] = []
+    for vid, (_, score) in zip(ids, pairs, strict=True):
+        v = stored.get(vid) if vid is not None else None
+        if v is None:
+            continue  # deleted between the index answer and the lookup
+        vec: dict[str, Any] = {"id": vid}
+        if include_values:
+            vec["values"] = v.array()
+        if include_meta:
+            vec["metadata"] = v.metadata if v.metadata is not None else {}
+        results.append({"vectorId": vid, "score": score, "vector": vec})
+    return results
+
+
 async def search(request: web.Request) -> web.Response:
     t0 = time.perf_counter()
     db = get_db(request, fresh=False)
@@ -67,39 +85,25 @@ async def search(request: web.Request) -> web.Response:
         raise Unavailable("the index of this database is not loaded yet")
     settings = request.app[SETTINGS]
     metrics = request.app[METRICS]
-    metrics.search_active.inc()
+    metrics.searches_in_flight += 1
     try:
-        args = (q, k, f)
-        kwargs = {
-            "exact_scan_max": settings.exact_scan_max,
-            "cache_size": settings.filter_cache_size if settings.enable_query_cache else 0,
-            "ef": ef,
-            "overfetch_percent": settings.filter_overfetch_percent,
-        }
-        labels, scores, stats = await run_search(live.search, *args, **kwargs)
+        labels, scores, stats = await run_search(
+            live.search, q, k, f, ef=ef,
+            exact_scan_max=settings.exact_scan_max,
+            cache_size=settings.filter_cache_size if settings.enable_query_cache else 0,
+            overfetch_percent=settings.filter_overfetch_percent,
+        )
     finally:
-        metrics.search_active.dec()
-    keep = scores >= threshold
-    labels, scores = labels[keep], scores[keep]
-    ids = live.ids_for(labels.tolist(), functools.partial(engine.store.ids_for_labels, db["id"]))
-    results: list[dict[str, Any]] = []
-    want_vec = include_meta or include_values
-    stored = {}
-    if want_vec:
-        stored = {v.id: v for v in engine.store.vectors(db["id"], [i for i in ids if i])}
-    for vid, score in zip(ids, scores.tolist(), strict=True):
-        if vid is None:
-            continue  # deleted between the index answer and the lookup
-        item: dict[str, Any] = {"vectorId": vid, "score": score}
-        if want_vec and vid in stored:
-            v = stored[vid]
-            vec: dict[str, Any] = {"id": vid}
-            if include_values:
-                vec["values"] = v.array()
-            if include_meta:
-                vec["metadata"] = v.metadata if v.metadata is not None else {}
-            item["vector"] = vec
-        results.append(item)
+        metrics.searches_in_flight -= 1
+    pairs = [(x, sc) for x, sc in zip(labels.tolist(), scores.tolist(), strict=True)
+             if sc >= threshold]
+    ids = live.ids_for([x for x, _ in pairs],
+                       functools.partial(engine.store.ids_for_labels, db["id"]))
+    if include_meta or include_values:
+        results = _with_vectors(engine, db["id"], ids, pairs, include_meta, include_values)
+    else:  # deleted between the index answer and the lookup: left out
+        results = [{"vectorId": vid, "score": sc}
+                   for vid, (_, sc) in zip(ids, pairs, strict=True) if vid is not None]
     elapsed = time.perf_counter() - t0
     metrics.search_requests.inc()
     metrics.search_duration.observe(elapsed)
