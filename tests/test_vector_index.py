@@ -147,3 +147,44 @@ def test_ids_for_remembers_store_answers_and_forgets_deleted_labels() -> None:
     del store[7]
     assert live.ids_for([7], lookup) == [None]  # asked again: the store says it is gone
     assert asked[-1] == [7]
+
+
+def test_gate_does_not_starve_a_waiting_resize_or_ef_switch() -> None:
+    """A steady stream of same-ef searches (always one in flight) lets a waiting resize and a
+    search with another ef through."""
+
+    class Raw:
+        def set_ef(self, ef: int) -> None:
+            pass
+
+    gate = EfGate(Raw(), 16)
+    stop = threading.Event()
+
+    def stream() -> None:  # two overlapping searchers: the gate is never idle on its own
+        while not stop.is_set():
+            with gate.shared(16):
+                stop.wait(0.002)
+
+    streams = [threading.Thread(target=stream) for _ in range(2)]
+    for t in streams:
+        t.start()
+    done: list[str] = []
+
+    def resize() -> None:
+        with gate.exclusive():
+            done.append("resize")
+
+    def other_ef() -> None:
+        with gate.shared(64):
+            done.append("ef 64")
+
+    waiters = [threading.Thread(target=resize), threading.Thread(target=other_ef)]
+    for t in waiters:
+        t.start()
+    for t in waiters:
+        t.join(3)
+    through = sorted(done)  # while the stream still runs
+    stop.set()
+    for t in streams + waiters:
+        t.join(3)
+    assert through == ["ef 64", "resize"], through
