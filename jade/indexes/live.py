@@ -206,7 +206,9 @@ class LiveDb:
             cand = set(sets[0]).intersection(*sets[1:]) if sets[0] else set()
             labels = [x for x in cand if f.matches(meta.get(x))]
         else:
-            labels = [x for x, md in list(meta.items()) if f.matches(md)]
+            # dict.copy() is one C-level copy; iterating the live dict (even inside list())
+            # allocates, can run the GC and so other threads: the writer may resize it meanwhile
+            labels = [x for x, md in meta.copy().items() if f.matches(md)]
         match = Match(np.array(sorted(labels), dtype=np.int64))
         if cache_size:
             with self._cache_lock:
