@@ -3,6 +3,7 @@ or ``PayloadTooLarge`` (413) with a message naming the field — never a 500."""
 
 from __future__ import annotations
 
+import itertools
 import math
 from typing import Any
 
@@ -195,10 +196,9 @@ def vector_rows(rows: list[Any], dim: int, what: str) -> np.ndarray:
     """A list of JSON number lists, each of length ``dim``, as one (n, dim) float32 array,
     validated as a whole (the per-row messages of ``vector_values`` when something is wrong)."""
     if all(type(r) is list and len(r) == dim for r in rows):
-        flat = [x for r in rows for x in r]
-        if set(map(type, flat)) <= _NUMBER_TYPES:
+        if set(map(type, itertools.chain.from_iterable(rows))) <= _NUMBER_TYPES:
             try:
-                arr = np.array(flat, dtype=np.float64).reshape(len(rows), dim)
+                arr = np.array(rows, dtype=np.float64).reshape(len(rows), dim)
             except OverflowError:
                 arr = None
             if arr is not None and float(np.abs(arr).max(initial=0.0)) <= F32_MAX:
