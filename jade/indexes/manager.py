@@ -5,6 +5,11 @@ replay). Checkpoints save each dirty index with the LSN it covers; start-up load
 and replays only the log records after it, or rebuilds from the vector store when there is no
 usable checkpoint (missing, damaged, built with other parameters, or older than the log's first
 retained record).
+
+A checkpoint of one database is ``<index_dir>/<db id>/index.json`` and the files it names: the
+index file and whatever ``VectorIndex.save`` writes beside it (``<file><suffix>``), and the
+metadata file ``<file>.metadata.msgpack`` (labels, metadata, inverted terms). All of them or
+none: a missing or damaged member makes the whole checkpoint not usable (rebuild).
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from jade.indexes import checkpoint as ckpt
 from jade.indexes.live import IndexSpec, LiveDb
 from jade.indexes.vector_index import FlatIndex, HnswIndex, VectorIndex
 from jade.settings import Settings
@@ -29,7 +35,9 @@ from wal.log import Log, LogError
 
 log = logging.getLogger(__name__)
 
-CHECKPOINT_FORMAT = 1
+# 2: the metadata side (``meta``, ``terms``) is part of the checkpoint (``checkpoint.py``)
+CHECKPOINT_FORMAT = 2
+MD_SUFFIX = ".metadata.msgpack"  # the metadata file: ``<index file><MD_SUFFIX>``
 
 
 def spec_of(db: dict[str, Any], settings: Settings) -> IndexSpec:
@@ -56,6 +64,8 @@ class IndexManager:
         self.last_checkpoint_ts: float | None = None
         self.replayed_on_start = 0
         self.applied_lsn = 0  # every record up to here has been applied to every LiveDb
+        self._saved: dict[str, dict[str, Any]] = {}  # db id -> its index.json on disk
+        self.open_seconds: dict[str, float] = {}  # where ``open`` spent its time
 
     def get(self, db_id: str) -> LiveDb | None:
         return self.dbs.get(db_id)
@@ -66,43 +76,49 @@ class IndexManager:
             self._apply(rec)
             self.applied_lsn = rec.lsn
 
-    def _apply(self, rec: Record, only: str | None = None) -> None:
+    def _apply(self, rec: Record, only: str | None = None) -> bool:
+        """Apply one record to the LiveDb it concerns (only to ``only``'s when given). Returns
+        whether it concerned an index (False: another database's, auth, or unknown)."""
         t, b = rec.type, rec.body
-        db_id = b.get("db") or b.get("id")
+        db_id: str = b.get("db") or b.get("id") or ""
         if only is not None and db_id != only:
-            return
+            return False
         if t == "vec.upsert":
             live = self.dbs.get(db_id)
             if live is None:
-                return
+                return False
             vecs = np.frombuffer(b["values"], dtype="<f4").reshape(len(b["ids"]), live.dim)
             live.upsert(np.asarray(b["labels"], dtype=np.int64), vecs, list(b["metadata"]))
         elif t == "vec.delete":
             live = self.dbs.get(db_id)
-            if live is not None:
-                live.delete(list(b["labels"]))
+            if live is None:
+                return False
+            live.delete(list(b["labels"]))
         elif t == "db.create":
             db = self.store.database(db_id)
-            if db is not None:
-                live = LiveDb(
-                    db_id,
-                    db["dimension"],
-                    db["metric"],
-                    spec_of(db, self.settings),
-                    threads=self.settings.index_threads,
-                )
-                live.dirty = True  # an empty index is checkpointed too
-                self.dbs[db_id] = live
+            if db is None:
+                return False
+            live = LiveDb(
+                db_id,
+                db["dimension"],
+                db["metric"],
+                spec_of(db, self.settings),
+                threads=self.settings.index_threads,
+            )
+            live.dirty = True  # an empty index is checkpointed too
+            self.dbs[db_id] = live
         elif t == "db.delete":
             self.dbs.pop(db_id, None)
+            self._saved.pop(db_id, None)
             self._remove_checkpoint(db_id)
         elif t in ("db.update", "index.create", "index.update", "index.delete"):
             self._reconcile(db_id)
         else:
-            return
+            return False
         live = self.dbs.get(db_id)
         if live is not None:
             live.covered_lsn = rec.lsn
+        return True
 
     def _reconcile(self, db_id: str) -> None:
         """After a catalog change: adopt a new efSearch in place, rebuild on anything else."""
@@ -133,56 +149,103 @@ class IndexManager:
 
     # -- start-up ---------------------------------------------------------------------------
     def open(self, wal: Log) -> dict[str, Any]:
-        """Bring every database's index up to the store's applied LSN. Returns a report."""
+        """Bring every database's index up to the store's applied LSN: load its checkpoint and
+        replay the log records after it, or rebuild it from the store. Returns a report:
+        ``loaded``/``rebuilt`` databases and ``replayed_records``, the log records that changed
+        an index (each counted once). ``open_seconds`` says where the time went."""
         report: dict[str, Any] = {"loaded": 0, "rebuilt": 0, "replayed_records": 0}
+        t0 = time.perf_counter()
+        secs = {"index_files": 0.0, "metadata": 0.0, "rebuild": 0.0, "replay": 0.0}
         applied = self.store.applied_lsn()
+        loaded: dict[str, int] = {}  # db id -> the LSN its checkpoint covers
         for db in self.store.databases():
-            live = self._load_checkpoint(db, wal, applied)
+            live = self._load_checkpoint(db, wal, applied, secs)
             if live is None:
+                t = time.perf_counter()
                 live = self._rebuild(db)
                 live.covered_lsn = applied
+                secs["rebuild"] += time.perf_counter() - t
                 report["rebuilt"] += 1
-                self.dbs[db["id"]] = live
-                continue
-            report["loaded"] += 1
+            else:
+                report["loaded"] += 1
+                loaded[db["id"]] = live.covered_lsn
             self.dbs[db["id"]] = live
-            n = 0
-            for rec in wal.iterate(live.covered_lsn, upto=applied, verify=False):
-                self._apply(rec, only=db["id"])
-                n += 1
-            live = self.dbs[db["id"]]
+        t = time.perf_counter()
+        counts = self._replay(wal, loaded, applied)
+        secs["replay"] = time.perf_counter() - t
+        for db_id, n in counts.items():
+            live = self.dbs[db_id]  # a catalog record in the tail may have replaced it
             live.covered_lsn = applied
             live.dirty = n > 0
             report["replayed_records"] += n
         self.replayed_on_start = report["replayed_records"]
         self.applied_lsn = applied
+        secs["total"] = time.perf_counter() - t0
+        self.open_seconds = secs
+        log.info(
+            "indexes ready in %.2fs: %d from checkpoints (index files %.2fs, metadata %.2fs), "
+            "%d rebuilt from the store (%.2fs), %d log records replayed (%.2fs)",
+            secs["total"],
+            report["loaded"],
+            secs["index_files"],
+            secs["metadata"],
+            report["rebuilt"],
+            secs["rebuild"],
+            report["replayed_records"],
+            secs["replay"],
+        )
         return report
+
+    def _replay(self, wal: Log, loaded: dict[str, int], applied: int) -> dict[str, int]:
+        """One pass over the log tail after the oldest loaded checkpoint, applying each record
+        to its own database's index if that checkpoint does not cover it yet. Returns, per
+        loaded database, how many records changed its index."""
+        counts = dict.fromkeys(loaded, 0)
+        if not loaded or min(loaded.values()) >= applied:
+            return counts
+        for rec in wal.iterate(min(loaded.values()), upto=applied, verify=False):
+            db_id: str = rec.body.get("db") or rec.body.get("id") or ""
+            covered = loaded.get(db_id)
+            if covered is not None and rec.lsn > covered and self._apply(rec, only=db_id):
+                counts[db_id] += 1
+        return counts
 
     def _paths(self, db_id: str) -> tuple[str, str]:
         base = os.path.join(self.dir, db_id)
         return base, os.path.join(base, "index.json")
 
-    def _load_checkpoint(self, db: dict[str, Any], wal: Log, applied: int) -> LiveDb | None:
+    def _load_checkpoint(
+        self, db: dict[str, Any], wal: Log, applied: int, secs: dict[str, float]
+    ) -> LiveDb | None:
+        """The database's checkpoint as a LiveDb at the LSN it covers, or None when it is not
+        usable: missing, of another format or build, not replayable from the retained log, or
+        any of its files missing, damaged or disagreeing on the vector count."""
         base, meta_path = self._paths(db["id"])
         try:
             with open(meta_path) as fh:
                 meta = json.load(fh)
-        except (OSError, ValueError):
-            return None
+            md_file = str(meta["metadata"]["file"])
+            count = int(meta["count"])
+            lsn = int(meta["lsn"])
+            ok = int(meta["metadata"]["count"]) == count
+        except (OSError, ValueError, KeyError, TypeError):
+            ok, meta, lsn = False, {}, -1
         spec = spec_of(db, self.settings)
         ok = (
-            meta.get("format") == CHECKPOINT_FORMAT
+            ok
+            and meta.get("format") == CHECKPOINT_FORMAT
             and meta.get("build_key") == list(spec.build_key())
             and meta.get("dim") == db["dimension"]
             and meta.get("metric") == db["metric"]
-            and int(meta.get("lsn", -1)) <= applied
-            and int(meta.get("lsn", -1)) + 1 >= wal.first_lsn
+            and lsn <= applied
+            and lsn + 1 >= wal.first_lsn
         )
         if not ok:
             log.info("index checkpoint of %s not usable; rebuilding", db["id"])
             return None
         path = os.path.join(base, meta["file"])
         try:
+            t = time.perf_counter()
             index: VectorIndex
             if spec.kind == "hnsw":
                 index = HnswIndex.load(
@@ -196,6 +259,13 @@ class IndexManager:
                 )
             else:
                 index = FlatIndex.load(path, db["dimension"], db["metric"])
+            t2 = time.perf_counter()
+            secs["index_files"] += t2 - t
+            if len(index) != count:
+                raise ckpt.CheckpointError(f"index file holds {len(index)} vectors, want {count}")
+            # metadata as of the checkpoint: the store is newer, the tail replay fixes the rest
+            md, terms = ckpt.read_metadata(os.path.join(base, md_file), count)
+            secs["metadata"] += time.perf_counter() - t2
         except Exception as exc:  # a damaged file: never trust it, rebuild instead
             log.warning("index checkpoint of %s unreadable (%s); rebuilding", db["id"], exc)
             return None
@@ -207,56 +277,82 @@ class IndexManager:
             threads=self.settings.index_threads,
             index=index,
         )
-        live.covered_lsn = int(meta["lsn"])
-        # metadata as of the checkpoint: the store is newer, the tail replay fixes the rest
-        for chunk in self.store.scan(db["id"], chunk=8192):
-            live.load_metadata([v.label for v in chunk], [v.metadata for v in chunk])
+        live.meta, live.terms = md, terms
+        live.covered_lsn = lsn
+        self._saved[db["id"]] = meta
         return live
 
     # -- checkpoints ------------------------------------------------------------------------
     def checkpoint(self, force: bool = False) -> int:
-        """Save every dirty index (all with ``force``). Returns how many were written."""
+        """Save every dirty index (all with ``force``). Returns how many were written. A clean
+        index whose checkpoint is older than ``applied_lsn`` only has its ``index.json`` moved
+        forward (nothing of it changed since), so its start-up replay stays short and the log
+        may be truncated past its old LSN without forcing a rebuild."""
         n = 0
         with self._lock:
             for db_id, live in list(self.dbs.items()):
                 # everything up to applied_lsn is reflected (records of other databases too)
                 live.covered_lsn = max(live.covered_lsn, self.applied_lsn)
-                if not (live.dirty or force):
-                    continue
-                self._save(db_id, live)
-                live.dirty = False
-                n += 1
+                if live.dirty or force or db_id not in self._saved:
+                    self._save(db_id, live)
+                    live.dirty = False
+                    n += 1
+                elif self._saved[db_id].get("lsn") != live.covered_lsn:
+                    self._advance(db_id, live.covered_lsn)
         self.last_checkpoint_ts = time.time()
         return n
 
     def _save(self, db_id: str, live: LiveDb) -> None:
+        """Write a complete new checkpoint under a name no file has, then switch ``index.json``
+        to it, then remove the old one: a crash at any point leaves one whole checkpoint."""
         base, meta_path = self._paths(db_id)
         os.makedirs(base, exist_ok=True)
-        name = f"{live.index.kind}-{live.covered_lsn}.bin"
-        tmp = os.path.join(base, name + ".tmp")
-        live.index.save(tmp)
-        for suffix in ("", ".deleted.json"):
-            if os.path.exists(tmp + suffix):
-                fsync_path(tmp + suffix)
-                os.replace(tmp + suffix, os.path.join(base, name + suffix))
+        present = set(os.listdir(base))
+        name, k = f"{live.index.kind}-{live.covered_lsn}.bin", 0
+        while any(f.startswith(name) for f in present):  # never overwrite a live member
+            k += 1
+            name = f"{live.index.kind}-{live.covered_lsn}-{k}.bin"
+        tmp = name + ".tmp"
+        live.index.save(os.path.join(base, tmp))
+        # the index file and whatever the index wrote beside it (``<tmp><suffix>``)
+        for f in os.listdir(base):
+            if f.startswith(tmp):
+                fsync_path(os.path.join(base, f))
+                os.replace(os.path.join(base, f), os.path.join(base, name + f[len(tmp) :]))
+        md_file = name + MD_SUFFIX
+        count = ckpt.write_metadata(os.path.join(base, md_file), live.meta, live.terms)
+        fsync_path(base)  # the renames are durable before index.json names the files
         meta = {
             "format": CHECKPOINT_FORMAT,
             "lsn": live.covered_lsn,
             "file": name,
+            "metadata": {"file": md_file, "count": count},
             "build_key": list(live.spec.build_key()),
             "dim": live.dim,
             "metric": live.metric,
             "count": len(live),
             "saved_at": time.time(),
         }
-        with open(meta_path + ".tmp", "w") as fh:
-            json.dump(meta, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(meta_path + ".tmp", meta_path)
+        self._write_json(meta_path, meta)
+        self._saved[db_id] = meta
         for old in os.listdir(base):
             if old.startswith(("hnsw-", "flat-")) and not old.startswith(name):
                 os.remove(os.path.join(base, old))
+
+    def _advance(self, db_id: str, lsn: int) -> None:
+        """Move a clean checkpoint's ``index.json`` to ``lsn`` (same files)."""
+        meta = {**self._saved[db_id], "lsn": lsn}
+        self._write_json(self._paths(db_id)[1], meta)
+        self._saved[db_id] = meta
+
+    @staticmethod
+    def _write_json(path: str, doc: dict[str, Any]) -> None:
+        with open(path + ".tmp", "w") as fh:
+            json.dump(doc, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(path + ".tmp", path)
+        fsync_path(os.path.dirname(path))
 
     def _remove_checkpoint(self, db_id: str) -> None:
         shutil.rmtree(self._paths(db_id)[0], ignore_errors=True)
@@ -265,7 +361,6 @@ class IndexManager:
         if self.last_checkpoint_ts is None:
             return None
         return time.time() - self.last_checkpoint_ts
-
 
 
 __all__ = ["IndexManager", "LogError", "spec_of"]

@@ -1,0 +1,182 @@
+"""The metadata side of an index checkpoint: one file beside the index file holding a LiveDb's
+``meta`` (label -> metadata of every live vector) and ``terms`` (the inverted index of metadata
+terms), so that a start-up from a checkpoint needs neither a scan of the vector store nor a
+per-vector ``index_terms``.
+
+File layout (all integers little-endian)::
+
+    MAGIC (8 bytes) | payload length (8) | crc32 of the payload (4) | payload
+
+The payload is one msgpack map::
+
+    {"format": 1, "count": n,
+     "labels": <n int64>,                      # row i is the label of meta[i]
+     "meta": [metadata, ...],                  # n entries, row for row with "labels"
+     "fields": [[field, [value, ...], <offsets int64>, <rows int64>], ...]}
+
+Under ``fields`` each field's terms are flattened: the vectors of ``(field, values[j])`` are
+the rows ``rows[offsets[j]:offsets[j + 1]]`` of ``labels``. Loading is numpy and one ``set()``
+per term, with no per-vector Python: 1.7 s for 1M vectors with 3 terms each, where
+``load_metadata`` (``index_terms`` per vector) takes 9 s. Terms hold rows, not labels, so that
+the sets are filled with the very int objects that key ``meta`` (an object-array take), as
+``load_metadata`` does: separate int objects would cost ~140 more bytes per vector.
+
+Crash safety is that of the index file: written to ``path + ".tmp"``, fsynced, renamed. A file
+that is missing, truncated, fails its checksum or disagrees with the expected count raises
+``CheckpointError``: the caller then treats the whole checkpoint as not usable.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
+from itertools import chain
+from typing import Any
+
+import msgpack
+import numpy as np
+
+from wal.files import fsync_path
+
+FORMAT = 1
+MAGIC = b"JADEMD\x00\x01"
+SUFFIX = ".meta"  # the metadata file is ``<index file name> + SUFFIX``
+_HEADER = len(MAGIC) + 8 + 4
+
+Terms = dict[tuple[str, str], set[int]]
+
+
+class CheckpointError(Exception):
+    """The metadata file is missing, damaged or not the one the checkpoint describes."""
+
+
+def write_metadata(path: str, meta: dict[int, Any], terms: Terms) -> int:
+    """Write ``meta`` and ``terms`` to ``path`` atomically and durably (tmp file, fsync,
+    rename; the caller fsyncs the directory). Returns the number of labels written."""
+    with _gc_paused():
+        labels = np.fromiter(meta.keys(), dtype=np.int64, count=len(meta))
+        order = np.argsort(labels, kind="stable")
+        by_field: dict[str, tuple[list[str], list[set[int]]]] = {}
+        for (field, value), members in terms.items():
+            values, sets = by_field.setdefault(field, ([], []))
+            values.append(value)
+            sets.append(members)
+        fields = []
+        for field, (values, sets) in by_field.items():
+            offsets = np.zeros(len(sets) + 1, dtype=np.int64)
+            np.cumsum(np.fromiter(map(len, sets), dtype=np.int64, count=len(sets)), out=offsets[1:])
+            flat = np.fromiter(chain.from_iterable(sets), dtype=np.int64, count=int(offsets[-1]))
+            fields.append([field, values, _le(offsets), _le(_rows_of(labels, order, flat))])
+        payload = msgpack.packb(
+            {
+                "format": FORMAT,
+                "count": len(labels),
+                "labels": _le(labels),
+                "meta": list(meta.values()),
+                "fields": fields,
+            },
+            use_bin_type=True,
+        )
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as fh:
+        fh.write(MAGIC)
+        fh.write(len(payload).to_bytes(8, "little"))
+        fh.write(zlib.crc32(payload).to_bytes(4, "little"))
+        fh.write(payload)
+    fsync_path(tmp)
+    os.replace(tmp, path)
+    return len(labels)
+
+
+def read_metadata(path: str, count: int) -> tuple[dict[int, Any], Terms]:
+    """``(meta, terms)`` exactly as ``LiveDb.load_metadata`` would build them from the same
+    vectors. Raises ``CheckpointError`` unless the file is intact and holds ``count`` labels."""
+    try:
+        with open(path, "rb") as fh:
+            raw = fh.read()
+    except OSError as exc:
+        raise CheckpointError(f"metadata file unreadable: {exc}") from exc
+    if len(raw) < _HEADER or raw[: len(MAGIC)] != MAGIC:
+        raise CheckpointError("metadata file: bad header")
+    size = int.from_bytes(raw[len(MAGIC) : len(MAGIC) + 8], "little")
+    crc = int.from_bytes(raw[len(MAGIC) + 8 : _HEADER], "little")
+    body = memoryview(raw)[_HEADER:]
+    if len(body) != size or zlib.crc32(body) != crc:
+        raise CheckpointError("metadata file: truncated or checksum mismatch")
+    try:
+        with _gc_paused():
+            return _decode(body, count)
+    except CheckpointError:
+        raise
+    except Exception as exc:  # any shape error: never trust a partial state
+        raise CheckpointError(f"metadata file: malformed ({type(exc).__name__}: {exc})") from exc
+
+
+def _decode(body: memoryview, count: int) -> tuple[dict[int, Any], Terms]:
+    doc = msgpack.unpackb(body, raw=False, strict_map_key=False)
+    if doc["format"] != FORMAT:
+        raise CheckpointError(f"metadata file: format {doc['format']!r}, want {FORMAT}")
+    labels = np.frombuffer(doc["labels"], dtype="<i8").tolist()
+    mds = doc["meta"]
+    if doc["count"] != count or len(labels) != count or len(mds) != count:
+        raise CheckpointError(
+            f"metadata file: {len(labels)} labels / {len(mds)} metadata, want {count}"
+        )
+    meta = dict(zip(labels, mds, strict=True))
+    if len(meta) != count:
+        raise CheckpointError("metadata file: duplicate labels")
+    by_row = np.empty(count, dtype=object)  # the int objects that key ``meta``, by row
+    by_row[:] = labels
+    terms: Terms = {}
+    for field, values, offsets_b, rows_b in doc["fields"]:
+        offsets = np.frombuffer(offsets_b, dtype="<i8")
+        rows = np.frombuffer(rows_b, dtype="<i8")
+        if (
+            len(offsets) != len(values) + 1
+            or offsets[0] != 0
+            or offsets[-1] != len(rows)
+            or np.any(np.diff(offsets) < 0)
+            or (len(rows) and (rows.min() < 0 or rows.max() >= count))
+        ):
+            raise CheckpointError(f"metadata file: inconsistent terms of {field!r}")
+        members = by_row[rows]
+        for value, lo, hi in zip(values, offsets.tolist(), offsets[1:].tolist(), strict=False):
+            terms[(field, value)] = set(members[lo:hi])
+    return meta, terms
+
+
+@contextmanager
+def _gc_paused() -> Iterator[None]:
+    """No cyclic GC while millions of containers are built: the collector would walk the
+    growing heap again and again (2-4x the time at 1M vectors); nothing built here is garbage."""
+    was = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was:
+            gc.enable()
+
+
+def _rows_of(labels: np.ndarray, order: np.ndarray, flat: np.ndarray) -> np.ndarray:
+    """The row in ``labels`` (sorted by ``order``) of each label in ``flat``. Raises
+    ``ValueError`` for a label that is not in ``labels``: terms without metadata would be a
+    LiveDb out of step with itself, never written to a checkpoint."""
+    if not len(flat):
+        return flat
+    if not len(labels):
+        raise ValueError("terms name labels that have no metadata")
+    rows = order[np.minimum(np.searchsorted(labels, flat, sorter=order), len(order) - 1)]
+    if not np.array_equal(labels[rows], flat):
+        raise ValueError("terms name labels that have no metadata")
+    return rows
+
+
+def _le(a: np.ndarray) -> bytes:
+    return a.astype("<i8", copy=False).tobytes()
+
+
+__all__ = ["FORMAT", "SUFFIX", "CheckpointError", "Terms", "read_metadata", "write_metadata"]
