@@ -69,8 +69,8 @@ class AuditFormatter(logging.Formatter):
 class AccessLog(logging.handlers.RotatingFileHandler):
     """access.log without the logging machinery on the request path.
 
-    The HTTP middleware hands ``request`` the finished fields of each request; the line is
-    formatted (with a timestamp cached per second) and buffered, and the buffer is written by a
+    The HTTP middleware hands ``request`` the finished fields of each request; they are queued
+    as they are and formatted (timestamp cached per second) when the buffer is written, by a
     background thread every ``FLUSH_SECONDS`` (or at once past ``MAX_BUFFER`` lines, on
     ``flush`` and on ``close``). Rotation is the ``RotatingFileHandler``'s, checked per write of
     the buffer rather than per line. Records logged through ``logging`` to ``jade.access`` still
@@ -83,7 +83,7 @@ class AccessLog(logging.handlers.RotatingFileHandler):
     def __init__(self, path: str, max_bytes: int, backups: int, json_lines: bool) -> None:
         super().__init__(path, maxBytes=max_bytes, backupCount=backups, encoding="utf-8")
         self.json_lines = json_lines
-        self._buf: list[str] = []
+        self._buf: list[tuple[Any, ...] | str] = []  # request fields, or finished lines
         self._sec = -1
         self._stamp = ""
         self._io = threading.Lock()
@@ -100,29 +100,31 @@ class AccessLog(logging.handlers.RotatingFileHandler):
         self, rid: str, remote: str | None, method: str, path_qs: str, path: str, status: int,
         seconds: float,
     ) -> None:
-        now = time.time()
+        """Queue one request's fields; the line is formatted when the buffer is written."""
+        self._buf.append((time.time(), rid, remote, method, path_qs, path, status, seconds))
+        if len(self._buf) >= self.MAX_BUFFER:
+            self.flush()
+
+    def _line(self, item: tuple[Any, ...] | str) -> str:
+        if isinstance(item, str):  # a record that came through ``emit``
+            return item
+        now, rid, remote, method, path_qs, path, status, seconds = item
         sec = int(now)
         msec = int((now - sec) * 1000)
-        ms = round(seconds * 1000, 3)
         if self.json_lines:
             if sec != self._sec:
                 self._sec, self._stamp = sec, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(sec))
-            line = orjson.dumps({
+            return orjson.dumps({
                 "ts": f"{self._stamp}.{msec:03d}Z", "level": "info", "logger": "jade.access",
                 "request_id": rid,
                 "message": f'{remote} "{method} {path_qs}" {status} {seconds * 1000:.2f}ms',
                 "status": status, "method": method, "path": path, "remote": remote,
-                "duration_ms": ms,
+                "duration_ms": round(seconds * 1000, 3),
             }).decode()
-        else:
-            if sec != self._sec:
-                self._sec, self._stamp = sec, time.strftime("%Y-%m-%d %H:%M:%S",
-                                                            time.localtime(sec))
-            line = (f"{self._stamp},{msec:03d} INFO jade.access [{rid}] {remote} "
-                    f'"{method} {path_qs}" {status} {seconds * 1000:.2f}ms')
-        self._buf.append(line)
-        if len(self._buf) >= self.MAX_BUFFER:
-            self.flush()
+        if sec != self._sec:
+            self._sec, self._stamp = sec, time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(sec))
+        return (f"{self._stamp},{msec:03d} INFO jade.access [{rid}] {remote} "
+                f'"{method} {path_qs}" {status} {seconds * 1000:.2f}ms')
 
     def emit(self, record: logging.LogRecord) -> None:
         try:
@@ -135,7 +137,7 @@ class AccessLog(logging.handlers.RotatingFileHandler):
             buf, self._buf = self._buf, []  # swapped, not copied: appends go to the new list
             if not buf or self._closed:
                 return
-            text = "\n".join(buf) + "\n"
+            text = "\n".join(map(self._line, buf)) + "\n"
             if self.stream is None:  # type: ignore[has-type]
                 self.stream = self._open()
             if self.maxBytes > 0 and self.stream.tell() + len(text) >= self.maxBytes:
