@@ -71,10 +71,11 @@ class AccessLog(logging.handlers.RotatingFileHandler):
 
     The HTTP middleware hands ``request`` the finished fields of each request; they are queued
     as they are and formatted (timestamp cached per second) when the buffer is written, by a
-    background thread every ``FLUSH_SECONDS`` (or at once past ``MAX_BUFFER`` lines, on
-    ``flush`` and on ``close``). Rotation is the ``RotatingFileHandler``'s, checked per write of
-    the buffer rather than per line. Records logged through ``logging`` to ``jade.access`` still
-    arrive through ``emit``. A crash loses at most the last ``FLUSH_SECONDS`` of access lines.
+    background thread every ``FLUSH_SECONDS`` (sooner past ``MAX_BUFFER`` lines; at once on
+    ``flush`` and ``close``), never on the request path. Rotation is the
+    ``RotatingFileHandler``'s, checked per write of the buffer rather than per line. Records
+    logged through ``logging`` to ``jade.access`` still arrive through ``emit``. A crash loses
+    at most the last ``FLUSH_SECONDS`` of access lines.
     """
 
     FLUSH_SECONDS = 0.2
@@ -89,11 +90,14 @@ class AccessLog(logging.handlers.RotatingFileHandler):
         self._io = threading.Lock()
         self._closed = False
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread = threading.Thread(target=self._run, name="access-log", daemon=True)
         self._thread.start()
 
     def _run(self) -> None:
-        while not self._stop.wait(self.FLUSH_SECONDS):
+        while not self._stop.is_set():
+            self._wake.wait(self.FLUSH_SECONDS)
+            self._wake.clear()
             self.flush()
 
     def request(
@@ -103,7 +107,7 @@ class AccessLog(logging.handlers.RotatingFileHandler):
         """Queue one request's fields; the line is formatted when the buffer is written."""
         self._buf.append((time.time(), rid, remote, method, path_qs, path, status, seconds))
         if len(self._buf) >= self.MAX_BUFFER:
-            self.flush()
+            self._wake.set()  # the writer thread writes it now: no file I/O on the caller's
 
     def _line(self, item: tuple[Any, ...] | str) -> str:
         if isinstance(item, str):  # a record that came through ``emit``
@@ -150,6 +154,7 @@ class AccessLog(logging.handlers.RotatingFileHandler):
         if _access is self:
             _access = None
         self._stop.set()
+        self._wake.set()
         self.flush()
         self._closed = True
         super().close()

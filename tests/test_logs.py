@@ -15,6 +15,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -264,3 +265,31 @@ async def test_production_writes_json_lines(tmp_path: Any) -> None:
     # production keeps the console quiet: the server's own output has no log lines
     with open(sp.log.name, encoding="utf-8") as fh:
         assert "jade.access" not in fh.read()
+
+
+def test_access_log_writes_from_its_thread_when_the_buffer_fills(tmp_path: Any) -> None:
+    """Past MAX_BUFFER lines the background thread writes at once (the request path never
+    does file I/O); below it, lines wait for the timer, ``flush`` or ``close``."""
+
+    class Slow(logs.AccessLog):
+        FLUSH_SECONDS = 60.0  # the timer never fires during the test
+        MAX_BUFFER = 10
+
+    path = tmp_path / "access.log"
+    a = Slow(str(path), 0, 1, json_lines=False)
+    try:
+        for i in range(3):
+            a.request(f"r{i}", "127.0.0.1", "GET", "/x", "/x", 200, 0.001)
+        time.sleep(0.3)
+        assert path.read_text() == ""  # below the threshold: still queued
+        for i in range(3, 12):
+            a.request(f"r{i}", "127.0.0.1", "GET", "/x", "/x", 200, 0.001)
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and path.read_text().count("\n") < 10:
+            time.sleep(0.02)
+        lines = path.read_text().splitlines()
+        assert len(lines) >= 10 and all(TEXT_LINE.match(x) for x in lines), lines
+        assert "[r0]" in lines[0] and '"GET /x" 200 1.00ms' in lines[0]
+    finally:
+        a.close()
+    assert path.read_text().count("\n") == 12  # close wrote the rest
