@@ -76,28 +76,37 @@ async def search_batch(request: web.Request) -> web.Response:
     if live is None:
         raise JadeError("the index of this database is not loaded yet")
     labels, scores = await asyncio.to_thread(live.index.search_batch, qs, k, ef)
-    flat_ids = live.ids_for([int(x) for x in labels.ravel() if x >= 0],
+    rows_l, rows_s = labels.tolist(), scores.tolist()
+    flat_ids = live.ids_for([x for row in rows_l for x in row if x >= 0],
                             functools.partial(engine.store.ids_for_labels, db["id"]))
-    it = iter(flat_ids)
     meta: dict[str, Any] = {}
     if include_meta:
         meta = {
             v.id: v.metadata for v in engine.store.vectors(db["id"], [i for i in flat_ids if i])
         }
-    out = []
-    for row_l, row_s in zip(labels.tolist(), scores.tolist(), strict=True):
-        res = []
-        for label, score in zip(row_l, row_s, strict=True):
-            if label < 0:
-                continue
-            vid = next(it)
-            if vid is None:
-                continue
-            item: dict[str, Any] = {"vectorId": vid, "score": score}
-            if include_meta:
-                item["vector"] = {"id": vid, "metadata": meta.get(vid) or {}}
-            res.append(item)
-        out.append({"count": len(res), "results": res})
+    out: list[dict[str, Any]] = []
+    width = labels.shape[1] if labels.ndim == 2 else 0
+    if not include_meta and len(flat_ids) == len(qs) * width and None not in flat_ids:
+        # the usual case (every row full, nothing deleted meanwhile): no per-item branching
+        for i, row_s in enumerate(rows_s):
+            ids = flat_ids[i * width : (i + 1) * width]
+            out.append({"count": width, "results": [
+                {"vectorId": vid, "score": sc} for vid, sc in zip(ids, row_s, strict=True)]})
+    else:
+        it = iter(flat_ids)
+        for row_l, row_s in zip(rows_l, rows_s, strict=True):
+            res = []
+            for label, score in zip(row_l, row_s, strict=True):
+                if label < 0:
+                    continue
+                vid = next(it)
+                if vid is None:
+                    continue  # deleted between the index answer and the lookup
+                item: dict[str, Any] = {"vectorId": vid, "score": score}
+                if include_meta:
+                    item["vector"] = {"id": vid, "metadata": meta.get(vid) or {}}
+                res.append(item)
+            out.append({"count": len(res), "results": res})
     m = request.app[METRICS]
     m.search_requests.inc(len(qs))
     return json_response({"count": len(out), "results": out})
