@@ -12,3 +12,16 @@ def fsync_path(path: str) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def write_atomic(path: str, *chunks: bytes) -> None:
+    """Replace ``path`` with ``chunks`` durably: written to ``path + ".tmp"``, fsynced, renamed
+    over ``path``, and the directory fsynced, so a crash leaves the old file or the new one."""
+    tmp = path + ".tmp"
+    with open(tmp, "wb") as fh:
+        for chunk in chunks:
+            fh.write(chunk)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_path(os.path.dirname(os.path.abspath(path)))

@@ -19,7 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from wal.codec import Record, decode, pack, unpack
-from wal.files import fsync_path
+from wal.files import write_atomic
 from wal.log import Log
 
 FORMAT = 1
@@ -104,14 +104,8 @@ def _write(d: str, recs: list[Record], prev: bytes) -> Segment:
     )
     sha16 = hashlib.sha256(data).hexdigest()[:16]
     name = f"seg-{recs[0].lsn:016d}-{recs[-1].lsn:016d}-{sha16}.wal"
-    tmp = os.path.join(d, name + ".tmp")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        fh.flush()
-        os.fsync(fh.fileno())
     final = os.path.join(d, name)
-    os.replace(tmp, final)
-    fsync_path(d)
+    write_atomic(final, data)
     return Segment(final, recs[0].lsn, recs[-1].lsn, sha16)
 
 

@@ -21,7 +21,8 @@ per term, with no per-vector Python: 1.7 s for 1M vectors with 3 terms each, whe
 the sets are filled with the very int objects that key ``meta`` (an object-array take), as
 ``load_metadata`` does: separate int objects would cost ~140 more bytes per vector.
 
-Crash safety is that of the index file: written to ``path + ".tmp"``, fsynced, renamed. A file
+Crash safety: written with ``wal.files.write_atomic`` (tmp file, fsync, rename, directory
+fsync). A file
 that is missing, truncated, fails its checksum or disagrees with the expected count raises
 ``CheckpointError``: the caller then treats the whole checkpoint as not usable.
 """
@@ -29,7 +30,6 @@ that is missing, truncated, fails its checksum or disagrees with the expected co
 from __future__ import annotations
 
 import gc
-import os
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -39,7 +39,7 @@ from typing import Any
 import msgpack
 import numpy as np
 
-from wal.files import fsync_path
+from wal.files import write_atomic
 
 FORMAT = 1
 MAGIC = b"JADEMD\x00\x01"
@@ -54,8 +54,8 @@ class CheckpointError(Exception):
 
 
 def write_metadata(path: str, meta: dict[int, Any], terms: Terms) -> int:
-    """Write ``meta`` and ``terms`` to ``path`` atomically and durably (tmp file, fsync,
-    rename; the caller fsyncs the directory). Returns the number of labels written."""
+    """Write ``meta`` and ``terms`` to ``path`` atomically and durably (``write_atomic``).
+    Returns the number of labels written."""
     with _gc_paused():
         labels = np.fromiter(meta.keys(), dtype=np.int64, count=len(meta))
         order = np.argsort(labels, kind="stable")
@@ -80,14 +80,8 @@ def write_metadata(path: str, meta: dict[int, Any], terms: Terms) -> int:
             },
             use_bin_type=True,
         )
-    tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
-        fh.write(MAGIC)
-        fh.write(len(payload).to_bytes(8, "little"))
-        fh.write(zlib.crc32(payload).to_bytes(4, "little"))
-        fh.write(payload)
-    fsync_path(tmp)
-    os.replace(tmp, path)
+    write_atomic(path, MAGIC, len(payload).to_bytes(8, "little"),
+                 zlib.crc32(payload).to_bytes(4, "little"), payload)
     return len(labels)
 
 

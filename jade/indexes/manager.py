@@ -30,7 +30,7 @@ from jade.indexes.vector_index import FlatIndex, HnswIndex, VectorIndex
 from jade.settings import Settings
 from jade.stores.data import DataStore, serving_index
 from wal.codec import Record
-from wal.files import fsync_path
+from wal.files import fsync_path, write_atomic
 from wal.log import Log, LogError
 
 log = logging.getLogger(__name__)
@@ -347,12 +347,7 @@ class IndexManager:
 
     @staticmethod
     def _write_json(path: str, doc: dict[str, Any]) -> None:
-        with open(path + ".tmp", "w") as fh:
-            json.dump(doc, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(path + ".tmp", path)
-        fsync_path(os.path.dirname(path))
+        write_atomic(path, json.dumps(doc).encode())
 
     def _remove_checkpoint(self, db_id: str) -> None:
         shutil.rmtree(self._paths(db_id)[0], ignore_errors=True)
