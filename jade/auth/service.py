@@ -32,7 +32,7 @@ from jade.auth.store import AuthStore
 from jade.errors import Forbidden, InvalidArgument, RateLimited, Unauthorized
 from jade.metrics import Metrics
 from jade.settings import Settings
-from jade.stores.data import DataStore
+from jade.stores.data import DataStore, VersionedCache
 
 KEY_PREFIX = "jadevdb_"
 ADMIN = "admin"
@@ -125,8 +125,6 @@ class AuthService:
     key_usage: dict[str, tuple[int, int]] = field(default_factory=dict)  # key_id -> (count, ms)
     _principals: dict[str, tuple[Principal, int]] = field(default_factory=dict)
     _ok_series: dict[str, Any] = field(default_factory=dict)
-    # ip -> (auth-store version, its block record or None): a block comes and goes with a record
-    _blocks: dict[str, tuple[int, dict[str, Any] | None]] = field(default_factory=dict)
     _dummy_hash: str = ""
 
     @property
@@ -146,6 +144,8 @@ class AuthService:
         self.register_limit = RateLimiter(s.register_rate_per_hour, 3600)
         self.forgot_limit = RateLimiter(s.forgot_rate_per_hour, 3600)
         self.api_limit = RateLimiter(s.api_rate_per_minute, 60)
+        # ip -> its block record (or None); a block comes and goes with an auth record
+        self._blocks = VersionedCache(lambda: self.store.version)
         self.trusted = {p.strip() for p in s.trusted_proxies.split(",") if p.strip()}
 
     # -- passwords --------------------------------------------------------------------------
@@ -428,15 +428,7 @@ class AuthService:
     def check_blocked(self, ip: str) -> None:
         if not ip:
             return
-        version = self.store.version  # read before the store: a later bump drops this entry
-        hit = self._blocks.get(ip)
-        if hit is not None and hit[0] == version:
-            block = hit[1]
-        else:
-            block = self.store.block(ip)
-            if len(self._blocks) >= 10_000:
-                self._blocks.clear()
-            self._blocks[ip] = (version, block)
+        block = self._blocks.get(ip, lambda: self.store.block(ip))
         if block is not None and block["until"] > now_ms():
             retry = max(1, (block["until"] - now_ms()) // 1000)
             exc = Forbidden(

@@ -15,7 +15,7 @@ Layout (sub-databases):
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +43,28 @@ def prefix(db_id: str) -> bytes:
     return db_id.encode() + SEP
 
 
+class VersionedCache:
+    """Answers kept while a version number stays the same. The version is read before the
+    value is loaded, so a change committed meanwhile (the owner bumps the version after the
+    commit) drops the entry instead of keeping a stale value under the new version."""
+
+    def __init__(self, version: Callable[[], int], limit: int = 10_000) -> None:
+        self._version = version
+        self._limit = limit
+        self._hits: dict[Any, tuple[int, Any]] = {}
+
+    def get(self, key: Any, load: Callable[[], Any]) -> Any:
+        version = self._version()
+        hit = self._hits.get(key)
+        if hit is not None and hit[0] == version:
+            return hit[1]
+        value = load()
+        if len(self._hits) >= self._limit:
+            self._hits.clear()
+        self._hits[key] = (version, value)
+        return value
+
+
 @dataclass(frozen=True, slots=True)
 class StoredVector:
     id: str
@@ -67,8 +89,7 @@ class DataStore:
         self.sys = env.db(b"sys")
         # bumped by the engine after every commit holding a CATALOG_TYPES record
         self.catalog_version = 0
-        self._db_cache: dict[str, tuple[int, dict[str, Any] | None]] = {}
-        self._mode_cache: tuple[int, str] = (-1, "")
+        self._cached = VersionedCache(lambda: self.catalog_version)
 
     # -- reads (any thread; each opens a short read transaction unless given one) --------------
     def applied_lsn(self, txn: lmdb.Transaction | None = None) -> int:
@@ -96,21 +117,10 @@ class DataStore:
         """``database`` from memory while no catalog record has committed since it was read.
         Its ``count`` and ``next_label`` may lag (vector writes do not invalidate it): for the
         hot read paths, which need only the database's shape."""
-        version = self.catalog_version  # read before the store: a later bump drops the entry
-        hit = self._db_cache.get(db_id)
-        if hit is not None and hit[0] == version:
-            return hit[1]
-        db = self.database(db_id)
-        if len(self._db_cache) >= 10_000:
-            self._db_cache.clear()
-        self._db_cache[db_id] = (version, db)
-        return db
+        return self._cached.get(db_id, lambda: self.database(db_id))  # type: ignore[no-any-return]
 
     def mode_cached(self) -> str:
-        version = self.catalog_version
-        if self._mode_cache[0] != version:
-            self._mode_cache = (version, self.mode())
-        return self._mode_cache[1]
+        return self._cached.get(b"mode", self.mode)  # type: ignore[no-any-return]
 
     def databases(self) -> list[dict[str, Any]]:
         with self.env.read() as txn:
