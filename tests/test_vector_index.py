@@ -134,9 +134,13 @@ def test_ids_for_remembers_store_answers_and_forgets_deleted_labels() -> None:
     store = {3: "a", 7: "b", 5000: "c"}
     asked: list[list[int]] = []
 
-    def lookup(labels: list[int]) -> list[str | None]:
-        asked.append(labels)
-        return [store.get(x) for x in labels]
+    class Store:
+        def ids_for_labels(self, db_id: str, labels: list[int]) -> list[str | None]:
+            assert db_id == "db"
+            asked.append(labels)
+            return [store.get(x) for x in labels]
+
+    lookup = Store()
 
     assert live.ids_for([3, 7, 9], lookup) == ["a", "b", None]
     assert live.ids_for([7, 3], lookup) == ["b", "a"]  # from memory

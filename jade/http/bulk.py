@@ -15,17 +15,17 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import functools
 from typing import Any
 
 import numpy as np
 import orjson
 from aiohttp import web
 
-from jade.errors import InvalidArgument, JadeError, PayloadTooLarge
+from jade.errors import InvalidArgument, PayloadTooLarge, Unavailable
 from jade.http.databases import actor_of, engine_of, get_db
 from jade.http.keys import METRICS, SETTINGS
 from jade.http.middleware import json_response
+from jade.http.search import run_search
 from jade.http.validate import opt_bool, opt_int, query_int, read_json, vector_rows
 from jade.http.vectors import _upsert_command, vector_json
 
@@ -74,11 +74,10 @@ async def search_batch(request: web.Request) -> web.Response:
     engine = engine_of(request)
     live = engine.indexes.get(db["id"])
     if live is None:
-        raise JadeError("the index of this database is not loaded yet")
-    labels, scores = await asyncio.to_thread(live.index.search_batch, qs, k, ef)
+        raise Unavailable("the index of this database is not loaded yet")
+    labels, scores = await run_search(live.index.search_batch, qs, k, ef, bounded=False)
     rows_l, rows_s = labels.tolist(), scores.tolist()
-    flat_ids = live.ids_for([x for row in rows_l for x in row if x >= 0],
-                            functools.partial(engine.store.ids_for_labels, db["id"]))
+    flat_ids = live.ids_for([x for row in rows_l for x in row if x >= 0], engine.store)
     meta: dict[str, Any] = {}
     if include_meta:
         meta = {

@@ -99,8 +99,7 @@ async def search(request: web.Request) -> web.Response:
         metrics.searches_in_flight -= 1
     pairs = [(x, sc) for x, sc in zip(labels.tolist(), scores.tolist(), strict=True)
              if sc >= threshold]
-    ids = live.ids_for([x for x, _ in pairs],
-                       functools.partial(engine.store.ids_for_labels, db["id"]))
+    ids = live.ids_for([x for x, _ in pairs], engine.store)
     if include_meta or include_values:
         results = _with_vectors(engine, db["id"], ids, pairs, include_meta, include_values)
     else:  # deleted between the index answer and the lookup: left out

@@ -15,14 +15,18 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 
 from jade.core.filters import Filter, index_terms
 from jade.indexes.vector_index import FlatIndex, HnswIndex, VectorIndex, exact_scores, top_k
+
+
+class IdLookup(Protocol):
+    def ids_for_labels(self, db_id: str, labels: list[int]) -> list[str | None]: ...
+
 
 EXACT_ALWAYS = 4096  # matches up to this many: an exact scan is the cheapest answer
 
@@ -142,17 +146,15 @@ class LiveDb:
                 known[label] = None
         self._touch()
 
-    def ids_for(
-        self, labels: list[int], lookup: Callable[[list[int]], list[str | None]]
-    ) -> list[str | None]:
+    def ids_for(self, labels: list[int], store: IdLookup) -> list[str | None]:
         """The vector ids of ``labels`` (None for one deleted meanwhile): from memory, the
-        misses through ``lookup`` (the store), which are remembered."""
+        misses from ``store`` (``DataStore.ids_for_labels``), which are remembered."""
         known = self._id_of
         n = len(known)
         out = [known[x] if x < n else None for x in labels]
         miss = [i for i, v in enumerate(out) if v is None]
         if miss:
-            found = lookup([labels[i] for i in miss])
+            found = store.ids_for_labels(self.db_id, [labels[i] for i in miss])
             top = max(labels[i] for i in miss)
             if top >= len(known):
                 known.extend([None] * (max(top + 1, 2 * len(known)) - len(known)))
