@@ -28,6 +28,7 @@ from numpy.typing import NDArray
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F32 = NDArray[np.float32]
 PASSWORD = "Bench_Secure123@"
+M, EF_CONSTRUCTION = 16, 200  # the HNSW parameters of every benchmark (issue 8)
 
 
 # -- data --------------------------------------------------------------------------------------
@@ -215,6 +216,12 @@ class Client:
         if status not in ok:
             raise HttpError(f"{method} {path} -> {status} {text[:300]!r}")
         return orjson.loads(text) if text else None
+
+    def create_hnsw_db(self, name: str, dim: int) -> str:
+        """A database with HNSW M=16 efConstruction=200; returns its id."""
+        return str(self.call("POST", "/v1/databases", {
+            "name": name, "vectorDimension": dim, "indexType": "hnsw",
+            "indexParameters": {"M": M, "efConstruction": EF_CONSTRUCTION}})["databaseId"])
 
     def close(self) -> None:
         self.conn.close()

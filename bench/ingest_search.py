@@ -30,9 +30,11 @@ import orjson
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (  # noqa: E402 - runnable as a script
+    EF_CONSTRUCTION,
     F32,
     BenchServer,
     Client,
+    M,
     Table,
     batch_bodies,
     dataset,
@@ -47,7 +49,7 @@ from bench.common import (  # noqa: E402 - runnable as a script
     row_of,
 )
 
-M, EF_CONSTRUCTION, BATCH, K = 16, 200, 1000, 10
+BATCH, K = 1000, 10
 EFS = (10, 20, 40, 80, 160, 320)
 GROUP = "jadevectordb_wal_group_commit_size"
 
@@ -187,16 +189,7 @@ def main() -> None:
         server.start()
         token = login(server.base)
         c = Client(server.base, token)
-        db = c.call(
-            "POST",
-            "/v1/databases",
-            {
-                "name": "ingest",
-                "vectorDimension": args.dim,
-                "indexType": "hnsw",
-                "indexParameters": {"M": M, "efConstruction": EF_CONSTRUCTION},
-            },
-        )["databaseId"]
+        db = c.create_hnsw_db("ingest", args.dim)
         took("server start + login + create db", t0)
         print("ingesting over HTTP...", flush=True)
         t0 = time.perf_counter()
@@ -230,16 +223,7 @@ def main() -> None:
         )
 
         # -- single-vector writes into a separate database ---------------------------------
-        wdb = c.call(
-            "POST",
-            "/v1/databases",
-            {
-                "name": "writes",
-                "vectorDimension": args.dim,
-                "indexType": "hnsw",
-                "indexParameters": {"M": M, "efConstruction": EF_CONSTRUCTION},
-            },
-        )["databaseId"]
+        wdb = c.create_hnsw_db("writes", args.dim)
         rows = []
         t0 = time.perf_counter()
         for clients in (1, 32):

@@ -41,9 +41,11 @@ import orjson
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (  # noqa: E402 - runnable as a script
+    EF_CONSTRUCTION,
     F32,
     BenchServer,
     Client,
+    M,
     Table,
     batch_bodies,
     dataset,
@@ -65,7 +67,7 @@ STAMP = os.path.join(VENV, ".requirements.sha256")
 WORKER = os.path.join(BENCH, "peers_worker.py")
 RESULTS = os.path.join(BENCH, "results")
 
-K, TARGET, BATCH, M, EF_CONSTRUCTION, WARMUP = 10, 0.95, 1000, 16, 200, 50
+K, TARGET, BATCH, WARMUP = 10, 0.95, 1000, 50
 EFS = (10, 16, 20, 32, 40, 64, 80, 128, 160, 256, 320, 512)
 PEERS = ("hnswlib", "chroma", "qdrant", "lancedb")
 OURS = "ours"
@@ -207,16 +209,7 @@ def run_ours(data: F32, queries: F32, truth: np.ndarray) -> Record:
     try:
         server.start()
         c = Client(server.base, login(server.base))
-        db = c.call(
-            "POST",
-            "/v1/databases",
-            {
-                "name": "peers",
-                "vectorDimension": int(data.shape[1]),
-                "indexType": "hnsw",
-                "indexParameters": {"M": M, "efConstruction": EF_CONSTRUCTION},
-            },
-        )["databaseId"]
+        db = c.create_hnsw_db("peers", int(data.shape[1]))
         t0 = time.perf_counter()
         bodies = list(batch_bodies(data, BATCH))
         encode = time.perf_counter() - t0

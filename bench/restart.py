@@ -38,9 +38,11 @@ from typing import Any
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (  # noqa: E402 - runnable as a script
+    EF_CONSTRUCTION,
     F32,
     BenchServer,
     Client,
+    M,
     Table,
     dataset,
     dumps,
@@ -49,7 +51,7 @@ from bench.common import (  # noqa: E402 - runnable as a script
     machine,
 )
 
-M, EF_CONSTRUCTION, BATCH = 16, 200, 1000
+BATCH = 1000
 
 
 def probe(port: int, method: str, path: str, body: bytes | None = None, token: str = "") -> int:
@@ -237,16 +239,7 @@ def main() -> None:
         server.start()
         token = login(server.base)
         c = Client(server.base, token)
-        db = c.call(
-            "POST",
-            "/v1/databases",
-            {
-                "name": "restart",
-                "vectorDimension": args.dim,
-                "indexType": "hnsw",
-                "indexParameters": {"M": M, "efConstruction": EF_CONSTRUCTION},
-            },
-        )["databaseId"]
+        db = c.create_hnsw_db("restart", args.dim)
         t0 = time.perf_counter()
         done, step = 0, max(n // 10, BATCH)
         for count, body in bodies(data, BATCH, with_md):

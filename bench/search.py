@@ -35,10 +35,12 @@ import orjson
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from bench.common import (  # noqa: E402 - runnable as a script
+    EF_CONSTRUCTION,
     F32,
     ROOT,
     BenchServer,
     Client,
+    M,
     Table,
     cpu_ticks,
     dataset,
@@ -54,7 +56,7 @@ from bench.common import (  # noqa: E402 - runnable as a script
     steal_since,
 )
 
-M, EF_CONSTRUCTION, BATCH, K = 16, 200, 1000, 10
+BATCH, K = 1000, 10
 EFS = (10, 16, 20, 24, 32, 40, 48, 64, 96, 128)
 TARGET = 0.95
 BUCKETS = {"1 %": (100, 7), "10 %": (10, 3), "50 %": (2, 1)}  # field modulus, value
@@ -309,9 +311,7 @@ def main() -> None:
         else:
             if "search" in dbs:
                 c.call("DELETE", f"/v1/databases/{dbs['search']['databaseId']}")
-            db = c.call("POST", "/v1/databases", {
-                "name": "search", "vectorDimension": args.dim, "indexType": "hnsw",
-                "indexParameters": {"M": M, "efConstruction": EF_CONSTRUCTION}})["databaseId"]
+            db = c.create_hnsw_db("search", args.dim)
             secs = ingest(c, db, data)
             print(f"ingested {n:,} over HTTP in {secs:.1f} s", flush=True)
         path = f"/v1/databases/{db}/search"
