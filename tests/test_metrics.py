@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 import time
 from typing import Any
 
@@ -324,3 +325,91 @@ async def test_db_operation_counters_move(server: Server) -> None:
     for op in ops:
         assert buckets(text, P + "db_operation_duration_seconds", operation=op) == \
             RUNBOOK_BUCKETS
+
+
+# -- the lock-free counter and histogram (jade/metrics.py) --------------------------------------
+def _exposition(registry: Any) -> str:
+    from prometheus_client import generate_latest
+
+    # creation times differ between the two implementations; everything else must not
+    return re.sub(r"_created(\{[^}]*\})? \S+", r"_created\1 T", generate_latest(registry).decode())
+
+
+def test_exposition_equals_prometheus_client() -> None:
+    import prometheus_client as pc
+    from prometheus_client import CollectorRegistry
+
+    from jade import metrics
+
+    theirs, ours = CollectorRegistry(), CollectorRegistry()
+    pairs = [
+        (pc.Counter("x_total", "X", ["a", "b"], registry=theirs),
+         metrics.Counter("x_total", "X", ["a", "b"], registry=ours)),
+        (pc.Counter("u_total", "U", registry=theirs), metrics.Counter("u_total", "U", registry=ours)),
+    ]
+    hists = (pc.Histogram("h_seconds", "H", ["op"], buckets=(0.1, 1, 5), registry=theirs),
+             metrics.Histogram("h_seconds", "H", ["op"], buckets=(0.1, 1, 5), registry=ours))
+    plain = (pc.Histogram("p_seconds", "P", buckets=metrics.FAST_BUCKETS, registry=theirs),
+             metrics.Histogram("p_seconds", "P", buckets=metrics.FAST_BUCKETS, registry=ours))
+    for m in (0, 1):
+        pairs[0][m].labels("p", 1).inc()
+        pairs[0][m].labels("p", "1").inc(2.5)
+        pairs[0][m].labels("q", "2")  # a child with no update is exposed at 0
+        pairs[1][m].inc(3)
+        for v in (0.05, 0.1, 0.1000001, 1, 3, 5, 7, 0, -1):  # bucket edges are "le"
+            hists[m].labels("z").observe(v)
+        plain[m].observe(0.0003)
+    assert _exposition(ours) == _exposition(theirs)
+
+
+def test_concurrent_updates_are_all_counted() -> None:
+    import threading
+
+    from prometheus_client import CollectorRegistry
+
+    from jade import metrics
+
+    reg = CollectorRegistry()
+    c = metrics.Counter("c_total", "C", registry=reg)
+    h = metrics.Histogram("h_seconds", "H", buckets=(0.5,), registry=reg)
+    n, threads = 30_000, 4  # several folds each, racing with each other and with scrapes
+
+    def work(i: int) -> None:
+        for j in range(n):
+            c.inc()
+            h.observe(0.25 if j % 2 else 0.75)
+
+    ts = [threading.Thread(target=work, args=(i,)) for i in range(threads)]
+    from prometheus_client import generate_latest
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # thread switches between any two bytecodes: races show
+    try:
+        for t in ts:
+            t.start()
+        while any(t.is_alive() for t in ts):
+            generate_latest(reg)  # scrapes fold too
+        for t in ts:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    text = generate_latest(reg).decode()
+    assert total(text, "c_total") == n * threads
+    assert total(text, "h_seconds_count") == n * threads
+    assert total(text, "h_seconds_bucket", le="0.5") == n * threads / 2
+    assert total(text, "h_seconds_sum") == (0.25 + 0.75) * n * threads / 2
+
+
+def test_pending_updates_stay_bounded_and_negative_is_refused() -> None:
+    import pytest
+
+    from jade import metrics
+
+    c = metrics.Counter("c_total", "C")
+    for _ in range(3 * metrics.FOLD_AT):
+        c.inc()
+    assert len(c._unlabelled._pending) <= metrics.FOLD_AT
+    with pytest.raises(ValueError):
+        c.inc(-1)
+    with pytest.raises(ValueError):
+        c.labels("extra")

@@ -121,8 +121,8 @@ async def status(request: web.Request) -> web.Response:
     uptime = time.time() - engine.started_at
     dbs = engine.store.databases()
     m = request.app[METRICS]
-    count = m.search_duration._sum.get()  # noqa: SLF001 - prometheus_client has no public read
-    n = m.search_requests._value.get()  # noqa: SLF001
+    count = m.search_duration.value()
+    n = m.search_requests.value()
     try:
         disk = psutil.disk_usage(request.app[SETTINGS].data_dir).percent
     except OSError:
