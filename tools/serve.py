@@ -14,7 +14,7 @@ from aiohttp import web
 from jade import logs
 from jade import settings as settings_mod
 from jade.http.app import build_app
-from jade.http.keys import ENGINE, SHUTDOWN
+from jade.http.keys import ENGINE, INFLIGHT, SHUTDOWN
 
 log = logging.getLogger("jade.serve")
 
@@ -63,8 +63,6 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):  # before start-up: a stop during it is graceful
         loop.add_signal_handler(sig, stop.set)
-    inflight = _InFlight()
-    app.middlewares.insert(0, inflight.middleware)  # outermost: counts every request
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=FINAL_SECONDS)
     await runner.setup()  # opens the engine (replaying what the last run left)
@@ -82,6 +80,7 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
     for s in list(runner.sites):
         await s.stop()
     await asyncio.sleep(0)  # requests whose headers were already read enter the middleware
+    inflight = app[INFLIGHT]
     if not await inflight.drained(DRAIN_SECONDS):
         log.warning("%d request(s) still running after %ds; cancelling them",
                     inflight.count, DRAIN_SECONDS)
@@ -91,36 +90,6 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
 
 DRAIN_SECONDS = 25  # in-flight requests get this long to finish after SIGTERM
 FINAL_SECONDS = 5.0  # then what is left (long-lived replication streams...) gets this long
-LONG_LIVED = frozenset({"/v1/replication/stream"})  # never "finish": not waited for
-
-
-class _InFlight:
-    """Counts the requests being handled, so shutdown can wait for them."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    @web.middleware
-    async def middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path in LONG_LIVED:
-            return await handler(request)  # type: ignore[no-any-return]
-        self.count += 1
-        self._idle.clear()
-        try:
-            return await handler(request)  # type: ignore[no-any-return]
-        finally:
-            self.count -= 1
-            if self.count == 0:
-                self._idle.set()
-
-    async def drained(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
 
 
 def _report_unclean_start(app: web.Application) -> None:

@@ -53,6 +53,7 @@ from jade.http import (
     vectors,
 )
 from jade.http.keys import (
+    INFLIGHT,
     ACCESS,
     ACTOR,
     AUDIT,
@@ -72,7 +73,7 @@ from jade.http.keys import (
     SHUTDOWN,
     VISIBLE_DATABASES,
 )
-from jade.http.middleware import Handler, errors_middleware
+from jade.http.middleware import InFlight, request_middleware
 from jade.http.replication_state import Replicas
 from jade.metrics import Metrics
 from jade.scheduler import Scheduler
@@ -208,17 +209,18 @@ class _Series:
 PROBES = frozenset({"/health", "/health/db", "/metrics", "/openapi.json", "/docs", "/ui",
                     "/ui/{name}"})
 FORWARDING_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
+LONG_LIVED = frozenset({"/v1/replication/stream"})  # never "finish": shutdown does not wait
 
 
-@web.middleware
-async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Authenticate, throttle and authorize every request through the route table."""
+def admit(request: web.Request) -> Awaitable[None] | None:
+    """Authenticate, throttle and authorize every request through the route table: raises to
+    refuse; returns what to wait for before the handler runs (a read's ``X-Min-LSN``)."""
     resource = request.match_info.route.resource
     route: Route | None = request.app[ACCESS].get(
         (request.method, resource.canonical if resource else "")
     )
     if route is None:  # 404/405: let aiohttp answer
-        return await handler(request)
+        return None
     svc = request.app[AUTH]
     engine = request.app[ENGINE]
     if engine.env is None and route.path not in PROBES:
@@ -243,7 +245,7 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
             # forgot-password for an unknown name must not differ from one for a known name)
             if route.mutates and engine.mode() == "readonly":
                 raise ReadOnly("the server is in readonly mode; writes are refused")
-        return await handler(request)
+        return None
     svc.check_blocked(ip)
     principal = svc.authenticate(request.headers)
     if principal is None:
@@ -278,17 +280,16 @@ async def auth_middleware(request: web.Request, handler: Handler) -> web.StreamR
         svc.authorize(principal, access)
     if route.mutates and engine.mode() == "readonly":
         raise ReadOnly("the server is in readonly mode; writes are refused")
-    if not route.mutates:
-        await _wait_min_lsn(request, engine)
-    return await handler(request)
+    if route.mutates:
+        return None
+    raw = request.headers.get("X-Min-LSN") or (request.query_string and
+                                               request.query.get("min_lsn"))
+    return _wait_min_lsn(request, engine, raw) if raw else None
 
 
-async def _wait_min_lsn(request: web.Request, engine: Engine) -> None:
+async def _wait_min_lsn(request: web.Request, engine: Engine, raw: str) -> None:
     """Read-your-writes: a read carrying ``X-Min-LSN`` (or ``?min_lsn=``) waits until this node
     has applied that LSN, up to ``read_wait_seconds``; else 503 with the node's LSN."""
-    raw = request.headers.get("X-Min-LSN") or request.query.get("min_lsn")
-    if not raw:
-        return
     try:
         want = int(raw)
     except ValueError:
@@ -384,11 +385,13 @@ def _add_jobs(app: web.Application, sched: Scheduler) -> None:
 def build_app(settings: Settings, engine: Engine | None = None) -> web.Application:
     """The aiohttp application. With no ``engine`` one is opened on start-up and closed on
     clean-up (with an index checkpoint)."""
+    inflight = InFlight(LONG_LIVED)
     app = web.Application(
-        middlewares=[errors_middleware, auth_middleware],
+        middlewares=[request_middleware(admit, inflight)],
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
+    app[INFLIGHT] = inflight
     app[METRICS] = Metrics()
     own_engine = engine is None
     app[ENGINE] = engine if engine is not None else Engine(settings)

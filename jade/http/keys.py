@@ -47,3 +47,8 @@ REPLICAS = web.AppKey("replicas", Replicas)
 REPLICA_STATUS = web.AppKey("replica_status", Callable[[], dict[str, Any]])
 OPENAPI = web.AppKey("openapi", dict)
 PROMOTE = web.AppKey("promote", Callable[[], Awaitable[dict[str, Any]]])
+
+# the middleware's in-flight count (imported last: the middleware uses the keys above)
+from jade.http.middleware import InFlight  # noqa: E402
+
+INFLIGHT = web.AppKey("inflight", InFlight)  # the requests being handled (shutdown drains)

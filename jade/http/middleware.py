@@ -1,11 +1,16 @@
-"""The one place where errors become HTTP: every ``JadeError`` is answered with its status and
-``{"error": code, "message": text, ...}``; aiohttp's own HTTP exceptions (unknown route 404,
-wrong method 405, 413 from the body limit) get the same JSON envelope; anything else is a bug,
-logged with the request id and answered 500 without internals.
+"""The one middleware every request goes through: request id, in-flight count, admission (the
+caller's ``admit``: authentication, throttling, authorization), the handler, metrics and the
+access log; and the one place where errors become HTTP: every ``JadeError`` is answered with
+its status and ``{"error": code, "message": text, ...}``; aiohttp's own HTTP exceptions
+(unknown route 404, wrong method 405, 413 from the body limit) get the same JSON envelope;
+anything else is a bug, logged with the request id and answered 500 without internals.
+
+One middleware, not three stacked ones: each layer costs a coroutine and a call per request.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import logging
 import secrets
@@ -26,6 +31,8 @@ log = logging.getLogger("jade.http")
 access_log = logging.getLogger("jade.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+Admit = Callable[[web.Request], Awaitable[None] | None]
+Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def json_response(
@@ -64,45 +71,95 @@ def _next_request_id() -> str:
     return f"{_RID_PREFIX}{next(_rid_counter) & 0xFFFFFFFF:08x}"
 
 
-@web.middleware
-async def errors_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    rid = request.headers.get("X-Request-ID", "")[:64] or _next_request_id()
-    request[REQUEST_ID] = rid
-    request_id_var.set(rid)
-    written_lsn.set(0)
-    t0 = time.perf_counter()
-    status = 500
-    try:
-        resp = await handler(request)
-        status = resp.status
-    except JadeError as exc:
-        resp = error_response(exc)
-        status = resp.status
-    except web.HTTPException as exc:
+class InFlight:
+    """Counts the requests being handled, so shutdown can wait for them. Requests to
+    ``long_lived`` paths (streams that never "finish") are not counted."""
+
+    def __init__(self, long_lived: frozenset[str] = frozenset()) -> None:
+        self.count = 0
+        self.long_lived = long_lived
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    def enter(self) -> None:
+        self.count += 1
+        self._idle.clear()
+
+    def leave(self) -> None:
+        self.count -= 1
+        if self.count == 0:
+            self._idle.set()
+
+    async def drained(self, timeout: float) -> bool:
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except TimeoutError:
+            return False
+
+
+def request_middleware(admit: Admit, inflight: InFlight) -> Middleware:
+    """The middleware, given the admission check: ``admit(request)`` raises to refuse, and
+    returns None, or an awaitable to wait for first (read-your-writes)."""
+    long_lived = inflight.long_lived
+
+    @web.middleware
+    async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+        counted = request.path not in long_lived
+        if counted:
+            inflight.enter()
+        rid = request.headers.get("X-Request-ID", "")[:64] or _next_request_id()
+        request[REQUEST_ID] = rid
+        request_id_var.set(rid)
+        written_lsn.set(0)
+        t0 = time.perf_counter()
+        try:
+            wait = admit(request)
+            if wait is not None:
+                await wait
+            resp = await handler(request)
+        except Exception as exc:
+            resp = _error(request, exc, rid)
+        finally:
+            if counted:
+                inflight.leave()
+        _finish(request, resp, rid, time.perf_counter() - t0)
+        return resp
+
+    return middleware
+
+
+def _error(request: web.Request, exc: Exception, rid: str) -> web.StreamResponse:
+    """The answer to an exception a handler (or the admission) raised."""
+    if isinstance(exc, JadeError):
+        return error_response(exc)
+    if isinstance(exc, web.HTTPException):
         if exc.status < 400:
-            raise
+            raise exc
         code = _HTTP_CODES.get(exc.status, "http_error")
         message = exc.reason
         if exc.status == 404:
             message = f"no route for {request.method} {request.path}"
         elif exc.status == 405:
             message = f"method {request.method} not allowed on {request.path}"
-        resp = json_response({"error": code, "message": message}, status=exc.status)
-        status = exc.status
-    except Exception as exc:
-        if isinstance(exc, lmdb.Error):
-            m = request.app.get(METRICS)
-            if m is not None:
-                m.db_connection_errors.inc()
-        log.exception("unhandled error", extra={"request_id": rid})
-        resp = json_response(
-            {"error": "internal_error", "message": f"internal error (request {rid})"}, status=500
-        )
+        return json_response({"error": code, "message": message}, status=exc.status)
+    if isinstance(exc, lmdb.Error):
+        m = request.app.get(METRICS)
+        if m is not None:
+            m.db_connection_errors.inc()
+    log.exception("unhandled error", exc_info=exc, extra={"request_id": rid})
+    return json_response(
+        {"error": "internal_error", "message": f"internal error (request {rid})"}, status=500
+    )
+
+
+def _finish(request: web.Request, resp: web.StreamResponse, rid: str, elapsed: float) -> None:
+    """Response headers, metrics and the access log line."""
+    status = resp.status
     resp.headers["X-Request-ID"] = rid
     lsn = written_lsn.get()
     if lsn and not resp.prepared:
         resp.headers["X-LSN"] = str(lsn)
-    elapsed = time.perf_counter() - t0
     observe = request.app.get(OBSERVE)
     if observe is not None:
         observe(request, status, elapsed)
@@ -114,4 +171,3 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
             extra={"status": status, "method": request.method, "path": request.path,
                    "remote": request.remote, "duration_ms": round(elapsed * 1000, 3)},
         )
-    return resp
