@@ -195,6 +195,9 @@ ROUTES: tuple[Route, ...] = (
     R("GET", DB + "/indexes/{iid}", indexes.get, "read"),
     R("PUT", DB + "/indexes/{iid}", indexes.update, "write", mutates=True),
     R("DELETE", DB + "/indexes/{iid}", indexes.delete, "write", mutates=True),
+    # a dry run reads only; with "apply" the update goes through Engine.submit, which refuses
+    # it in readonly mode and on a replica like any write
+    R("POST", DB + "/indexes/{iid}/tune", indexes.tune, "write"),
 )
 
 @dataclass(slots=True)

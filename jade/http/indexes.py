@@ -1,16 +1,21 @@
 """/v1/databases/{db}/indexes (API.md §8). A database serves searches from its most recently
 created index; creating one rebuilds the serving index, updating ``efSearch`` applies at once,
-updating ``M``/``efConstruction`` rebuilds, deleting the last one falls back to exact search."""
+updating ``M``/``efConstruction`` rebuilds, deleting the last one falls back to exact search.
+``POST .../indexes/{iid}/tune`` chooses ``efSearch`` from a recall target (``jade/indexes/tune.py``)
+and, with ``apply``, sets it like an update."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
+
+import numpy as np
 
 from aiohttp import web
 
 from jade.core.decide import Command
-from jade.errors import InvalidArgument, NotFound
+from jade.errors import Conflict, InvalidArgument, NotFound, Unavailable
 from jade.http.databases import (
     actor_of,
     engine_of,
@@ -21,8 +26,11 @@ from jade.http.databases import (
 )
 from jade.http.keys import SETTINGS
 from jade.http.middleware import json_response
-from jade.http.validate import opt_str, read_json
+from jade.http.validate import opt_bool, opt_int, opt_number, opt_str, read_json, vector_rows
 from jade.indexes.manager import spec_of
+from jade.indexes.tune import tune_ef
+
+MAX_TUNE_QUERIES = 2000
 from jade.stores.data import serving_index
 
 
@@ -124,3 +132,67 @@ async def delete(request: web.Request) -> web.Response:
             "deletedAt": int(time.time() * 1000),
         }
     )
+
+
+async def tune(request: web.Request) -> web.Response:
+    """Measure recall@topK of the caller's sample ``queries`` against exact search, and find
+    the smallest ``efSearch`` reaching ``targetRecall``; ``apply`` sets it (an index update
+    through the log, so replicas and restarts keep it)."""
+    db = get_db(request)
+    iid = request.match_info["iid"]
+    idx = _find(db, iid)
+    body = await read_json(request)
+    if "targetRecall" not in body:
+        raise InvalidArgument("missing required field 'targetRecall'", code="missing_field")
+    target = opt_number(body, "targetRecall", 0.95, lo=0.0, hi=1.0)
+    if target <= 0.0:
+        raise InvalidArgument("'targetRecall' must be above 0 (and at most 1)")
+    k = opt_int(body, "topK", 10, lo=1, hi=1000)
+    apply = opt_bool(body, "apply", False)
+    rows = body.get("queries")
+    if not isinstance(rows, list) or not 1 <= len(rows) <= MAX_TUNE_QUERIES:
+        raise InvalidArgument(f"'queries' must be a list of 1 to {MAX_TUNE_QUERIES} query "
+                              "vectors, a sample of the searches this database serves",
+                              code="invalid_queries")
+    queries = vector_rows(rows, db["dimension"], "queries")
+    serving = serving_index(db)
+    if serving is None or serving["id"] != iid:
+        raise Conflict("only the index serving the database's searches can be tuned",
+                       code="index_not_serving")
+    if idx["kind"] != "hnsw":
+        raise InvalidArgument(f"a {idx['kind']} index answers exactly: nothing to tune",
+                              code="not_applicable")
+    live = engine_of(request).indexes.get(db["id"])
+    if live is None:
+        raise Unavailable("the index of this database is not loaded yet")
+    labels = np.fromiter(list(live.meta), dtype=np.int64)  # list(): one atomic copy
+    if len(labels) < k:
+        raise InvalidArgument(f"tuning needs at least topK={k} vectors; the database has "
+                              f"{len(labels)}", code="not_enough_vectors")
+    before = spec_of(db, request.app[SETTINGS]).ef_search
+    t0 = time.perf_counter()
+    result = await asyncio.get_running_loop().run_in_executor(
+        None, tune_ef, live.index, live.metric, labels, queries, target, k)
+    applied = False
+    if apply and result.ef is not None and result.ef != before:
+        await engine_of(request).submit(Command(
+            "index.update",
+            {"db": db["id"], "index_id": iid, "parameters": {"efSearch": result.ef}},
+            actor_of(request),
+        ))
+        applied = True
+    return json_response({
+        "indexId": iid,
+        "databaseId": db["id"],
+        "targetRecall": target,
+        "topK": k,
+        "queries": result.queries,
+        "reached": result.ef is not None,
+        "efSearch": result.ef,
+        "recall": result.recall,
+        "previousEfSearch": before,
+        "applied": applied,
+        "curve": [{"efSearch": p.ef, "recall": p.recall, "queriesPerSecond": p.qps}
+                  for p in result.curve],
+        "seconds": round(time.perf_counter() - t0, 3),
+    })

@@ -409,6 +409,21 @@ op(
     obj({"parameters": INDEX_PARAMS}, ("parameters",)),
 )
 op("DELETE", DB + "/indexes/{iid}", "Delete an index (exact search when none is left)")
+op(
+    "POST",
+    DB + "/indexes/{iid}/tune",
+    "Choose efSearch from a recall target on sample queries (against exact search)",
+    obj({"targetRecall": {"type": "number", "minimum": 0, "exclusiveMinimum": True,
+                          "maximum": 1},
+         "queries": {"type": "array", "items": VEC, "minItems": 1, "maxItems": 2000},
+         "topK": {"type": "integer", "minimum": 1, "maximum": 1000},
+         "apply": BOOL}, ("targetRecall", "queries")),
+    resp=obj({"efSearch": {"type": "integer", "nullable": True}, "recall": NUM, "reached": BOOL,
+              "applied": BOOL, "previousEfSearch": INT, "queries": INT,
+              "curve": {"type": "array", "items": obj({"efSearch": INT, "recall": NUM,
+                                                        "queriesPerSecond": NUM})}},
+             ("efSearch", "recall", "reached", "applied", "curve")),
+)
 op("GET", "/openapi.json", "This document")
 op("GET", "/docs", "API documentation page", resp=STR, ctype="text/html")
 op("GET", "/ui", "Web console", resp=STR, ctype="text/html")
