@@ -22,13 +22,16 @@ import pytest
 
 from jade.auth.store import AUTH_TYPES, AuthStore
 from jade.backup import archive, snapshot
+from jade.backup.jobs import Backups
 from jade.backup.restore import RestoreError, restore, target_settings, window
 from jade.backup.verify import verify_dir
+from jade.core.decide import Command
 from jade.engine import Engine
 from jade.http.keys import BACKUPS, ENGINE, SCHEDULER
 from jade.settings import Settings
 from jade.stores.data import DataStore
 from tests.conftest import make_settings
+from tests.test_index_checkpoint import create_cmd
 from tools.restore_cmd import parse_time
 from wal.codec import Record, decode, unpack
 from wal.lmdbenv import Env
@@ -419,3 +422,57 @@ async def test_window_times_round_trip(server: Any, settings: Settings, tmp_path
     )
     assert res2["target_lsn"] == res["target_lsn"]
     shutil.rmtree(str(tmp_path / "again"))
+
+
+def test_truncation_stops_at_the_oldest_index_checkpoint(settings: Settings) -> None:
+    """A database written since its checkpoint holds the log back to that checkpoint's LSN, so
+    a restart replays the tail instead of rebuilding the index from the store."""
+
+    def upsert(db_id: str, vecs: list[dict[str, Any]]) -> None:
+        engine.submit_sync(
+            Command(
+                "vec.upsert",
+                {
+                    "db": db_id,
+                    "ids": [v["id"] for v in vecs],
+                    "values": np.array([v["values"] for v in vecs], dtype="<f4").tobytes(),
+                    "metadata": [v["metadata"] for v in vecs],
+                    "must_exist": False,
+                },
+            )
+        )
+
+    rng = np.random.default_rng(3)
+    engine = open_engine(settings)
+    try:
+        for db_id in ("busy", "idle"):
+            engine.submit_sync(create_cmd(db_id, "hnsw", dim=DIM))
+            upsert(db_id, vectors(rng, 50, "a"))
+        engine.indexes.checkpoint()
+        held = engine.log.last_lsn  # both checkpoints cover this
+        for batch in ("b", "c", "d"):  # "busy" is dirty: its checkpoint stays at held
+            upsert("busy", vectors(rng, 20, batch))
+        assert engine.env is not None and engine.auth_env is not None
+        snap = snapshot.create(engine.env, engine.auth_env, settings.index_dir, settings.backup_dir)
+        assert snap.lsn == engine.log.last_lsn == held + 3
+        upsert("busy", vectors(rng, 20, "e"))  # the log keeps its last record: one past snap
+        time.sleep(1.1)  # every record is older than the retention (1 s)
+        bk = Backups(engine)
+        assert engine.indexes.oldest_checkpoint_lsn() == held
+        result = bk.archive_and_truncate()
+        # retention, the snapshot and the archive would allow up to snap.lsn
+        assert result["segments"] and archive.last_archived(settings.backup_dir) == snap.lsn + 1
+        assert result["truncated"] == held and engine.log.first_lsn == held + 1
+    finally:
+        engine.close(checkpoint=False)  # as after a kill
+    engine = open_engine(settings)
+    try:
+        assert engine.report.index == {"loaded": 2, "rebuilt": 0, "replayed_records": 4}
+        engine.indexes.checkpoint()  # both move past the snapshot
+        bk = Backups(engine)
+        assert engine.indexes.oldest_checkpoint_lsn() == engine.log.last_lsn == snap.lsn + 1
+        assert bk.truncation_limit() == snap.lsn  # the snapshot holds the log now
+        assert bk.archive_and_truncate()["truncated"] == snap.lsn - held
+        assert engine.log.first_lsn == snap.lsn + 1
+    finally:
+        engine.close()

@@ -3,15 +3,23 @@ checkpoint rebuilds ``meta`` and ``terms`` from the checkpoint's own metadata fi
 scan of the vector store; a missing, damaged or older checkpoint is rebuilt; the log tail after
 a checkpoint is replayed once, into the databases it belongs to.
 
+Checkpoints are saved while writes go on (only an in-memory capture holds up the writer
+thread), and a database deleted or rebuilt during a save loses that save; start-up removes the
+checkpoint directories of databases no longer in the store.
+
 Real LMDB in temp dirs, a real ``Engine``; no mocks beyond making ``DataStore.scan`` refuse to
-run where a test proves it is not needed.
+run where a test proves it is not needed, and slowing down or pausing the fsyncs of a save (a
+slow disk, or a save caught in the middle).
 """
 
 from __future__ import annotations
 
 import gc
 import json
+import logging
 import os
+import threading
+import time
 import zlib
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -27,11 +35,14 @@ from jade.core.filters import parse_filter
 from jade.engine import Engine
 from jade.http.databases import new_index
 from jade.indexes import checkpoint as ckpt
+from jade.indexes import manager as manager_mod
 from jade.indexes.live import IndexSpec, LiveDb
 from jade.indexes.manager import CHECKPOINT_FORMAT, MD_SUFFIX
+from jade.indexes.vector_index import FlatIndex, HnswIndex
 from jade.settings import Settings
 from jade.stores.data import DataStore
 from tests.conftest import make_settings
+from tests.test_apply import upsert as upsert_command
 from wal.lmdbenv import Env
 from wal.log import Log
 
@@ -59,40 +70,40 @@ def metadata_of(i: int) -> Any:
     return md
 
 
-def create_db(engine: Engine, db_id: str, kind: str) -> None:
-    engine.submit_sync(
-        Command(
-            "db.create",
-            {
-                "id": db_id,
-                "name": db_id,
-                "description": "",
-                "dimension": DIM,
-                "metric": "cosine",
-                "index_type": kind.upper(),
-                "index": new_index(kind.upper(), kind, {}),
-                "extra": {},
-            },
-        )
+def create_cmd(db_id: str, kind: str, dim: int = DIM) -> Command:
+    return Command(
+        "db.create",
+        {
+            "id": db_id,
+            "name": db_id,
+            "description": "",
+            "dimension": dim,
+            "metric": "cosine",
+            "index_type": kind.upper(),
+            "index": new_index(kind.upper(), kind, {}),
+            "extra": {},
+        },
     )
+
+
+def create_db(engine: Engine, db_id: str, kind: str) -> None:
+    engine.submit_sync(create_cmd(db_id, kind))
+
+
+def upsert_cmd(db_id: str, items: list[tuple[str, list[float], Any]]) -> Command:
+    return upsert_command(db_id, items, actor="test")
 
 
 def upsert(engine: Engine, db_id: str, items: list[tuple[str, list[float], Any]]) -> None:
-    values = np.array([v for _, v, _ in items], dtype="<f4").tobytes()
-    engine.submit_sync(
-        Command(
-            "vec.upsert",
-            {
-                "db": db_id,
-                "ids": [i for i, _, _ in items],
-                "values": values,
-                "metadata": [m for _, _, m in items],
-                "must_exist": False,
-            },
-            "test",
-            size=len(values),
-        )
-    )
+    engine.submit_sync(upsert_cmd(db_id, items))
+
+
+def submit_within(engine: Engine, cmd: Command, timeout: float = 5.0) -> float:
+    """Submit ``cmd`` and wait for it at most ``timeout`` seconds; returns how long it took."""
+    assert engine.writer is not None
+    t = time.perf_counter()
+    engine.writer.submit(cmd, cmd.size).result(timeout=timeout)
+    return time.perf_counter() - t
 
 
 def delete(engine: Engine, db_id: str, ids: list[str]) -> None:
@@ -649,5 +660,355 @@ def test_a_save_that_fails_midway_leaves_the_previous_checkpoint_usable(
         live = live_of(engine, "h")
         assert matched(live, {"color": "late"}) == [live_label(engine, "h", "late")]
         assert live.meta == from_store(engine.store, "h").meta
+    finally:
+        engine.close()
+
+
+# -- saving while writes go on --------------------------------------------------------------------
+
+
+def test_hnsw_capture_writes_what_save_index_writes(tmp_path: Path) -> None:
+    """A checkpoint writes hnswlib's file itself, from a capture: byte for byte what hnswlib's
+    ``save_index`` writes at the moment of the capture, whatever happens to the index after."""
+    rng = np.random.default_rng(4)
+    for n in (0, 1, 700):
+        idx = HnswIndex(DIM, "cosine", m=8, ef_construction=40, capacity=64, threads=1)
+        if n:
+            idx.add(np.arange(n, dtype=np.int64), rng.normal(size=(n, DIM)).astype(np.float32))
+            idx.delete([0, n // 2])
+        cap = idx.capture()
+        want = str(tmp_path / f"want-{n}")
+        idx.index.save_index(want)
+        idx.add(np.array([n + 5]), rng.normal(size=(1, DIM)).astype(np.float32))
+        idx.delete([1])
+        got = str(tmp_path / f"got-{n}")
+        cap.write(got)
+        assert Path(got).read_bytes() == Path(want).read_bytes()
+        with open(got + ".deleted.json") as fh:
+            assert json.load(fh) == sorted({0, n // 2} if n else set())
+        back = HnswIndex.load(got, DIM, "cosine", m=8, ef_construction=40, ef_search=20)
+        assert len(back) == len({*range(n)} - {0, n // 2})
+
+
+def test_a_metadata_capture_is_not_changed_by_later_writes() -> None:
+    live = LiveDb("x", DIM, "cosine", IndexSpec("", "flat", 0, 0, 0))
+    rng = np.random.default_rng(6)
+
+    def vecs(n: int) -> Any:
+        return rng.normal(size=(n, DIM)).astype(np.float32)
+
+    live.upsert(np.arange(100, dtype=np.int64), vecs(100), [metadata_of(i) for i in range(100)])
+    want_meta = dict(live.meta)
+    want_terms = {k: set(v) for k, v in live.terms.items()}
+    meta, terms = live.capture_metadata()
+    # terms move (overwrites), shrink and vanish (deletes, the unique "uid"), grow (new labels)
+    live.upsert(np.array([1, 2, 200]), vecs(3), [{"color": "violet"}, metadata_of(5), None])
+    live.upsert(np.array([201]), vecs(1), [metadata_of(4)])
+    live.delete([3, 4, 7])
+    assert meta == want_meta
+    assert terms == want_terms
+    ref = LiveDb("x", DIM, "cosine", IndexSpec("", "flat", 0, 0, 0))
+    ref.load_metadata(list(live.meta), list(live.meta.values()))
+    assert live.terms == ref.terms  # and the live side is right
+    live.release_capture()
+    red = live.terms[("color", "s:red")]
+    live.upsert(np.array([300]), vecs(1), [{"color": "red"}])
+    assert live.terms[("color", "s:red")] is red  # no capture: changed in place again
+
+
+class Background(threading.Thread):
+    """``checkpoint()`` in a thread; ``result`` joins it and returns its answer or raises."""
+
+    def __init__(self, engine: Engine) -> None:
+        super().__init__(daemon=True)
+        self.engine = engine
+        self.out: int | None = None
+        self.exc: BaseException | None = None
+        self.seconds = 0.0
+
+    def run(self) -> None:
+        t = time.perf_counter()
+        try:
+            self.out = self.engine.indexes.checkpoint()
+        except BaseException as exc:  # handed to the test thread by result()
+            self.exc = exc
+        self.seconds = time.perf_counter() - t
+
+    def result(self, timeout: float = 60) -> int | None:
+        self.join(timeout)
+        assert not self.is_alive(), "checkpoint still running"
+        if self.exc is not None:
+            raise self.exc
+        return self.out
+
+
+@contextmanager
+def paused_save(
+    monkeypatch: pytest.MonkeyPatch, at: str = "write"
+) -> Iterator[tuple[threading.Event, threading.Event]]:
+    """A checkpoint's save sets ``entered`` and waits for ``go``: before its first fsync
+    (``at="write"``: its files are being written), or after the fsync of the directory
+    (``at="switch"``: every file is written, ``index.json`` is next)."""
+    real = manager_mod.fsync_path
+    entered, go = threading.Event(), threading.Event()
+
+    def paused(path: str) -> None:
+        if at == "switch":
+            real(path)
+        if not entered.is_set() and (at == "write" or os.path.isdir(path)):
+            entered.set()
+            go.wait(10)
+        if at == "write":
+            real(path)
+
+    monkeypatch.setattr(manager_mod, "fsync_path", paused)
+    try:
+        yield entered, go
+    finally:
+        go.set()
+        monkeypatch.setattr(manager_mod, "fsync_path", real)
+
+
+def test_writes_are_not_held_up_while_a_checkpoint_is_saved(
+    s: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only the in-memory capture holds up the writer thread: on a slow disk, records applied
+    during the save each wait a small part of it, not until it ends."""
+    engine = Engine(s)
+    engine.open()
+    try:
+        create_db(engine, "h", "hnsw")
+        fill(engine, "h", 5000)
+        before = engine.log.last_lsn
+        real = manager_mod.fsync_path
+        saving = threading.Event()
+
+        def slow_fsync(path: str) -> None:  # a slow disk: the save takes about a second
+            saving.set()
+            time.sleep(0.3)
+            real(path)
+
+        monkeypatch.setattr(manager_mod, "fsync_path", slow_fsync)
+        bg = Background(engine)
+        bg.start()
+        assert saving.wait(10)
+        rng = np.random.default_rng(8)
+        waits = [
+            submit_within(
+                engine, upsert_cmd("h", [(f"w{i}", rng.normal(size=DIM).tolist(), {"i": i})]), 30
+            )
+            for i in range(5)
+        ]
+        during = bg.is_alive()
+        assert bg.result() == 1
+        monkeypatch.setattr(manager_mod, "fsync_path", real)
+        assert during, (waits, bg.seconds)  # all five applied before the save ended
+        assert max(waits) < bg.seconds / 4, (waits, bg.seconds)
+        assert index_json(s, "h")["lsn"] == before  # the state at the capture
+        assert index_json(s, "h")["count"] == 5000
+        assert live_of(engine, "h").dirty  # the five wait for the next checkpoint
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("kind", ["hnsw", "flat"])
+def test_a_checkpoint_holds_the_state_at_its_lsn_while_writes_go_on(
+    s: Settings, monkeypatch: pytest.MonkeyPatch, kind: str
+) -> None:
+    """Writes applied between the capture and the end of the save reach neither the index
+    file nor the metadata file; a restart from the checkpoint replays them."""
+    engine = Engine(s)
+    engine.open()
+    try:
+        create_db(engine, "d", kind)
+        fill(engine, "d", 400)
+        engine.indexes.checkpoint()
+        rng = np.random.default_rng(21)
+        upsert(
+            engine,
+            "d",
+            [
+                (f"v{i}", rng.normal(size=DIM).tolist(), {"color": "violet"})
+                for i in range(0, 40, 3)
+            ],
+        )
+        delete(engine, "d", ["v7", "v8"])
+        live = live_of(engine, "d")
+        with paused_save(monkeypatch) as (entered, go):
+            bg = Background(engine)
+            bg.start()
+            assert entered.wait(10)
+            # captured: what the checkpoint must hold
+            lsn = engine.log.last_lsn
+            want_meta = dict(live.meta)
+            want_terms = {k: set(v) for k, v in live.terms.items()}
+            want_search = searches(live)
+            labels = np.array(sorted(want_meta), dtype=np.int64)
+            want_vecs = live.index.get(labels)  # hnswlib's own memory for hnsw
+            # meanwhile: new vectors and a new term, terms moved and dropped, deletes
+            new = [(f"n{i}", rng.normal(size=DIM).tolist(), {"color": "teal"}) for i in range(20)]
+            cmds = [
+                upsert_cmd("d", new),
+                upsert_cmd("d", [("v1", [1.0] * DIM, {"color": "red"}), ("v2", [2.0] * DIM, None)]),
+                Command("vec.delete", {"db": "d", "ids": ["v10", "v11", "v12", "n3"]}),
+                upsert_cmd("d", [("v13", rng.normal(size=DIM).tolist(), metadata_of(14))]),
+            ]
+            for cmd in cmds:
+                submit_within(engine, cmd)
+            go.set()
+            assert bg.result() == 1
+        doc = index_json(s, "d")
+        assert doc["lsn"] == lsn and doc["count"] == len(want_meta)
+        meta, terms = ckpt.read_metadata(md_path(s, "d"), doc["count"])
+        assert meta == want_meta
+        assert terms == want_terms
+        path = os.path.join(ckpt_dir(s, "d"), doc["file"])
+        index: Any
+        if kind == "hnsw":
+            sp = live.spec
+            index = HnswIndex.load(
+                path,
+                DIM,
+                "cosine",
+                m=sp.m,
+                ef_construction=sp.ef_construction,
+                ef_search=sp.ef_search,
+            )
+        else:
+            index = FlatIndex.load(path, DIM, "cosine")
+        assert len(index) == len(want_meta)
+        assert np.array_equal(index.get(labels), want_vecs)
+        saved = LiveDb("d", DIM, "cosine", live.spec, index=index)
+        saved.meta, saved.terms = meta, terms
+        assert searches(saved) == want_search
+        # restart from it: the log tail brings it to the live state
+        after = {
+            "meta": dict(live.meta),
+            "terms": {k: set(v) for k, v in live.terms.items()},
+            "search": searches(live),
+        }
+        assert live.dirty
+    finally:
+        engine.close(checkpoint=False)
+    engine = Engine(s)
+    with no_store_scan():
+        report = engine.open()
+    try:
+        assert report.index == {"loaded": 1, "rebuilt": 0, "replayed_records": len(cmds)}
+        live = live_of(engine, "d")
+        assert live.meta == after["meta"]
+        assert live.terms == after["terms"]
+        assert searches(live) == after["search"]
+    finally:
+        engine.close()
+
+
+@pytest.mark.parametrize("at", ["write", "switch"])
+@pytest.mark.parametrize("change", ["delete", "recreate", "rebuild"])
+def test_a_database_deleted_or_rebuilt_during_its_save_loses_that_save(
+    s: Settings, monkeypatch: pytest.MonkeyPatch, change: str, at: str
+) -> None:
+    """The save finishes after the change: it neither brings back a deleted database's
+    directory nor switches ``index.json`` to an index that is no longer served."""
+    engine = Engine(s)
+    engine.open()
+    try:
+        create_db(engine, "d", "hnsw")  # first in line: its save is the one paused
+        create_db(engine, "k", "flat")
+        fill(engine, "d", 200)
+        fill(engine, "k", 50)
+        engine.indexes.checkpoint()
+        old = index_json(s, "d")
+        for db_id in ("d", "k"):
+            upsert(engine, db_id, [("late", [1.0] * DIM, {"color": "late"})])
+        with paused_save(monkeypatch, at) as (entered, go):
+            bg = Background(engine)
+            bg.start()
+            assert entered.wait(10)
+            if change in ("delete", "recreate"):
+                submit_within(engine, Command("db.delete", {"id": "d"}))
+                assert not os.path.exists(ckpt_dir(s, "d"))
+            if change == "recreate":
+                submit_within(engine, create_cmd("d", "hnsw"))
+                submit_within(engine, upsert_cmd("d", [("new", [0.5] * DIM, {"color": "new"})]))
+            if change == "rebuild":  # another M: a new index, built from the store
+                db = engine.store.database("d")
+                assert db is not None
+                index_id = db["indexes"][-1]["id"]
+                submit_within(
+                    engine,
+                    Command(
+                        "index.update", {"db": "d", "index_id": index_id, "parameters": {"M": 8}}
+                    ),
+                )
+            go.set()
+            assert bg.result() == 1  # "k" only
+        k_lsn = index_json(s, "k")["lsn"]
+        if change == "rebuild":  # the previous checkpoint stays, alone
+            assert index_json(s, "d") == old
+            files = os.listdir(ckpt_dir(s, "d"))
+            assert all(f == "index.json" or f.startswith(old["file"]) for f in files), files
+            assert engine.indexes.oldest_checkpoint_lsn() == old["lsn"] < k_lsn
+        else:  # nothing of the old database's checkpoint, and it holds no log back
+            d = ckpt_dir(s, "d")
+            assert not os.path.exists(d) or os.listdir(d) == []
+            assert engine.indexes.oldest_checkpoint_lsn() == k_lsn
+        assert engine.indexes.checkpoint() == (0 if change == "delete" else 1)
+    finally:
+        engine.close(checkpoint=False)
+    engine = Engine(s)
+    report = engine.open()
+    try:
+        dbs = 1 if change == "delete" else 2
+        assert report.index == {"loaded": dbs, "rebuilt": 0, "replayed_records": 0}
+        if change == "recreate":
+            assert sorted(live_of(engine, "d").meta.values(), key=str) == [{"color": "new"}]
+        if change == "rebuild":
+            assert live_of(engine, "d").spec.m == 8 and len(live_of(engine, "d")) == 201
+    finally:
+        engine.close()
+
+
+# -- start-up -------------------------------------------------------------------------------------
+
+
+def test_open_removes_checkpoint_directories_of_databases_not_in_the_store(
+    s: Settings,
+    two_dbs: dict[str, Any],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    engine = Engine(s)
+    engine.open()
+    try:  # a crash between the db.delete commit and the removal of the directory
+        monkeypatch.setattr(
+            manager_mod.IndexManager, "_remove_checkpoint", lambda self, db_id: None
+        )
+        engine.submit_sync(Command("db.delete", {"id": "f"}))
+    finally:
+        engine.close(checkpoint=False)
+    monkeypatch.undo()
+    assert os.path.exists(os.path.join(ckpt_dir(s, "f"), "index.json"))
+    os.makedirs(ckpt_dir(s, "empty"))  # a first save that crashed right after creating it
+    os.makedirs(ckpt_dir(s, "notes"))  # not ours
+    Path(ckpt_dir(s, "notes"), "readme.txt").write_text("an operator's notes")
+    Path(s.index_dir, "stray.txt").write_text("not a directory")
+    from jade.backup.verify import verify_dir
+
+    verify_dir(s)  # a check changes nothing: the orphans are still there after it
+    assert sorted(os.listdir(s.index_dir)) == ["empty", "f", "h", "notes", "stray.txt"]
+    engine = Engine(s)
+    with caplog.at_level(logging.INFO, logger="jade.indexes.manager"):
+        report = engine.open()
+    try:
+        assert report.index == {"loaded": 1, "rebuilt": 0, "replayed_records": 0}
+        assert sorted(os.listdir(s.index_dir)) == ["h", "notes", "stray.txt"]
+        removed = [r.getMessage() for r in caplog.records if "removed" in r.getMessage()]
+        assert len(removed) == 2, removed
+        assert any(ckpt_dir(s, "f") in m for m in removed)
+        assert any(ckpt_dir(s, "empty") in m for m in removed)
+        kept = [r for r in caplog.records if ckpt_dir(s, "notes") in r.getMessage()]
+        assert [r.levelno for r in kept] == [logging.WARNING]
+        assert live_of(engine, "h").meta == two_dbs["h"]["meta"]
     finally:
         engine.close()

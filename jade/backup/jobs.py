@@ -22,8 +22,10 @@ class Backups:
         self.engine = engine
         self.settings = engine.settings
         self._lock = threading.Lock()  # snapshot, archive and truncation never overlap
-        # other holders of log positions (replicas) register a callable giving their LSN
-        self.position_holders: list[Callable[[], int | None]] = []
+        # holders of log positions, each a callable giving the highest LSN the log may drop
+        # for it (None: it holds nothing back): the index checkpoints (a start-up replays the
+        # log after each); others (replicas) register theirs
+        self.position_holders: list[Callable[[], int | None]] = [self._index_checkpoints]
 
     def snapshot(self) -> snapshot.SnapshotInfo:
         e, s = self.engine, self.settings
@@ -51,7 +53,9 @@ class Backups:
 
     def truncation_limit(self) -> int:
         """The highest LSN the log may drop: within retention, and never past the oldest
-        snapshot, the last archived record, or a replica's position."""
+        snapshot, the last archived record, a replica's position or the oldest index
+        checkpoint (a start-up can always replay the log after every checkpoint, rather than
+        rebuild that index from the store)."""
         s, wal = self.settings, self.engine.log
         if s.log_retention_seconds <= 0:
             return 0
@@ -64,6 +68,9 @@ class Backups:
             if pos is not None:
                 limit = min(limit, pos)
         return limit
+
+    def _index_checkpoints(self) -> int | None:
+        return self.engine.indexes.oldest_checkpoint_lsn()
 
     def _truncate(self) -> int:
         limit = self.truncation_limit()

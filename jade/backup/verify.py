@@ -156,7 +156,7 @@ def _check_indexes(
     s = replace(settings, index_threads=1)
     mgr = IndexManager(store, s)
     try:
-        rep = mgr.open(log)
+        rep = mgr.open(log, remove_orphans=False)  # verifying changes nothing
     except Exception as exc:  # a broken index must be reported, whatever broke
         r.bad(f"indexes: could not load ({type(exc).__name__}: {exc})")
         return

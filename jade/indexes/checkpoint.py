@@ -55,7 +55,22 @@ class CheckpointError(Exception):
 
 def write_metadata(path: str, meta: dict[int, Any], terms: Terms) -> int:
     """Write ``meta`` and ``terms`` to ``path`` atomically and durably (``write_atomic``).
-    Returns the number of labels written."""
+    Returns the number of labels written. Neither may change meanwhile: a checkpoint passes a
+    capture (``LiveDb.capture_metadata``)."""
+    count, chunks = encode_metadata(meta, terms)
+    crc = 0
+    for chunk in chunks:
+        crc = zlib.crc32(chunk, crc)
+    size = sum(map(len, chunks))
+    write_atomic(path, MAGIC, size.to_bytes(8, "little"), crc.to_bytes(4, "little"), *chunks)
+    return count
+
+
+def encode_metadata(meta: dict[int, Any], terms: Terms) -> tuple[int, list[bytes]]:
+    """``(label count, payload)``: the payload as msgpack chunks whose concatenation is the
+    map described above. Built in bounded steps (at most ``_CHUNK`` metadata values, term
+    values or sets per C call), never one long call: a checkpoint encodes while the writer
+    thread applies records and searches run, and those need the GIL between the steps."""
     with _gc_paused():
         labels = np.fromiter(meta.keys(), dtype=np.int64, count=len(meta))
         order = np.argsort(labels, kind="stable")
@@ -64,25 +79,35 @@ def write_metadata(path: str, meta: dict[int, Any], terms: Terms) -> int:
             values, sets = by_field.setdefault(field, ([], []))
             values.append(value)
             sets.append(members)
-        fields = []
+        pk = msgpack.Packer(use_bin_type=True)
+        out = [pk.pack_map_header(5)]
+        out += map(pk.pack, ("format", FORMAT, "count", len(labels), "labels", _le(labels)))
+        out.append(pk.pack("meta"))
+        out += _pack_list(pk, list(meta.values()))
+        out += [pk.pack("fields"), pk.pack_array_header(len(by_field))]
         for field, (values, sets) in by_field.items():
             offsets = np.zeros(len(sets) + 1, dtype=np.int64)
             np.cumsum(np.fromiter(map(len, sets), dtype=np.int64, count=len(sets)), out=offsets[1:])
-            flat = np.fromiter(chain.from_iterable(sets), dtype=np.int64, count=int(offsets[-1]))
-            fields.append([field, values, _le(offsets), _le(_rows_of(labels, order, flat))])
-        payload = msgpack.packb(
-            {
-                "format": FORMAT,
-                "count": len(labels),
-                "labels": _le(labels),
-                "meta": list(meta.values()),
-                "fields": fields,
-            },
-            use_bin_type=True,
-        )
-    write_atomic(path, MAGIC, len(payload).to_bytes(8, "little"),
-                 zlib.crc32(payload).to_bytes(4, "little"), payload)
-    return len(labels)
+            flat = np.empty(int(offsets[-1]), dtype=np.int64)
+            for i in range(0, len(sets), _CHUNK):
+                lo, hi = int(offsets[i]), int(offsets[min(i + _CHUNK, len(sets))])
+                flat[lo:hi] = np.fromiter(
+                    chain.from_iterable(sets[i : i + _CHUNK]), dtype=np.int64, count=hi - lo
+                )
+            out += [pk.pack_array_header(4), pk.pack(field)]
+            out += _pack_list(pk, values)
+            out += [pk.pack(_le(offsets)), pk.pack(_le(_rows_of(labels, order, flat)))]
+    return len(labels), out
+
+
+_CHUNK = 4096
+
+
+def _pack_list(pk: msgpack.Packer, items: list[Any]) -> list[bytes]:
+    """``items`` as a msgpack array: its header, then the packed items ``_CHUNK`` at a time."""
+    return [pk.pack_array_header(len(items))] + [
+        b"".join(map(pk.pack, items[i : i + _CHUNK])) for i in range(0, len(items), _CHUNK)
+    ]
 
 
 def read_metadata(path: str, count: int) -> tuple[dict[int, Any], Terms]:
@@ -173,4 +198,12 @@ def _le(a: np.ndarray) -> bytes:
     return a.astype("<i8", copy=False).tobytes()
 
 
-__all__ = ["FORMAT", "SUFFIX", "CheckpointError", "Terms", "read_metadata", "write_metadata"]
+__all__ = [
+    "FORMAT",
+    "SUFFIX",
+    "CheckpointError",
+    "Terms",
+    "encode_metadata",
+    "read_metadata",
+    "write_metadata",
+]

@@ -104,6 +104,10 @@ class LiveDb:
         self.index = index if index is not None else self.new_index(spec)
         self.meta: dict[int, Any] = {}  # label -> metadata, for every live vector
         self.terms: dict[tuple[str, str], set[int]] = {}
+        # the terms dict a checkpoint is writing (``capture_metadata``): its sets are shared
+        # with ``terms`` until ``release_capture``, so the writer changes a copy of any of them
+        # instead (``_term_set``) and the capture stays as it was taken
+        self._captured_terms: dict[tuple[str, str], set[int]] | None = None
         self.version = 0  # bumped on every write: filter results are cached per version
         self._filter_cache: OrderedDict[str, tuple[int, Match]] = OrderedDict()
         self._cache_lock = threading.Lock()
@@ -133,7 +137,7 @@ class LiveDb:
             self._unterm(label)
             self.meta[label] = md
             for t in index_terms(md if isinstance(md, dict) else None):
-                self.terms.setdefault(t, set()).add(label)
+                self._term_set(t).add(label)
         self._touch()
 
     def delete(self, labels: list[int]) -> None:
@@ -177,10 +181,38 @@ class LiveDb:
             return
         for t in index_terms(old):
             s = self.terms.get(t)
-            if s is not None:
-                s.discard(label)
-                if not s:
-                    del self.terms[t]
+            if s is None or label not in s:
+                continue
+            if len(s) == 1:
+                del self.terms[t]
+            else:
+                self._term_set(t).discard(label)
+
+    def _term_set(self, t: tuple[str, str]) -> set[int]:
+        """The set of term ``t``, to be changed in place: a new one, or a copy of the one a
+        checkpoint capture holds (copy on write: the first change of each term per capture
+        copies its set)."""
+        s = self.terms.get(t)
+        if s is None:
+            s = self.terms[t] = set()
+        elif self._captured_terms is not None and self._captured_terms.get(t) is s:
+            s = self.terms[t] = set(s)
+        return s
+
+    # -- checkpoint captures (under the index manager's lock: no write runs meanwhile) ------
+    def capture_metadata(self) -> tuple[dict[int, Any], dict[tuple[str, str], set[int]]]:
+        """``meta`` and ``terms`` as they are now, for a checkpoint to write while writes go
+        on: two dict copies, no per-vector or per-term Python (a flattening of the terms would
+        cost ~0.2 s per 100k vectors here). Metadata values are never changed in place (an
+        upsert replaces them), so sharing them is safe; the term sets are shared until
+        ``release_capture`` and the writer changes copies of them (``_term_set``)."""
+        meta, terms = self.meta.copy(), self.terms.copy()
+        self._captured_terms = terms
+        return meta, terms
+
+    def release_capture(self) -> None:
+        """The capture is written (or dropped): the writer may change the sets in place again."""
+        self._captured_terms = None
 
     def _touch(self) -> None:
         self.version += 1
