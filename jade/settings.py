@@ -68,6 +68,10 @@ def _fmt(v: Any) -> str | None:
     return None if v in ("", "text", "json") else "must be 'text' or 'json'"
 
 
+def _offload(v: Any) -> str | None:
+    return None if v in ("auto", "never", "always") else "must be 'auto', 'never' or 'always'"
+
+
 P = "JADEVECTORDB_"
 
 # fmt: off
@@ -114,6 +118,11 @@ FIELDS: tuple[Spec, ...] = (
          "filtered searches matching at least this percentage of the vectors search unfiltered "
          "for 2 * topK / share neighbours and keep the matching ones (0 = never)",
          check=_non_negative),
+    Spec("search_offload", "search.offload", P + "SEARCH_OFFLOAD", str, "auto",
+         "where unfiltered graph searches run: 'auto' (inline on the event loop when it has "
+         "nothing else ready, else the thread pool), 'never' (always inline: best where a "
+         "second core gives little, bench/search.py measures both), 'always' (thread pool)",
+         check=_offload),
     Spec("filter_cache_size", "search.filter_cache_size", P + "FILTER_CACHE_SIZE", int, 256,
          "filter results cached per process", check=_non_negative),
     Spec("connection_pool_size", "database.connection_pool_size", P + "CONNECTION_POOL_SIZE",
@@ -259,6 +268,7 @@ class Settings:
     checkpoint_interval_seconds: int = 300
     exact_scan_max: int = 20000
     filter_overfetch_percent: int = 5
+    search_offload: str = "auto"
     filter_cache_size: int = 256
     connection_pool_size: int = 20
     query_timeout_seconds: int = 30

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import Api
+from tests.conftest import Api, make_settings
 from tests.test_http_errors import Strict
 
 ROUTES = ("/search", "/search/advanced")
@@ -559,3 +559,32 @@ async def test_filtered_searches_racing_writes_never_fail(strict: Strict, kind: 
         if isinstance(outcome, BaseException):
             raise outcome
     assert await strict.count(db) == n - len(deleted)
+
+
+# -- where a search runs (run_search, the search_offload setting) -------------------------------
+@pytest.mark.parametrize("offload, busy, inline", [
+    ("auto", False, True), ("auto", True, False),
+    ("never", False, True), ("never", True, True),
+    ("always", False, False), ("always", True, False),
+])
+async def test_run_search_place(offload: str, busy: bool, inline: bool) -> None:
+    import threading
+
+    from jade.http.search import run_search
+
+    loop = asyncio.get_running_loop()
+    if busy:  # another callback ready to run: the loop has other work
+        loop.call_soon(lambda: None)
+    here = threading.get_ident()
+    ran = await run_search(threading.get_ident, bounded=True, offload=offload)
+    assert (ran == here) is inline
+    # a filtered (unbounded) search always leaves the loop
+    assert await run_search(threading.get_ident, bounded=False, offload=offload) != here
+
+
+async def test_search_offload_setting_is_checked(tmp_path: Any) -> None:
+    from jade.settings import ConfigError
+
+    with pytest.raises(ConfigError, match="SEARCH_OFFLOAD"):
+        make_settings(tmp_path, search_offload="sometimes")
+    assert make_settings(tmp_path, search_offload="never").search_offload == "never"
