@@ -345,7 +345,8 @@ def test_exposition_equals_prometheus_client() -> None:
     pairs = [
         (pc.Counter("x_total", "X", ["a", "b"], registry=theirs),
          metrics.Counter("x_total", "X", ["a", "b"], registry=ours)),
-        (pc.Counter("u_total", "U", registry=theirs), metrics.Counter("u_total", "U", registry=ours)),
+        (pc.Counter("u_total", "U", registry=theirs),
+         metrics.Counter("u_total", "U", registry=ours)),
     ]
     hists = (pc.Histogram("h_seconds", "H", ["op"], buckets=(0.1, 1, 5), registry=theirs),
              metrics.Histogram("h_seconds", "H", ["op"], buckets=(0.1, 1, 5), registry=ours))

@@ -53,7 +53,6 @@ from jade.http import (
     vectors,
 )
 from jade.http.keys import (
-    INFLIGHT,
     ACCESS,
     ACTOR,
     AUDIT,
@@ -62,6 +61,7 @@ from jade.http.keys import (
     BACKUPS,
     CLIENT_IP,
     ENGINE,
+    INFLIGHT,
     METRICS,
     OBSERVE,
     OPENAPI,

@@ -11,7 +11,6 @@ import time
 from typing import Any
 
 import numpy as np
-
 from aiohttp import web
 
 from jade.core.decide import Command
@@ -29,9 +28,9 @@ from jade.http.middleware import json_response
 from jade.http.validate import opt_bool, opt_int, opt_number, opt_str, read_json, vector_rows
 from jade.indexes.manager import spec_of
 from jade.indexes.tune import tune_ef
+from jade.stores.data import serving_index
 
 MAX_TUNE_QUERIES = 2000
-from jade.stores.data import serving_index
 
 
 def index_json(db: dict[str, Any], idx: dict[str, Any], request: web.Request) -> dict[str, Any]:
