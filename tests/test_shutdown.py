@@ -96,7 +96,9 @@ async def test_sigterm_drains_in_flight_write_and_stops_cleanly(tmp_path: Any) -
             api = await user_api(anon, "ops")
             db = await api.create_db(dim)
             status, _ = await api.post(f"/v1/databases/{db}/vectors/batch", {"vectors": [
-                {"id": f"pre{i}", "values": [0.5] * dim} for i in range(10)]})
+                # distinct: ten identical vectors made the graph miss v5 in about 1 run in 10
+                {"id": f"pre{i}", "values": row} for i, row in enumerate(
+                    rng.random((10, dim)).round(4).tolist())]})
             assert status == 201
             assert os.path.exists(marker(data))  # running
 
@@ -139,7 +141,7 @@ async def test_sigterm_drains_in_flight_write_and_stops_cleanly(tmp_path: Any) -
             assert body["indexes"]["replayed_on_start"] == 0  # the checkpoint covered it all
             status, body = await api.post(f"/v1/databases/{db}/search",
                                           {"queryVector": payload["vectors"][5]["values"],
-                                           "topK": 1})
+                                           "topK": 1, "efSearch": 200})
             assert status == 200 and body["results"][0]["vectorId"] == "v5", body
         sp.stop()
     finally:
