@@ -25,6 +25,8 @@ import numpy as np
 import orjson
 from numpy.typing import NDArray
 
+from tools.serve import serving
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 F32 = NDArray[np.float32]
 PASSWORD = "Bench_Secure123@"
@@ -109,7 +111,8 @@ class BenchServer:
         self.log_path = os.path.join(os.path.dirname(self.data_dir), f"server-{self.port}.log")
 
     def start(self, timeout: float = 600.0) -> float:
-        """Start and wait until the port accepts; returns the seconds that took."""
+        """Start and wait until it has opened its data directory (``tools.serve.serving``: the
+        port answers "starting" before); returns the seconds that took."""
         t0 = time.perf_counter()
         self.spawn()
         deadline = t0 + timeout
@@ -119,11 +122,9 @@ class BenchServer:
                 raise RuntimeError(
                     f"server exited with {self.proc.returncode}; see {self.log_path}"
                 )
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return time.perf_counter() - t0
-            except OSError:
-                time.sleep(0.01)
+            if serving("127.0.0.1", self.port, timeout=0.5):
+                return time.perf_counter() - t0
+            time.sleep(0.01)
         raise TimeoutError("server did not start")
 
     def spawn(self) -> None:

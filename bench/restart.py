@@ -8,7 +8,7 @@
 
 Loads N vectors (HNSW M=16 efConstruction=200, batches of 1,000; each with a small metadata
 dict of 3 filterable terms unless ``--no-metadata``), stops the server with SIGTERM (drain,
-checkpoint the index, close), then times a start until /health answers 200 and a search
+checkpoint the index, close), then times a start until /health/db answers 200 and a search
 succeeds. Then stops again, deletes ``<data_dir>/indexes`` and times the start that has to
 rebuild the index from the vector store. A start on an empty data directory gives the fixed
 cost (interpreter, imports) both include. The index-open breakdown comes from the server's log
@@ -74,10 +74,10 @@ def probe(port: int, method: str, path: str, body: bytes | None = None, token: s
 def timed_start(
     server: BenchServer, db: str = "", query: bytes = b"", token: str = ""
 ) -> tuple[float, float]:
-    """Spawn the server; (seconds until /health is 200, seconds until a search is 200)."""
+    """Spawn the server; (seconds until ready: /health/db 200, seconds until a search is 200)."""
     t0 = time.perf_counter()
     server.spawn()
-    while probe(server.port, "GET", "/health") != 200:
+    while probe(server.port, "GET", "/health/db") != 200:  # ready (/health: alive, from ~1 s)
         if server.proc is not None and server.proc.poll() is not None:
             raise RuntimeError(f"server exited; see {server.log_path}")
         time.sleep(0.01)
@@ -343,7 +343,7 @@ def main() -> None:
             f"Restart with {n:,} x {args.dim} vectors (seconds from spawn)",
             [
                 "start",
-                "until /health 200",
+                "until ready (/health/db 200)",
                 "until a search 200",
                 "engine open (server log)",
                 "index open breakdown (server log, s)",

@@ -23,6 +23,7 @@ import pytest
 from jade import settings as settings_mod
 from jade.http.app import build_app
 from jade.settings import Settings
+from tools.serve import serving
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -173,15 +174,14 @@ class ServerProcess:
         self.proc = subprocess.Popen([sys.executable, "-m", "tools", "serve"], env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while timeout and time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"server exited with {self.proc.returncode}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2):
-                    return
-            except OSError:
-                time.sleep(0.05)
-        raise TimeoutError("server did not start")
+            if serving("127.0.0.1", self.port, timeout=0.5):
+                return
+            time.sleep(0.05)
+        if timeout:  # 0: spawn only, the caller waits
+            raise TimeoutError("server did not start")
 
     def kill(self) -> None:
         if self.proc and self.proc.poll() is None:

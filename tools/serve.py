@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import http.client
 import logging
 import os
 import signal
+import time
 from typing import Any
 
 from aiohttp import web
 
-from jade import logs
+from jade import __version__, logs
 from jade import settings as settings_mod
 from jade.http.app import build_app
 from jade.http.keys import ENGINE, INFLIGHT, SHUTDOWN
+from jade.http.middleware import json_response
 
 log = logging.getLogger("jade.serve")
 
@@ -65,7 +68,17 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
         loop.add_signal_handler(sig, stop.set)
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=FINAL_SECONDS)
-    await runner.setup()  # opens the engine (replaying what the last run left)
+    # while the engine opens (log replay, index load, or a rebuild: minutes at 1M vectors) the
+    # port answers: probes see the process alive and not ready (see starting_app)
+    starting = web.AppRunner(starting_app(), access_log=None, handle_signals=False)
+    await starting.setup()
+    await web.TCPSite(starting, host, port, reuse_address=True).start()
+    log.info("opening the data directory; http://%s:%d answers 503 \"starting\" meanwhile",
+             host, port)
+    try:
+        await runner.setup()  # opens the engine (replaying what the last run left)
+    finally:
+        await starting.cleanup()
     _report_unclean_start(app)
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
@@ -86,6 +99,50 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
                     inflight.count, DRAIN_SECONDS)
     await runner.cleanup()  # closes connections, cancels leftovers, then the engine closes
     log.info("stopped cleanly")
+
+
+STARTING = "starting"  # the /health status while the data directory opens
+
+
+def starting_app() -> web.Application:
+    """What the port answers while the engine opens: ``/health`` 200 with status "starting"
+    (the process is alive: a liveness or startup probe passes, so a long index rebuild is not
+    killed and restarted from scratch), ``/health/db`` 503 (not ready: no traffic yet), and
+    every other request 503 ``starting`` with Retry-After."""
+
+    async def answer(request: web.Request) -> web.Response:
+        now = int(time.time() * 1000)
+        if request.path == "/health":
+            return json_response({"status": STARTING, "timestamp": now, "version": __version__,
+                                  "checks": {"database": "opening", "storage": "ok",
+                                             "network": "ok"}})
+        if request.path == "/health/db":
+            return json_response({"status": STARTING, "healthy": False, "timestamp": now,
+                                  "checks": {"authentication_db": {"status": "opening",
+                                                                   "healthy": False},
+                                             "vector_db": {"status": "opening",
+                                                           "healthy": False}}}, status=503)
+        return json_response({"error": STARTING, "message": "the server is opening its data "
+                              "directory (log replay, index load or rebuild); retry"},
+                             status=503, headers={"Retry-After": "5"})
+
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", answer)
+    return app
+
+
+def serving(host: str, port: int, timeout: float = 1.0) -> bool:
+    """Whether a server on ``host:port`` has opened its data directory: ``/health`` answers,
+    and not with status "starting" (for scripts and tests that start ``jade serve``)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    try:
+        conn.request("GET", "/health")
+        r = conn.getresponse()
+        return b'"status":"%s"' % STARTING.encode() not in r.read()
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        conn.close()
 
 
 DRAIN_SECONDS = 25  # in-flight requests get this long to finish after SIGTERM

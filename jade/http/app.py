@@ -442,8 +442,8 @@ def build_app(settings: Settings, engine: Engine | None = None) -> web.Applicati
 
     async def lifecycle(app: web.Application) -> AsyncIterator[None]:
         eng: Engine = app[ENGINE]
-        if own_engine:
-            report = eng.open()
+        if own_engine:  # in a thread: the loop keeps answering meanwhile (serve's "starting")
+            report = await asyncio.to_thread(eng.open)
             log.info(
                 "opened %s at LSN %d in %.2fs (store replayed %d, indexes %s)",
                 settings.db_path,

@@ -1,0 +1,90 @@
+"""While ``jade serve`` opens its data directory (here: an index rebuilt from the store), the
+port already answers: /health 200 "starting" (alive), /health/db 503 (not ready), everything
+else 503 "starting"; then the real server takes over on the same port."""
+
+from __future__ import annotations
+
+import http.client
+import os
+import shutil
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+
+from tests.conftest import ServerProcess
+from tools.serve import serving
+
+
+def _get(port: int, path: str) -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+    try:
+        conn.request("GET", path)
+        r = conn.getresponse()
+        return r.status, orjson.loads(r.read())
+    except (OSError, http.client.HTTPException):
+        return 0, None
+    finally:
+        conn.close()
+
+
+def _post(port: int, path: str, body: Any, token: str = "") -> tuple[int, Any]:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    try:
+        conn.request("POST", path, body=orjson.dumps(body), headers=headers)
+        r = conn.getresponse()
+        return r.status, orjson.loads(r.read())
+    finally:
+        conn.close()
+
+
+def test_the_port_answers_starting_while_an_index_is_rebuilt(tmp_path: Any) -> None:
+    data = str(tmp_path / "data")
+    sp = ServerProcess(data)
+    sp.start()
+    n, dim = 6000, 32
+    try:
+        pw = "Start_Secure123@"
+        assert _post(sp.port, "/v1/auth/register", {"username": "s", "password": pw})[0] == 201
+        token = _post(sp.port, "/v1/auth/login", {"username": "s", "password": pw})[1]["token"]
+        st, db = _post(sp.port, "/v1/databases", {
+            "name": "slow", "vectorDimension": dim, "indexType": "hnsw",
+            "indexParameters": {"M": 48, "efConstruction": 2000}}, token)
+        assert st == 201, db
+        rows = np.random.default_rng(1).random((n, dim)).round(4).tolist()
+        st, body = _post(sp.port, f"/v1/databases/{db['databaseId']}/vectors/batch",
+                         {"vectors": [{"id": f"v{i}", "values": r} for i, r in enumerate(rows)]},
+                         token)
+        assert st == 201, body
+    finally:
+        sp.stop()
+    shutil.rmtree(os.path.join(data, "indexes"))  # the next start rebuilds from the store
+
+    sp.start(timeout=0)  # spawn only: the wait below is the test
+    seen: dict[str, tuple[int, Any]] = {}
+    try:
+        deadline = time.monotonic() + 120
+        while not serving("127.0.0.1", sp.port) and time.monotonic() < deadline:
+            st, body = _get(sp.port, "/health")
+            if st and body.get("status") == "starting":
+                seen["health"] = (st, body)
+                seen["db"] = _get(sp.port, "/health/db")
+                seen["data"] = _get(sp.port, "/v1/databases")
+            time.sleep(0.02)
+        assert serving("127.0.0.1", sp.port)
+        assert seen, "the rebuild was too quick to see the starting phase"
+        assert seen["health"][0] == 200
+        db_status, db_body = seen["db"]
+        assert db_status == 503 and db_body["healthy"] is False, seen["db"]
+        data_status, data_body = seen["data"]
+        if data_status:  # (0: the real server took over between the two requests)
+            assert data_status == 503 and data_body["error"] == "starting", seen["data"]
+        st, body = _get(sp.port, "/health")
+        assert st == 200 and body["status"] == "healthy", body
+        assert _get(sp.port, "/health/db")[0] == 200
+    finally:
+        sp.stop()
