@@ -98,8 +98,10 @@ async def test_apply_sets_ef_search_through_the_log(server: Server, strict: Stri
                                 _tune_body(sample, targetRecall=0.99))
     assert st == 200 and not dry["applied"], dry
     st, body = await strict.api.call("POST", f"/v1/databases/{db}/indexes/{iid}/tune",
-                                     _tune_body(sample, targetRecall=0.999, apply=True))
-    if body.get("efSearch") != t["efSearch"]:  # else there was nothing to write
+                                     _tune_body(sample, targetRecall=0.97, apply=True))
+    # refused when there was something to write (not when the target is out of reach on this
+    # weak graph, or the answer equals the ef already set)
+    if body.get("reached", True) and body.get("efSearch") != t["efSearch"]:
         assert st == 503 and body["error"] == "read_only", body
 
 
