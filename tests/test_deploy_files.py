@@ -436,7 +436,8 @@ def test_probe_and_healthcheck_paths_are_public_routes() -> None:
         assert svc["restart"] == "unless-stopped", (f, name)
         test = svc["healthcheck"]["test"]
         found += [(f"{f}:{name}", p) for p in url_paths(" ".join(test))]
-        assert "/health" in url_paths(" ".join(test)), (f, name)
+        # compose gates dependants on it (service_healthy): ready, not just alive
+        assert "/health/db" in url_paths(" ".join(test)), (f, name)
     for f, obj in workloads():
         c = jade_container(obj)
         assert c["livenessProbe"]["httpGet"]["path"] == "/health", f
