@@ -123,9 +123,7 @@ class _Family:
 
     def collect(self) -> Iterator[Metric]:
         main = Metric(self.name, self.doc, self.kind)
-        created = Metric(self.name + "_created" if self.kind == "histogram" else self.name,
-                         self.doc, "gauge")
-        created.name = self.name + "_created"
+        created = Metric(self.name + "_created", self.doc, "gauge")
         with self._lock:
             children = list(self._children.items())
         for values, s in children:

@@ -10,7 +10,6 @@ import asyncio
 import time
 from typing import Any
 
-import numpy as np
 from aiohttp import web
 
 from jade.core.decide import Command
@@ -164,14 +163,13 @@ async def tune(request: web.Request) -> web.Response:
     live = engine_of(request).indexes.get(db["id"])
     if live is None:
         raise Unavailable("the index of this database is not loaded yet")
-    labels = np.fromiter(list(live.meta), dtype=np.int64)  # list(): one atomic copy
-    if len(labels) < k:
+    if len(live) < k:
         raise InvalidArgument(f"tuning needs at least topK={k} vectors; the database has "
-                              f"{len(labels)}", code="not_enough_vectors")
+                              f"{len(live)}", code="not_enough_vectors")
     before = spec_of(db, request.app[SETTINGS]).ef_search
     t0 = time.perf_counter()
     result = await asyncio.get_running_loop().run_in_executor(
-        None, tune_ef, live.index, live.metric, labels, queries, target, k)
+        None, tune_ef, live.index, live.metric, live.meta, queries, target, k)
     applied = False
     if apply and result.ef is not None and result.ef != before:
         await engine_of(request).submit(Command(

@@ -13,6 +13,7 @@ needed ef 40; vectors with synthetic noise were off either way depending on the 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,11 +58,13 @@ def exact_truth(metric: str, data: F32, labels: I64, queries: F32, k: int) -> I6
     return out
 
 
-def tune_ef(index: VectorIndex, metric: str, live_labels: I64, queries: F32, target: float,
+def tune_ef(index: VectorIndex, metric: str, live: Iterable[int], queries: F32, target: float,
             k: int) -> Tuning:
     """The smallest efSearch whose mean recall@``k`` over ``queries`` reaches ``target``.
-    Needs at least ``k`` live vectors (the caller checks)."""
-    labels, data = index.get_present(live_labels)
+    ``live``: the live labels (``LiveDb.meta``: copied here, off the event loop, by one
+    ``list()``, atomic against the writer thread). Needs at least ``k`` live vectors (the
+    caller checks)."""
+    labels, data = index.get_present(np.fromiter(list(live), dtype=np.int64))
     k = min(k, len(labels))
     truth = exact_truth(metric, data, labels, queries, k)
     tried: dict[int, Point] = {}
