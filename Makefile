@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: serve test test-slow crash bench lint clean chromium
+.PHONY: serve test check test-slow crash bench lint clean chromium
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
@@ -26,6 +26,11 @@ endif
 
 test: $(STAMP) chromium
 	$(BIN)/python -m pytest -n 2 -m "not slow" -q
+
+# Lint and type-check (settings in pyproject.toml); CI runs it before the tests.
+check: $(STAMP)
+	$(BIN)/ruff check wal jade replica tools
+	$(BIN)/mypy wal jade replica tools
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q
