@@ -539,8 +539,11 @@ async def test_read_your_writes_with_min_lsn(trio: Trio) -> None:
                                      headers={"X-Min-LSN": str(written)})
         assert st == 200 and body["metadata"] == {"k": 99}, body
 
-        # an LSN the replica will not reach in time: 503 with the replica's LSN, after the wait
-        lsn = await last_lsn(reps[0])
+        # an LSN the replica will not reach in time: 503 with the replica's LSN, after the wait.
+        # Only reps[1] was waited for above: let reps[0] catch up first, or a record it applies
+        # during the wait changes the LSN the 503 reports.
+        lsn = await wait_converged(p, reps)
+        assert await last_lsn(reps[0]) == lsn
         t0 = time.monotonic()
         st, body = await reps[0].get(f"/v1/databases/{dbid}",
                                      headers={"X-Min-LSN": str(lsn + 10**6)})
