@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import atexit
 import http.client
 import logging
-import os
 import signal
+import socket
+import sys
 import time
 from typing import Any
 
 from aiohttp import web
 
-from jade import __version__, logs
+from jade import __version__, datadir, logs
 from jade import settings as settings_mod
 from jade.http.app import build_app
 from jade.http.keys import ENGINE, INFLIGHT, SHUTDOWN
@@ -47,7 +49,14 @@ def _overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def run(args: argparse.Namespace) -> int:
     s = settings_mod.load(**_overrides(args))
-    os.makedirs(s.data_dir, exist_ok=True)
+    # one process owns a data directory: before the port, the logs or the stores are opened,
+    # and for the life of the process (the engine holds it again while open; re-entrant)
+    try:
+        lock = datadir.hold(s.data_dir, "jade serve" + (" --follow" if s.primary_url else ""))
+    except datadir.DataDirBusy as exc:
+        print(f"jade: {exc}", file=sys.stderr)
+        return 1
+    atexit.register(lock.release)  # after the interpreter joined its threads (or at death)
     logs.setup(s)
     app = build_app(s)
     if s.primary_url:
@@ -69,21 +78,31 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
     runner = web.AppRunner(app, access_log=None, handle_signals=False,
                            shutdown_timeout=FINAL_SECONDS)
     # while the engine opens (log replay, index load, or a rebuild: minutes at 1M vectors) the
-    # port answers: probes see the process alive and not ready (see starting_app)
+    # port answers: probes see the process alive and not ready (see starting_app). The
+    # listening sockets are bound once and handed from the stand-in to the real app, so the
+    # port never stops listening: a connection made during the hand-over waits in the backlog.
+    socks = listen(host, port)
     starting = web.AppRunner(starting_app(), access_log=None, handle_signals=False)
-    await starting.setup()
-    await web.TCPSite(starting, host, port, reuse_address=True).start()
-    log.info("opening the data directory; http://%s:%d answers 503 \"starting\" meanwhile",
-             host, port)
     try:
+        await starting.setup()
+        for sock in socks:  # a duplicate: stopping the stand-in's site closes only that
+            await web.SockSite(starting, sock.dup()).start()
+        log.info("opening the data directory; http://%s:%d answers 503 \"starting\" meanwhile",
+                 host, port)
         await runner.setup()  # opens the engine (replaying what the last run left)
-    finally:
+    except BaseException:
         await starting.cleanup()
+        for sock in socks:
+            sock.close()
+        raise
     _report_unclean_start(app)
-    site = web.TCPSite(runner, host, port, reuse_address=True)
-    await site.start()
+    for stand_in in list(starting.sites):  # it stops accepting; the port still listens
+        await stand_in.stop()
+    for sock in socks:
+        await web.SockSite(runner, sock).start()
     log.info("JadeVectorDB listening on http://%s:%d", host, port)
     print(f"JadeVectorDB listening on http://{host}:{port}", flush=True)
+    await _retire(starting)
     await stop.wait()
     log.info("shutting down: no new connections, draining in-flight requests, checkpointing")
     # aiohttp's own shutdown marks every connection closing at once, which drops the rest of a
@@ -102,13 +121,63 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
 
 
 STARTING = "starting"  # the /health status while the data directory opens
+HANDOVER_SECONDS = 5.0  # the stand-in's requests in flight get this long to be answered
+
+
+def listen(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
+    """Bound, listening sockets for ``host:port``, as ``loop.create_server`` would make them
+    (every address ``host`` resolves to, IPv6 sockets IPv6-only, SO_REUSEADDR)."""
+    infos = socket.getaddrinfo(host or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                               socket.AI_PASSIVE)
+    socks: list[socket.socket] = []
+    try:
+        for family, kind, proto, _, addr in dict.fromkeys(infos):
+            sock = socket.socket(family, kind, proto)
+            socks.append(sock)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6 and hasattr(socket, "IPPROTO_IPV6"):
+                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                raise OSError(exc.errno, f"error while attempting to bind on address {addr!r}: "
+                              f"{exc.strerror}") from None
+            sock.listen(backlog)
+            sock.setblocking(False)
+    except BaseException:
+        for sock in socks:
+            sock.close()
+        raise
+    return socks
+
+
+async def _retire(starting: web.AppRunner, timeout: float = HANDOVER_SECONDS) -> None:
+    """Close the stand-in once it stopped accepting: its connections end by themselves (each
+    answer says ``Connection: close``), so wait for those still on a request, then clean up.
+    aiohttp's cleanup closes idle keep-alive connections, and a client may be sending on one
+    at that moment: with no keep-alive on the stand-in there is none to close."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    await asyncio.sleep(0.05)  # a connection accepted just before the stop registers a few
+    server = starting.server   # loop turns later
+    while server is not None and server.connections and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    await starting.cleanup()
 
 
 def starting_app() -> web.Application:
     """What the port answers while the engine opens: ``/health`` 200 with status "starting"
     (the process is alive: a liveness or startup probe passes, so a long index rebuild is not
     killed and restarted from scratch), ``/health/db`` 503 (not ready: no traffic yet), and
-    every other request 503 ``starting`` with Retry-After."""
+    every other request 503 ``starting`` with Retry-After. Every answer closes its
+    connection: the stand-in is replaced without dropping a request (see ``_retire``), and a
+    client's next request goes to a fresh connection, to whichever app then has the port."""
+
+    @web.middleware
+    async def close_after(request: web.Request, handler: Any) -> web.StreamResponse:
+        response = await handler(request)
+        response.force_close()  # "Connection: close", and aiohttp closes after sending it
+        return response
 
     async def answer(request: web.Request) -> web.Response:
         now = int(time.time() * 1000)
@@ -126,7 +195,7 @@ def starting_app() -> web.Application:
                               "directory (log replay, index load or rebuild); retry"},
                              status=503, headers={"Retry-After": "5"})
 
-    app = web.Application()
+    app = web.Application(middlewares=[close_after])
     app.router.add_route("*", "/{tail:.*}", answer)
     return app
 

@@ -40,7 +40,7 @@ def run_create(args: argparse.Namespace) -> int:
     else:
         password = getpass.getpass("password: ")
     try:
-        engine = open_engine(s)
+        engine = open_engine(s, "jade user create")
     except ServerRunning as exc:
         print(f"jade: {exc}", file=sys.stderr)
         return 1
