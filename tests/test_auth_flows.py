@@ -21,7 +21,8 @@ import pyotp
 import pytest
 from aiohttp import web
 
-from jade.auth.service import KEY_PREFIX, digest, now_ms
+from jade.auth.apikeys import KEY_PREFIX, digest
+from jade.auth.clock import now_ms
 from jade.core.decide import Command
 from jade.http.app import build_app
 from jade.http.keys import AUTH, ENGINE

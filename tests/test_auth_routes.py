@@ -1,4 +1,4 @@
-"""The route walk: every entry of ``jade.http.app.ROUTES`` is proved to refuse callers without a
+"""The route walk: every entry of ``jade.http.routes.ROUTES`` is proved to refuse callers without a
 credential (401), callers whose credential lacks the permission (403), and — for every route
 that changes state — to refuse in readonly mode (503 ``read_only``). A new route cannot be
 added without this test noticing it."""
@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from jade.http.app import ROUTES, Route
+from jade.http.routes import ROUTES, Route
 from tests.conftest import USER_PASSWORD, Api, Server, make_settings, running_server
 
 # Routes of the classes "auth", "create" and "list" that any authenticated user may call...

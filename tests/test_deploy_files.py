@@ -29,7 +29,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from jade import settings as settings_mod
-from jade.http.app import ROUTES
+from jade.http.routes import ROUTES
 from jade.settings import FIELDS, ConfigError
 from tests.conftest import Server
 from tools import serve as serve_cmd
@@ -452,7 +452,7 @@ def test_probe_and_healthcheck_paths_are_public_routes() -> None:
         found.append(("prometheus.yml", job.get("metrics_path", "/metrics")))
     assert len(found) >= 12, found
     bad = [(w, p) for w, p in found if p not in PUBLIC_GET]
-    assert not bad, f"not public GET routes in jade.http.app.ROUTES: {bad}"
+    assert not bad, f"not public GET routes in jade.http.routes.ROUTES: {bad}"
 
 
 async def _run(argv: list[str], env: dict[str, str]) -> int:

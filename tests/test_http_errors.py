@@ -17,7 +17,7 @@ import aiohttp
 import orjson
 import pytest
 
-from jade.http.app import DB, ROUTES
+from jade.http.routes import DB, ROUTES
 from jade.http.validate import MAX_ID_BYTES
 from tests.conftest import Api, make_settings, running_server
 

@@ -13,7 +13,7 @@ import schemathesis
 from hypothesis import HealthCheck, settings
 from schemathesis import checks as st_checks
 
-from jade.http.app import ROUTES
+from jade.http.routes import ROUTES
 from tests.conftest import ROOT, ServerProcess
 from tools.openapi_cmd import render
 

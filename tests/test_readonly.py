@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from jade.http.app import ROUTES, Route
+from jade.http.routes import ROUTES, Route
 from tests.conftest import USER_PASSWORD, Server, login
 
 # what a real caller would send, so a public route cannot pass by failing validation first

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import pytest_asyncio
 
-from jade.indexes.vector_index import HnswIndex
+from jade.indexes.hnsw import HnswIndex
 from tests.conftest import make_settings, running_server
 from tests.test_http_errors import Strict
 

@@ -11,7 +11,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from jade.indexes.vector_index import EfGate, HnswIndex
+from jade.indexes.gate import EfGate
+from jade.indexes.hnsw import HnswIndex
 
 DIM = 16
 

@@ -13,8 +13,8 @@ def register(sub: Any) -> None:
 
 
 def render() -> str:
-    from jade.http.app import ROUTES
     from jade.http.openapi import build
+    from jade.http.routes import ROUTES
 
     return json.dumps(build(ROUTES), indent=1, sort_keys=True) + "\n"
 

@@ -8,7 +8,8 @@ from typing import Any
 
 from aiohttp import web
 
-from jade.auth.service import KEY_PREFIX, digest, now_ms
+from jade.auth.apikeys import KEY_PREFIX, digest
+from jade.auth.clock import now_ms
 from jade.core.decide import Command
 from jade.errors import Forbidden, InvalidArgument, NotFound
 from jade.http.auth import audit, iso_ms, svc_of

@@ -8,8 +8,15 @@ from typing import Any
 
 from aiohttp import web
 
+from jade.auth.audit import Audit
+from jade.auth.principal import Principal
+from jade.auth.service import AuthService
+from jade.backup.jobs import Backups
 from jade.engine import Engine
+from jade.http.inflight import InFlight
+from jade.http.replication_state import Replicas
 from jade.metrics import Metrics
+from jade.scheduler import Scheduler
 from jade.settings import Settings
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -26,12 +33,7 @@ CONNECTIONS = web.AppKey("connections", Callable[[], int])
 REQUEST_ID = web.RequestKey("request_id", str)
 ACTOR = web.RequestKey("actor", str)
 
-# authentication (jade.auth)
-from jade.auth.audit import Audit  # noqa: E402
-from jade.auth.service import AuthService, Principal  # noqa: E402
-from jade.backup.jobs import Backups  # noqa: E402
-from jade.scheduler import Scheduler  # noqa: E402
-
+# authentication (jade.auth) and background work
 AUTH = web.AppKey("auth", AuthService)
 AUDIT = web.AppKey("audit", Audit)
 SHUTDOWN = web.AppKey("shutdown", asyncio.Event)  # set: serve stops gracefully
@@ -41,14 +43,9 @@ PRINCIPAL = web.RequestKey("principal", Principal)
 CLIENT_IP = web.RequestKey("client_ip", str)
 
 # replication: the primary's view of its followers; a follower installs REPLICA_STATUS
-from jade.http.replication_state import Replicas  # noqa: E402
-
 REPLICAS = web.AppKey("replicas", Replicas)
 REPLICA_STATUS = web.AppKey("replica_status", Callable[[], dict[str, Any]])
 OPENAPI = web.AppKey("openapi", dict)
 PROMOTE = web.AppKey("promote", Callable[[], Awaitable[dict[str, Any]]])
-
-# the middleware's in-flight count (imported last: the middleware uses the keys above)
-from jade.http.middleware import InFlight  # noqa: E402
 
 INFLIGHT = web.AppKey("inflight", InFlight)  # the requests being handled (shutdown drains)

@@ -10,7 +10,6 @@ One middleware, not three stacked ones: each layer costs a coroutine and a call 
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import logging
 import secrets
@@ -24,6 +23,7 @@ from aiohttp import web
 from jade import logs
 from jade.engine import written_lsn
 from jade.errors import JadeError
+from jade.http.inflight import InFlight
 from jade.http.keys import METRICS, OBSERVE, REQUEST_ID
 from jade.logs import request_id_var
 
@@ -69,33 +69,6 @@ def _next_request_id() -> str:
     """16 hex characters: a random per-process prefix and a counter (uuid4 costs a system call
     per request)."""
     return f"{_RID_PREFIX}{next(_rid_counter) & 0xFFFFFFFF:08x}"
-
-
-class InFlight:
-    """Counts the requests being handled, so shutdown can wait for them. Requests to
-    ``long_lived`` paths (streams that never "finish") are not counted."""
-
-    def __init__(self, long_lived: frozenset[str] = frozenset()) -> None:
-        self.count = 0
-        self.long_lived = long_lived
-        self._idle = asyncio.Event()
-        self._idle.set()
-
-    def enter(self) -> None:
-        self.count += 1
-        self._idle.clear()
-
-    def leave(self) -> None:
-        self.count -= 1
-        if self.count == 0:
-            self._idle.set()
-
-    async def drained(self, timeout: float) -> bool:
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except TimeoutError:
-            return False
 
 
 def request_middleware(admit: Admit, inflight: InFlight) -> Middleware:

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from jade.auth.service import ADMIN, REPLICATOR, Principal
+from jade.auth.principal import ADMIN, REPLICATOR, Principal
 from jade.core.decide import Command
 from jade.errors import Conflict, Forbidden, InvalidArgument, NotFound, Unauthorized
 from jade.http.auth import (

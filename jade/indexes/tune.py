@@ -19,7 +19,7 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from jade.indexes.vector_index import VectorIndex
+from jade.indexes.base import VectorIndex
 
 I64 = NDArray[np.int64]
 F32 = NDArray[np.float32]

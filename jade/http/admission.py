@@ -1,0 +1,114 @@
+"""Admission: the authentication, throttling and authorization check every request passes
+through the route table before its handler runs (``admit``, called by the middleware), and
+read-your-writes (``X-Min-LSN``)."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+
+from aiohttp import web
+
+from jade.auth.principal import LOOPBACK_ADMIN
+from jade.engine import Engine
+from jade.errors import (
+    Forbidden,
+    InvalidArgument,
+    NotPrimary,
+    ReadOnly,
+    Unauthorized,
+    Unavailable,
+)
+from jade.http.keys import ACCESS, ACTOR, AUTH, CLIENT_IP, ENGINE, PRINCIPAL, SETTINGS
+from jade.http.routes import Route
+
+PROBES = frozenset({"/health", "/health/db", "/metrics", "/openapi.json", "/docs", "/ui",
+                    "/ui/{name}"})
+FORWARDING_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
+
+
+def admit(request: web.Request) -> Awaitable[None] | None:
+    """Authenticate, throttle and authorize every request through the route table: raises to
+    refuse; returns what to wait for before the handler runs (a read's ``X-Min-LSN``)."""
+    resource = request.match_info.route.resource
+    route: Route | None = request.app[ACCESS].get(
+        (request.method, resource.canonical if resource else "")
+    )
+    if route is None:  # 404/405: let aiohttp answer
+        return None
+    svc = request.app[AUTH]
+    engine = request.app[ENGINE]
+    if engine.env is None and route.path not in PROBES:
+        raise Unavailable("the data directory is being re-opened (replica re-seed); retry")
+    ip = svc.client_ip(request.remote, request.headers)
+    request[CLIENT_IP] = ip
+    if engine.role == "replica" and (route.mutates or route.records):
+        raise NotPrimary("this node is a read replica; send writes to the primary",
+                         primary=request.app[SETTINGS].primary_url)
+    if route.access == "public":
+        if route.path not in PROBES:
+            svc.check_blocked(ip)
+            try:  # register honours an admin caller; a bad credential is simply ignored
+                principal = svc.authenticate(request.headers)
+            except Unauthorized:
+                principal = None
+            # an enrol-only token (admin without TOTP) carries no admin powers anywhere
+            if principal is not None and not principal.enroll_only:
+                request[PRINCIPAL] = principal
+                request[ACTOR] = principal.user_id
+            # refused before the handler runs, so the answer cannot depend on the input (a
+            # forgot-password for an unknown name must not differ from one for a known name)
+            if route.mutates and engine.mode() == "readonly":
+                raise ReadOnly("the server is in readonly mode; writes are refused")
+        return None
+    svc.check_blocked(ip)
+    principal = svc.authenticate(request.headers)
+    if principal is None:
+        settings = request.app[SETTINGS]
+        if (  # a local caller, not a local reverse proxy relaying someone else
+            route.access == "admin"
+            and settings.loopback_admin
+            and svc.is_loopback(request.remote or "")
+            and not any(h in request.headers for h in FORWARDING_HEADERS)
+        ):
+            principal = LOOPBACK_ADMIN
+        else:
+            raise Unauthorized(
+                "authentication required: send Authorization: Bearer <token or API key>",
+                code="missing_credentials",
+            )
+    if principal.enroll_only and not route.enroll_ok:
+        raise Forbidden(
+            "admin accounts must enrol in two-factor authentication first "
+            "(POST /v1/auth/2fa/enroll)",
+            code="totp_enrollment_required",
+        )
+    if principal.is_replicator_only and route.access != "replicate":
+        raise Forbidden("the replicator role may only stream the log", code="permission_denied")
+    svc.limit(svc.api_limit, principal.key_id or principal.user_id, "api")
+    request[PRINCIPAL] = principal
+    request[ACTOR] = principal.user_id
+    access = route.access
+    if access in ("read", "write"):
+        svc.authorize(principal, access, request.match_info.get("db"))
+    elif access in ("create", "list", "admin", "replicate"):
+        svc.authorize(principal, access)
+    if route.mutates and engine.mode() == "readonly":
+        raise ReadOnly("the server is in readonly mode; writes are refused")
+    if route.mutates:
+        return None
+    raw = request.headers.get("X-Min-LSN") or (request.query_string and
+                                               request.query.get("min_lsn"))
+    return _wait_min_lsn(request, engine, raw) if raw else None
+
+
+async def _wait_min_lsn(request: web.Request, engine: Engine, raw: str) -> None:
+    """Read-your-writes: a read carrying ``X-Min-LSN`` (or ``?min_lsn=``) waits until this node
+    has applied that LSN, up to ``read_wait_seconds``; else 503 with the node's LSN."""
+    try:
+        want = int(raw)
+    except ValueError:
+        raise InvalidArgument("X-Min-LSN / min_lsn must be an integer") from None
+    if not await engine.log.wait_for(want, request.app[SETTINGS].read_wait_seconds):
+        raise Unavailable(
+            f"this node has applied LSN {engine.log.last_lsn}, not yet {want}",
+            code="lsn_not_reached", lsn=engine.log.last_lsn, wanted=want)

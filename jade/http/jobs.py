@@ -1,0 +1,50 @@
+"""The scheduled jobs the server runs (``jade.scheduler``): index checkpoints, snapshots, log
+archiving, pruning expired auth records, and dropping stale rate-limit windows."""
+
+from __future__ import annotations
+
+import asyncio
+
+from aiohttp import web
+
+from jade.auth.clock import now_ms
+from jade.core.decide import Command
+from jade.http.keys import AUTH, BACKUPS, ENGINE, SETTINGS
+from jade.scheduler import Scheduler
+
+
+def add_jobs(app: web.Application, sched: Scheduler) -> None:
+    """Register the jobs on ``sched`` (started by the app's life cycle)."""
+    settings = app[SETTINGS]
+    engine = app[ENGINE]
+    svc = app[AUTH]
+
+    async def checkpoint() -> int:
+        return await asyncio.to_thread(engine.indexes.checkpoint)
+
+    async def prune_auth() -> int:
+        if engine.role == "replica":
+            return 0  # the primary prunes; its records reach us
+        now = now_ms()
+        expired = sum(1 for s in svc.store.sessions() if s["expires_at"] <= now) + sum(
+            1 for b in svc.store.blocks() if b["until"] <= now)
+        if expired:
+            await engine.submit(Command("auth.prune", {"now": now}))
+        return expired
+
+    async def cleanup_limits() -> int:
+        return svc.cleanup()
+
+    bk = app[BACKUPS]
+
+    async def take_snapshot() -> dict[str, object]:
+        return await asyncio.to_thread(bk.scheduled_snapshot)
+
+    async def archive_log() -> dict[str, object]:
+        return await asyncio.to_thread(bk.archive_and_truncate)
+
+    sched.add("index_checkpoint", settings.checkpoint_interval_seconds, checkpoint)
+    sched.add("snapshot", settings.snapshot_interval_seconds, take_snapshot)
+    sched.add("archive", settings.archive_interval_seconds, archive_log)
+    sched.add("auth_prune", 300, prune_auth)
+    sched.add("rate_limit_cleanup", 60, cleanup_limits)
