@@ -142,7 +142,7 @@ class AccessLog(logging.handlers.RotatingFileHandler):
             if not buf or self._closed:
                 return
             text = "\n".join(map(self._line, buf)) + "\n"
-            if self.stream is None:  # type: ignore[has-type]
+            if self.stream is None:
                 self.stream = self._open()
             if self.maxBytes > 0 and self.stream.tell() + len(text) >= self.maxBytes:
                 self.doRollover()

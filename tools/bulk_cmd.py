@@ -110,7 +110,7 @@ async def _import(args: argparse.Namespace) -> dict[str, Any]:
                 timeout=aiohttp.ClientTimeout(total=None),
             ) as r,
         ):
-            result = await r.json(content_type=None)
+            result: dict[str, Any] = await r.json(content_type=None)
             result["http_status"] = r.status
     finally:
         close()

@@ -34,6 +34,7 @@ import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["Filter", "FilterError", "index_terms", "normalize_value", "parse_filter"]
 
@@ -41,7 +42,7 @@ MAX_DEPTH = 64
 MAX_REGEX_LEN = 1000
 
 Pred = Callable[[object], bool]
-Test = Callable[[dict], bool]
+Test = Callable[[dict[str, Any]], bool]
 
 
 class FilterError(ValueError):
@@ -129,7 +130,7 @@ def normalize_value(value: object) -> str:
     return k if k is not None else "s:" + repr(value)
 
 
-def index_terms(metadata: dict | None) -> list[tuple[str, str]]:
+def index_terms(metadata: dict[str, Any] | None) -> list[tuple[str, str]]:
     """All ``(field, normalize_value(v))`` pairs of a stored metadata dict.
 
     Scalar fields give one pair, list fields one pair per scalar element, and nested dicts
@@ -141,7 +142,7 @@ def index_terms(metadata: dict | None) -> list[tuple[str, str]]:
     return list(out)
 
 
-def _collect(d: dict, prefix: str, out: dict[tuple[str, str], None], depth: int) -> None:
+def _collect(d: dict[str, Any], prefix: str, out: dict[tuple[str, str], None], depth: int) -> None:
     for k, v in d.items():
         path = prefix + str(k)
         if isinstance(v, dict):
@@ -156,7 +157,7 @@ def _collect(d: dict, prefix: str, out: dict[tuple[str, str], None], depth: int)
             out[(path, _skey(v))] = None
 
 
-def _lookup(d: dict, path: str) -> object:
+def _lookup(d: dict[str, Any], path: str) -> object:
     """``d[path]`` if present, else walk dotted segments through nested dicts."""
     v = d.get(path, _MISSING)
     if v is not _MISSING:
@@ -186,7 +187,7 @@ class _Node:
         self,
         kind: str,
         test: Test,
-        canon: list,
+        canon: list[Any],
         children: tuple[_Node, ...] = (),
         terms: tuple[tuple[str, str], ...] = (),
         cost: int = 1,
@@ -215,7 +216,7 @@ def _combine(kind: str, nodes: list[_Node]) -> _Node:
     tests = tuple(c.test for c in sorted(kids, key=lambda n: n.cost))
     if kind == "and":
 
-        def test(md: dict) -> bool:
+        def test(md: dict[str, Any]) -> bool:
             for t in tests:
                 if not t(md):
                     return False
@@ -224,7 +225,7 @@ def _combine(kind: str, nodes: list[_Node]) -> _Node:
         terms = tuple(t for c in kids for t in c.terms)
     else:
 
-        def test(md: dict) -> bool:
+        def test(md: dict[str, Any]) -> bool:
             for t in tests:
                 if t(md):
                     return True
@@ -254,12 +255,12 @@ def _leaf(
     """Leaf node; ``test`` is an optional hand-inlined fast version for undotted fields."""
     if "." in fld:
 
-        def test(md: dict) -> bool:
+        def test(md: dict[str, Any]) -> bool:
             v = _lookup(md, fld)
             return on_missing if v is _MISSING else pred(v)
     elif test is None:
 
-        def test(md: dict) -> bool:
+        def test(md: dict[str, Any]) -> bool:
             v = md.get(fld, _MISSING)
             return on_missing if v is _MISSING else pred(v)
 
@@ -293,7 +294,7 @@ def _eq_leaf(op: str, fld: str, k: str) -> _Node:
     fast: Test | None = None
     if kind == "s":
 
-        def fast(md: dict) -> bool:
+        def fast(md: dict[str, Any]) -> bool:
             v = md.get(fld, _MISSING)
             if v.__class__ is str:
                 return (v == text) is want
@@ -301,7 +302,7 @@ def _eq_leaf(op: str, fld: str, k: str) -> _Node:
     elif kind == "n":
         f = float(text)
 
-        def fast(md: dict) -> bool:
+        def fast(md: dict[str, Any]) -> bool:
             v = md.get(fld, _MISSING)
             if v.__class__ is str:
                 return (_str_num(v) == f) is want
@@ -314,7 +315,9 @@ def _negate(p: Pred) -> Pred:
     return lambda v: not p(v)
 
 
-_ORDER = {"gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le}
+_ORDER: dict[str, Callable[[Any, Any], bool]] = {
+    "gt": operator.gt, "gte": operator.ge, "lt": operator.lt, "lte": operator.le
+}
 
 
 def _order_leaf(op: str, fld: str, operand: object) -> _Node:
@@ -329,7 +332,7 @@ def _order_leaf(op: str, fld: str, operand: object) -> _Node:
             x = _num(v)
             return x is not None and cmp(x, f)
 
-        def fast(md: dict) -> bool:
+        def fast(md: dict[str, Any]) -> bool:
             v = md.get(fld, _MISSING)
             if v.__class__ is str:
                 x = _str_num(v)
@@ -516,7 +519,7 @@ def _parse_any(obj: object, depth: int, where: str) -> _Node:
     return _parse_map(obj, depth, where)
 
 
-def _parse_map(obj: dict, depth: int, where: str) -> _Node:
+def _parse_map(obj: dict[str, Any], depth: int, where: str) -> _Node:
     nodes: list[_Node] = []
     for key, val in obj.items():
         here = f"{where}.{key}"
@@ -564,7 +567,7 @@ def _parse_map(obj: dict, depth: int, where: str) -> _Node:
     return _combine("and", nodes)
 
 
-def _parse_group(obj: dict, depth: int, where: str) -> _Node:
+def _parse_group(obj: dict[str, Any], depth: int, where: str) -> _Node:
     extra = [k for k in obj if k not in ("combination", "conditions")]
     if extra:
         raise FilterError(f"unexpected key {extra[0]!r} in condition group at {where}")
@@ -631,7 +634,7 @@ class Filter:
     _test: Test = field(repr=False, compare=False)
     _terms: tuple[tuple[str, str], ...] = field(repr=False, compare=False, default=())
 
-    def matches(self, metadata: dict | None) -> bool:
+    def matches(self, metadata: dict[str, Any] | None) -> bool:
         """True if ``metadata`` (None counts as ``{}``) satisfies the filter."""
         if not isinstance(metadata, dict):
             metadata = {}

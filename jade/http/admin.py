@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from aiohttp import web
 
-from jade.auth.service import now_ms
+from jade.auth.clock import now_ms
 from jade.core.decide import Command
 from jade.errors import Conflict, Forbidden, InvalidArgument, NotFound
 from jade.http.auth import audit, principal_of, svc_of
@@ -76,7 +77,7 @@ async def ip_unblock(request: web.Request) -> web.Response:
     return json_response({"ip": ip, "message": f"IP {ip} unblocked"})
 
 
-def _owner_or_admin(request: web.Request) -> dict:
+def _owner_or_admin(request: web.Request) -> dict[str, Any]:
     db = get_db(request)
     p = principal_of(request)
     if not (p.is_admin or db.get("owner") == p.user_id):

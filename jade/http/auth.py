@@ -12,7 +12,10 @@ from typing import Any
 import pyotp
 from aiohttp import web
 
-from jade.auth.service import ADMIN, AuthService, Principal, digest, now_ms
+from jade.auth.apikeys import digest
+from jade.auth.clock import now_ms
+from jade.auth.principal import ADMIN, Principal
+from jade.auth.service import AuthService
 from jade.core.decide import Command
 from jade.errors import Conflict, Forbidden, InvalidArgument, Unauthorized
 from jade.http.databases import engine_of
@@ -34,15 +37,20 @@ def svc_of(request: web.Request) -> AuthService:
     return request.app[AUTH]
 
 
+def principal_or_none(request: web.Request) -> Principal | None:
+    """The authenticated caller; None on a public route called without (valid) credentials."""
+    return request[PRINCIPAL] if PRINCIPAL in request else None
+
+
 def principal_of(request: web.Request) -> Principal:
-    p = request.get(PRINCIPAL)
+    p = principal_or_none(request)
     if p is None:
         raise Unauthorized("authentication required", code="missing_credentials")
     return p
 
 
 def audit(request: web.Request, event: str, **kw: Any) -> None:
-    p = request.get(PRINCIPAL)
+    p = principal_or_none(request)
     kw.setdefault("user_id", p.user_id if p else None)
     kw.setdefault("ip", request.get(CLIENT_IP, ""))
     kw.setdefault("client_info", request.headers.get("User-Agent", ""))
@@ -105,7 +113,7 @@ async def create_user(
         raise Conflict("Username already exists", code="username_exists")
     hashed = await asyncio.to_thread(svc.hash_password, password)
     user_id = uuid.uuid4().hex[:16]
-    p = request.get(PRINCIPAL)
+    p = principal_or_none(request)
     await engine_of(request).submit(
         Command(
             "auth.user.create",
@@ -131,7 +139,7 @@ async def register(request: web.Request) -> web.Response:
     ip = request[CLIENT_IP]
     svc.limit(svc.register_limit, ip, "register")
     body = await read_json(request)
-    caller = request.get(PRINCIPAL)
+    caller = principal_or_none(request)
     asked: list[str] = []
     if "roles" in body and body["roles"] is not None:
         asked = roles_of(body["roles"])
