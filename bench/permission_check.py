@@ -21,7 +21,9 @@ import numpy as np
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from jade import settings as settings_mod  # noqa: E402
-from jade.auth.service import AuthService, Principal, digest  # noqa: E402
+from jade.auth.apikeys import digest  # noqa: E402
+from jade.auth.principal import Principal  # noqa: E402
+from jade.auth.service import AuthService  # noqa: E402
 from jade.core.decide import Command  # noqa: E402
 from jade.engine import Engine  # noqa: E402
 from jade.metrics import Metrics  # noqa: E402
@@ -51,7 +53,7 @@ def main() -> None:
             "user_id": "u2", "username": "other", "email": "", "password_hash": "x",
             "roles": ["user"]}))
         e.submit_sync(Command("db.create", {
-            "id": "db1", "name": "b", "description": "", "dimension": 4, "metric": "cosine",
+            "db": "db1", "name": "b", "description": "", "dimension": 4, "metric": "cosine",
             "index_type": "FLAT", "index": {"id": "i", "name": "", "requested": "FLAT",
                                             "kind": "flat", "parameters": {}}}, "u2"))
         e.submit_sync(Command("auth.grant.set", {"db": "db1", "user_id": "u1",

@@ -201,6 +201,9 @@ class Metrics:
         self.db_query_retries = Counter(
             P + "db_query_retries_total", "Retried storage operations (map growth)", registry=r
         )
+        # map growths already counted into db_query_retries (the envs keep running totals;
+        # refresh_gauges adds the difference when scraped)
+        self.map_grows_seen = 0
         self.users = Gauge(P + "users_total", "Registered users", registry=r)
         self.user_operations = Counter(
             P + "user_operations_total", "User operations", ["operation"], registry=r
@@ -280,6 +283,20 @@ class Metrics:
         )
         self.index_vectors = Gauge(
             P + "index_vectors", "Vectors in the in-memory indexes", registry=r
+        )
+        self.projection_failures = Counter(
+            P + "projection_apply_failures_total",
+            "Committed records a projection could not apply (it is then rebuilt from the store "
+            "or caught up from the log)",
+            ["projection"],
+            registry=r,
+        )
+        self.projection_failures_seen: dict[str, int] = {}
+        self.projections_behind = Gauge(
+            P + "projections_behind",
+            "Projections not serving the log's state now (failed index databases, an auth "
+            "store behind the log)",
+            registry=r,
         )
         self.checkpoint_age = Gauge(
             P + "index_checkpoint_age_seconds",

@@ -1,9 +1,9 @@
 """The follower: stream the primary's log, verify and apply it with the same ``apply``, serve reads.
 
 One long-lived HTTP stream (``/v1/replication/stream``) carries records after our last LSN; each
-batch is appended through ``wal.writer.Replicated``, which verifies LSN continuity, epoch and the
-checksum chain before anything is applied, then acknowledged. Heartbeats carry the primary's last
-LSN and time, from which lag is computed (received = durable = applied here: the store is applied
+batch is appended through ``jade.engine.commit.Replicated``, which verifies LSN continuity,
+epoch and the checksum chain before anything is applied, then acknowledged. Heartbeats carry
+the primary's last LSN and time, from which lag is computed (received = durable = applied here: the store is applied
 in the same transaction as the log append, the indexes right after it).
 
 - Cut or refused connection: reconnect with exponential back-off (0.2 s doubling to 10 s, with
@@ -36,6 +36,7 @@ from aiohttp import web
 from jade.backup import snapshot
 from jade.core.decide import Command
 from jade.engine import Engine
+from jade.engine.commit import Replicated
 from jade.http.keys import AUTH, ENGINE, METRICS, PROMOTE, REPLICA_STATUS
 from jade.metrics import Metrics
 from jade.settings import Settings
@@ -43,7 +44,6 @@ from wal.codec import decode
 from wal.files import fsync_path
 from wal.log import LogError
 from wal.stream import FrameError, length, parse
-from wal.writer import Replicated
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ def db_create(db_id: str, dim: int = 3, metric: str = "cosine", kind: str = "hns
     return Command(
         "db.create",
         {
-            "id": db_id,
+            "db": db_id,
             "name": f"name-{db_id}",
             "description": "a test database",
             "dimension": dim,
@@ -112,7 +112,7 @@ def test_db_create(engine: Engine) -> None:
     assert db["extra"] == {"sharding": {"strategy": "none"}}
     assert len(db["indexes"]) == 1
     idx = db["indexes"][0]
-    assert idx["kind"] == "hnsw" and idx["parameters"] == {"M": 8}
+    assert idx["kind"] == "hnsw" and idx["parameters"] == {"M": 8, "efConstruction": 200, "efSearch": 64}
     assert idx["created_at"] == idx["updated_at"] == now
     live = engine.indexes.get("d1")
     assert live is not None
@@ -127,7 +127,7 @@ def test_db_create(engine: Engine) -> None:
 
 def test_db_update(engine: Engine) -> None:
     run(engine, db_create("d1", dim=3))
-    (rec,) = run(engine, Command("db.update", {"id": "d1", "changes": {
+    (rec,) = run(engine, Command("db.update", {"db": "d1", "changes": {
         "name": "renamed", "description": "new words"}}, "bob"))
     db = engine.store.database("d1")
     assert db is not None
@@ -135,15 +135,15 @@ def test_db_update(engine: Engine) -> None:
     assert db["updated_at"] == ms(rec.ts) and db["created_at"] < db["updated_at"] + 1
     assert db["owner"] == "alice"
     # the dimension of an empty database may change; its index follows
-    run(engine, Command("db.update", {"id": "d1", "changes": {"dimension": 5}}))
+    run(engine, Command("db.update", {"db": "d1", "changes": {"dimension": 5}}))
     assert engine.store.database("d1")["dimension"] == 5  # type: ignore[index]
     assert engine.indexes.get("d1").dim == 5  # type: ignore[union-attr]
     run(engine, upsert("d1", [("a", [1, 2, 3, 4, 5], None)]))
-    refused(engine, Command("db.update", {"id": "d1", "changes": {"dimension": 4}}),
+    refused(engine, Command("db.update", {"db": "d1", "changes": {"dimension": 4}}),
             InvalidArgument, code="dimension_locked")
     # the same dimension again is not a change
-    run(engine, Command("db.update", {"id": "d1", "changes": {"dimension": 5, "name": "x"}}))
-    refused(engine, Command("db.update", {"id": "nope", "changes": {"name": "x"}}), NotFound)
+    run(engine, Command("db.update", {"db": "d1", "changes": {"dimension": 5, "name": "x"}}))
+    refused(engine, Command("db.update", {"db": "nope", "changes": {"name": "x"}}), NotFound)
 
 
 def test_db_update_with_a_new_index_replaces_the_indexes(engine: Engine) -> None:
@@ -153,10 +153,10 @@ def test_db_update_with_a_new_index_replaces_the_indexes(engine: Engine) -> None
     idx = new_index("FLAT", "flat", {})
     for key in ("created_at", "updated_at"):  # a record that carries no index times
         idx.pop(key, None)
-    cmd = Command("db.update", {"id": "d1", "changes": {"index_type": "FLAT", "new_index": idx}})
+    cmd = Command("db.update", {"db": "d1", "changes": {"index_type": "FLAT", "new_index": idx}})
     (rec,) = run(engine, cmd)
-    assert rec.body["changes"]["indexes"] == [idx]
-    assert "created_at" not in rec.body["changes"]["indexes"][0]  # the record is not modified
+    # the record carries the index as decided: every field, times 0 (none given)
+    assert rec.body["changes"]["indexes"] == [{**idx, "created_at": 0, "updated_at": 0}]
     db = engine.store.database("d1")
     assert db is not None
     assert db["index_type"] == "FLAT"
@@ -173,8 +173,8 @@ def test_db_delete_removes_everything_of_that_database_only(engine: Engine) -> N
     run(engine, db_create("db10", dim=2))  # "db1" is a prefix of this id
     run(engine, upsert("db1", [("a", [1, 0], None), ("b", [0, 1], None)]))
     run(engine, upsert("db10", [("a", [1, 1], {"x": 1})]))
-    (rec,) = run(engine, Command("db.delete", {"id": "db1"}))
-    assert rec.body == {"id": "db1"}
+    (rec,) = run(engine, Command("db.delete", {"db": "db1"}))
+    assert rec.body == {"db": "db1", "v": 2}
     assert engine.store.database("db1") is None
     assert engine.store.vector("db1", "a") is None
     assert raw_keys(engine, engine.store.vec, "db1") == []
@@ -185,7 +185,7 @@ def test_db_delete_removes_everything_of_that_database_only(engine: Engine) -> N
     assert engine.store.vector("db10", "a").metadata == {"x": 1}  # type: ignore[union-attr]
     assert len(raw_keys(engine, engine.store.lbl, "db10")) == 1
     assert len(engine.indexes.get("db10")) == 1  # type: ignore[arg-type]
-    refused(engine, Command("db.delete", {"id": "db1"}), NotFound)
+    refused(engine, Command("db.delete", {"db": "db1"}), NotFound)
     # the id can be used again, from scratch
     run(engine, db_create("db1", dim=4))
     assert engine.store.database("db1")["count"] == 0  # type: ignore[index]
@@ -288,7 +288,7 @@ def test_vec_delete(engine: Engine) -> None:
     run(engine, upsert("d", [("a", [1, 0], {"t": "x"}), ("b", [0, 1], {"t": "y"}),
                              ("c", [1, 1], None)]))
     (rec,) = run(engine, vec_delete("d", ["b", "a", "b"]))
-    assert rec.body == {"db": "d", "ids": ["b", "a"], "labels": [1, 0]}
+    assert rec.body == {"db": "d", "ids": ["b", "a"], "labels": [1, 0], "v": 2}
     assert engine.store.vector("d", "a") is None and engine.store.vector("d", "b") is None
     assert engine.store.ids_for_labels("d", [0, 1, 2]) == [None, None, "c"]
     db = engine.store.database("d")
@@ -336,7 +336,8 @@ def test_index_create_update_delete(engine: Engine) -> None:
     run(engine, Command("index.update", {"db": "d", "index_id": idx["id"],
                                          "parameters": {"efSearch": 99}}))
     db = engine.store.database("d")
-    assert db is not None and db["indexes"][1]["parameters"] == {"M": 12, "efSearch": 99}
+    assert db is not None and db["indexes"][1]["parameters"] == {
+        "M": 12, "efConstruction": 200, "efSearch": 99}  # decided at create
     live = engine.indexes.get("d")
     assert live is not None and live.index is index_before
     assert live.spec.ef_search == 99 and live.index.ef_search == 99  # type: ignore[attr-defined]
@@ -371,10 +372,10 @@ async def test_system_mode_readonly(engine: Engine) -> None:
     run(engine, db_create("d", dim=2))
     assert engine.mode() == "readwrite"
     (rec,) = run(engine, Command("system.mode", {"mode": "readonly"}, "admin"))
-    assert rec.body == {"mode": "readonly"}
+    assert rec.body == {"mode": "readonly", "v": 2}
     assert engine.mode() == "readonly"
     for cmd in (upsert("d", [("a", [1, 0], None)]), db_create("e"), vec_delete("d", ["a"]),
-                Command("db.delete", {"id": "d"})):
+                Command("db.delete", {"db": "d"})):
         refused(engine, cmd, ReadOnly)  # decided on the writer thread
         with pytest.raises(ReadOnly):
             await engine.submit(cmd)  # and refused before reaching it
@@ -406,8 +407,8 @@ def test_apply_is_a_fold_over_the_log(engine: Engine, tmp_path: Path) -> None:
     run(engine, Command("index.create", {"db": "e", "index": idx}))
     run(engine, Command("index.update", {"db": "e", "index_id": idx["id"],
                                          "parameters": {"efSearch": 30}}))
-    run(engine, Command("db.update", {"id": "d", "changes": {"name": "dd"}}))
+    run(engine, Command("db.update", {"db": "d", "changes": {"name": "dd"}}))
     run(engine, Command("system.mode", {"mode": "readonly"}))
     run(engine, Command("system.mode", {"mode": "readwrite"}))
-    run(engine, Command("db.delete", {"id": "d"}))
+    run(engine, Command("db.delete", {"db": "d"}))
     assert replay_digest(engine, tmp_path) == state_digest(engine.store)

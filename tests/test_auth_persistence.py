@@ -14,11 +14,13 @@ import orjson
 import pyotp
 import pytest
 
-from jade.auth.service import now_ms
-from jade.auth.store import AUTH_TYPES, SUBS, AuthStore
+from jade import events as ev
+from jade.auth.clock import now_ms
+from jade.auth.store import SUBS, AuthStore
 from jade.core.decide import Command
 from jade.engine import Engine
 from jade.errors import NotFound
+from jade.events import AUTH_TYPES
 from tests.conftest import ServerProcess, make_settings
 from wal.lmdbenv import Env
 
@@ -212,7 +214,7 @@ def replay(engine: Engine, where: Any) -> AuthStore:
         nonlocal n
         for rec in engine.log.iterate(0):
             if rec.type in AUTH_TYPES:
-                fresh.apply(txn, rec)
+                fresh.apply(txn, rec, ev.of(rec))
                 n += 1
 
     env.write(body)
@@ -246,7 +248,7 @@ def test_in_process_replay_matches_after_restart(tmp_path: Any) -> None:
         assert engine.auth.key("k1")["is_active"] is False  # type: ignore[index]
         env = Env(str(tmp_path / "replay" / "auth.db"), map_size=16 << 20)
         fresh = AuthStore(env)
-        env.write(lambda txn: [fresh.apply(txn, r) for r in engine.log.iterate(0)
+        env.write(lambda txn: [fresh.apply(txn, r, ev.of(r)) for r in engine.log.iterate(0)
                                if r.type in AUTH_TYPES])
         assert digest_store(fresh) == live
         assert fresh.applied_lsn() == max(r.lsn for r in engine.log.iterate(0)

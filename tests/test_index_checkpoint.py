@@ -35,10 +35,12 @@ from jade.core.filters import parse_filter
 from jade.engine import Engine
 from jade.http.databases import new_index
 from jade.indexes import checkpoint as ckpt
-from jade.indexes import manager as manager_mod
+from jade.indexes import checkpoints as manager_mod
+from jade.indexes.checkpoints import FORMAT as CHECKPOINT_FORMAT
+from jade.indexes.checkpoints import MD_SUFFIX
+from jade.indexes.flat import FlatIndex
+from jade.indexes.hnsw import HnswIndex
 from jade.indexes.live import IndexSpec, LiveDb
-from jade.indexes.manager import CHECKPOINT_FORMAT, MD_SUFFIX
-from jade.indexes.vector_index import FlatIndex, HnswIndex
 from jade.settings import Settings
 from jade.stores.data import DataStore
 from tests.conftest import make_settings
@@ -74,7 +76,7 @@ def create_cmd(db_id: str, kind: str, dim: int = DIM) -> Command:
     return Command(
         "db.create",
         {
-            "id": db_id,
+            "db": db_id,
             "name": db_id,
             "description": "",
             "dimension": dim,
@@ -394,7 +396,7 @@ def test_restart_loads_meta_terms_and_search_from_the_checkpoint(
 ) -> None:
     for db_id in ("h", "f"):
         doc = index_json(s, db_id)
-        assert doc["format"] == CHECKPOINT_FORMAT == 2
+        assert doc["format"] == CHECKPOINT_FORMAT == 3
         assert doc["metadata"] == {"file": doc["file"] + MD_SUFFIX, "count": 297}
         assert doc["count"] == 297
         assert os.path.exists(md_path(s, db_id))
@@ -926,7 +928,7 @@ def test_a_database_deleted_or_rebuilt_during_its_save_loses_that_save(
             bg.start()
             assert entered.wait(10)
             if change in ("delete", "recreate"):
-                submit_within(engine, Command("db.delete", {"id": "d"}))
+                submit_within(engine, Command("db.delete", {"db": "d"}))
                 assert not os.path.exists(ckpt_dir(s, "d"))
             if change == "recreate":
                 submit_within(engine, create_cmd("d", "hnsw"))
@@ -982,9 +984,9 @@ def test_open_removes_checkpoint_directories_of_databases_not_in_the_store(
     engine.open()
     try:  # a crash between the db.delete commit and the removal of the directory
         monkeypatch.setattr(
-            manager_mod.IndexManager, "_remove_checkpoint", lambda self, db_id: None
+            manager_mod.CheckpointStore, "remove", lambda self, db_id: None
         )
-        engine.submit_sync(Command("db.delete", {"id": "f"}))
+        engine.submit_sync(Command("db.delete", {"db": "f"}))
     finally:
         engine.close(checkpoint=False)
     monkeypatch.undo()
@@ -998,7 +1000,7 @@ def test_open_removes_checkpoint_directories_of_databases_not_in_the_store(
     verify_dir(s)  # a check changes nothing: the orphans are still there after it
     assert sorted(os.listdir(s.index_dir)) == ["empty", "f", "h", "notes", "stray.txt"]
     engine = Engine(s)
-    with caplog.at_level(logging.INFO, logger="jade.indexes.manager"):
+    with caplog.at_level(logging.INFO, logger="jade.indexes.checkpoints"):
         report = engine.open()
     try:
         assert report.index == {"loaded": 1, "rebuilt": 0, "replayed_records": 0}

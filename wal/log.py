@@ -143,7 +143,8 @@ class Log:
     # -- truncation --------------------------------------------------------------------------
     def truncate_before(self, lsn: int) -> int:
         """Remove records with LSN < ``lsn`` (never the last one) in a transaction of its own.
-        For offline use; a running server truncates through its writer (``wal.writer.Truncate``)."""
+        For offline use; a running server truncates through its group commit
+        (``jade.engine.commit.Truncate``)."""
         lsn = min(lsn, self.last_lsn)
         if lsn <= self.first_lsn:
             return 0

@@ -10,15 +10,18 @@ Sub-databases (msgpack values):
   ``blocks``   ip -> block dict              ``resets``    sha256(token) hex -> reset dict
   ``sys``      b"applied_lsn"
 
-``apply`` is deterministic: times come from the record's ``ts``, expiries from its body.
+``apply`` is deterministic: times come from the record's ``ts``, expiries from its event.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import lmdb
 
+from jade import events as ev
+from jade import faults
 from wal.codec import Record, pack, unpack
 from wal.lmdbenv import Env
 
@@ -140,27 +143,47 @@ class AuthStore:
         return self._get("resets", digest, txn)  # type: ignore[no-any-return]
 
     # -- apply --------------------------------------------------------------------------------
-    def apply(self, txn: lmdb.Transaction, rec: Record) -> None:
-        fn = _APPLY.get(rec.type)
+    def apply(self, txn: lmdb.Transaction, rec: Record, event: ev.Event) -> None:
+        """Fold one event (any type: the applied LSN moves over every record, in order) into
+        ``txn``, a write transaction of this store's file. ``version`` is bumped by whoever
+        commits it (``committed``)."""
+        fn = _APPLY.get(event.type)
         if fn is not None:
-            fn(self, txn, rec)
-            self.version += 1
+            fn(self, txn, rec, event)
         txn.put(b"applied_lsn", rec.lsn.to_bytes(8, "big"), db=self.db["sys"])
 
-    def _user_create(self, txn: lmdb.Transaction, rec: Record) -> None:
-        b = dict(rec.body)
+    def apply_group(self, entries: list[tuple[Record, ev.Event]]) -> None:
+        """Replay: fold ``entries`` (in LSN order, right after ``applied_lsn``) in one write
+        transaction (see ``jade.engine.replay``)."""
+
+        faults.hit("auth.replay")
+
+        def body(txn: lmdb.Transaction) -> None:
+            for rec, event in entries:
+                self.apply(txn, rec, event)
+            if entries:  # non-auth records move the LSN too (apply writes it for auth ones)
+                last = entries[-1][0].lsn
+                txn.put(b"applied_lsn", last.to_bytes(8, "big"), db=self.db["sys"])
+
+        self.env.write(body)
+        self.version += 1
+
+    def set_applied(self, txn: lmdb.Transaction, lsn: int) -> None:
+        txn.put(b"applied_lsn", lsn.to_bytes(8, "big"), db=self.db["sys"])
+
+    def _user_create(self, txn: lmdb.Transaction, rec: Record, e: ev.UserCreate) -> None:
         now = ms(rec.ts)
         user = {
-            "user_id": b["user_id"],
-            "username": b["username"],
-            "email": b.get("email", ""),
-            "password_hash": b["password_hash"],
-            "roles": list(b["roles"]),
+            "user_id": e.user_id,
+            "username": e.username,
+            "email": e.email,
+            "password_hash": e.password_hash,
+            "roles": list(e.roles),
             "is_active": True,
             "created_at": now,
             "updated_at": now,
             "last_login": None,
-            "must_change_password": bool(b.get("must_change_password", False)),
+            "must_change_password": e.must_change_password,
             "totp_secret": None,
             "totp_enabled": False,
             "tokens_valid_after": 0,
@@ -169,12 +192,18 @@ class AuthStore:
         self._put(txn, "users", user["user_id"], user)
         self._put(txn, "usernames", user["username"].lower(), user["user_id"])
 
-    def _user_update(self, txn: lmdb.Transaction, rec: Record) -> None:
-        b = rec.body
-        user = self.user(b["user_id"], txn)
+    def _user_update(self, txn: lmdb.Transaction, rec: Record, e: ev.UserUpdate) -> None:
+        self._update_user(txn, rec, e.user_id, dict(e.changes))
+
+    def _user_lock(self, txn: lmdb.Transaction, rec: Record, e: ev.UserLock) -> None:
+        self._update_user(txn, rec, e.user_id, {"locked_until": e.until})
+
+    def _update_user(
+        self, txn: lmdb.Transaction, rec: Record, user_id: str, changes: dict[str, Any]
+    ) -> None:
+        user = self.user(user_id, txn)
         if user is None:
             return
-        changes = dict(b["changes"])
         now = ms(rec.ts)
         if "username" in changes and changes["username"].lower() != user["username"].lower():
             self._del(txn, "usernames", user["username"].lower())
@@ -193,69 +222,66 @@ class AuthStore:
                 k["is_active"] = False
                 self._put(txn, "keys", k["key_id"], k)
 
-    def _user_delete(self, txn: lmdb.Transaction, rec: Record) -> None:
-        user = self.user(rec.body["user_id"], txn)
+    def _user_delete(self, txn: lmdb.Transaction, rec: Record, e: ev.UserDelete) -> None:
+        user = self.user(e.user_id, txn)
         if user is None:
             return
         self._del(txn, "users", user["user_id"])
         self._del(txn, "usernames", user["username"].lower())
         self._revoke_user_keys(txn, user["user_id"])
 
-    def _key_create(self, txn: lmdb.Transaction, rec: Record) -> None:
-        b = dict(rec.body)
+    def _key_create(self, txn: lmdb.Transaction, rec: Record, e: ev.KeyCreate) -> None:
         key = {
-            "key_id": b["key_id"],
-            "user_id": b["user_id"],
-            "hash": b["hash"],
-            "key_prefix": b["key_prefix"],
-            "description": b.get("description", ""),
-            "permissions": list(b.get("permissions", [])),
+            "key_id": e.key_id,
+            "user_id": e.user_id,
+            "hash": e.hash,
+            "key_prefix": e.key_prefix,
+            "description": e.description,
+            "permissions": list(e.permissions),
             "is_active": True,
             "created_at": ms(rec.ts),
-            "expires_at": b.get("expires_at"),
+            "expires_at": e.expires_at,
         }
         self._put(txn, "keys", key["key_id"], key)
         self._put(txn, "keyhash", key["hash"], key["key_id"])
 
-    def _key_revoke(self, txn: lmdb.Transaction, rec: Record) -> None:
-        key = self.key(rec.body["key_id"], txn)
+    def _key_revoke(self, txn: lmdb.Transaction, rec: Record, e: ev.KeyRevoke) -> None:
+        key = self.key(e.key_id, txn)
         if key is None:
             return
         key["is_active"] = False
         self._put(txn, "keys", key["key_id"], key)
 
-    def _session_create(self, txn: lmdb.Transaction, rec: Record) -> None:
-        b = rec.body
+    def _session_create(self, txn: lmdb.Transaction, rec: Record, e: ev.SessionCreate) -> None:
         now = ms(rec.ts)
         self._put(
             txn,
             "sessions",
-            b["jti"],
+            e.jti,
             {
-                "session_id": b["jti"],
-                "token_id": b["jti"],
-                "user_id": b["user_id"],
-                "ip_address": b.get("ip", ""),
+                "session_id": e.jti,
+                "token_id": e.jti,
+                "user_id": e.user_id,
+                "ip_address": e.ip,
                 "created_at": now,
-                "expires_at": b["expires_at"],
+                "expires_at": e.expires_at,
             },
         )
-        user = self.user(b["user_id"], txn)
+        user = self.user(e.user_id, txn)
         if user is not None:
             user["last_login"] = now
             user["locked_until"] = 0
             self._put(txn, "users", user["user_id"], user)
 
-    def _session_revoke(self, txn: lmdb.Transaction, rec: Record) -> None:
-        jti = rec.body["jti"]
-        session = self._get("sessions", jti, txn)
-        exp = session["expires_at"] if session else rec.body.get("expires_at", 0)
-        self._put(txn, "revoked", jti, exp)
-        self._del(txn, "sessions", jti)
+    def _session_revoke(self, txn: lmdb.Transaction, rec: Record, e: ev.SessionRevoke) -> None:
+        session = self._get("sessions", e.jti, txn)
+        exp = session["expires_at"] if session else e.expires_at
+        self._put(txn, "revoked", e.jti, exp)
+        self._del(txn, "sessions", e.jti)
 
-    def _prune(self, txn: lmdb.Transaction, rec: Record) -> None:
+    def _prune(self, txn: lmdb.Transaction, rec: Record, e: ev.Prune) -> None:
         """Forget sessions, revocations, blocks and reset tokens that expired before ``now``."""
-        now = rec.body["now"]
+        now = e.now
         for sub, field in (
             ("sessions", "expires_at"),
             ("blocks", "until"),
@@ -268,52 +294,49 @@ class AuthStore:
             if unpack(v) <= now:
                 txn.delete(k, db=self.db["revoked"])
 
-    def _grant_set(self, txn: lmdb.Transaction, rec: Record) -> None:
-        b = rec.body
-        key = b["db"] + "\x00" + b["user_id"]
-        if b.get("permission"):
-            self._put(txn, "grants", key, b["permission"])
+    def _grant_set(self, txn: lmdb.Transaction, rec: Record, e: ev.GrantSet) -> None:
+        key = e.db + "\x00" + e.user_id
+        if e.permission:
+            self._put(txn, "grants", key, e.permission)
         else:
             self._del(txn, "grants", key)
 
-    def _block_set(self, txn: lmdb.Transaction, rec: Record) -> None:
-        b = rec.body
-        if b.get("until"):
+    def _block_set(self, txn: lmdb.Transaction, rec: Record, e: ev.BlockSet) -> None:
+        if e.until:
             self._put(
                 txn,
                 "blocks",
-                b["ip"],
+                e.ip,
                 {
-                    "ip": b["ip"],
-                    "until": b["until"],
-                    "reason": b.get("reason", ""),
-                    "failures": b.get("failures", 0),
+                    "ip": e.ip,
+                    "until": e.until,
+                    "reason": e.reason,
+                    "failures": e.failures,
                     "since": ms(rec.ts),
                 },
             )
         else:
-            self._del(txn, "blocks", b["ip"])
+            self._del(txn, "blocks", e.ip)
 
-    def _reset_create(self, txn: lmdb.Transaction, rec: Record) -> None:
-        b = rec.body
+    def _reset_create(self, txn: lmdb.Transaction, rec: Record, e: ev.ResetCreate) -> None:
         self._put(
             txn,
             "resets",
-            b["hash"],
-            {"user_id": b["user_id"], "expires_at": b["expires_at"], "used": False},
+            e.hash,
+            {"user_id": e.user_id, "expires_at": e.expires_at, "used": False},
         )
 
-    def _reset_use(self, txn: lmdb.Transaction, rec: Record) -> None:
-        b = rec.body
-        reset = self.reset(b["hash"], txn)
+    def _reset_use(self, txn: lmdb.Transaction, rec: Record, e: ev.ResetUse) -> None:
+        reset = self.reset(e.hash, txn)
         if reset is not None:
             reset["used"] = True
-            self._put(txn, "resets", b["hash"], reset)
+            self._put(txn, "resets", e.hash, reset)
 
 
-_APPLY = {
+_APPLY: dict[str, Callable[[AuthStore, lmdb.Transaction, Record, Any], None]] = {
     "auth.user.create": AuthStore._user_create,
     "auth.user.update": AuthStore._user_update,
+    "auth.user.lock": AuthStore._user_lock,
     "auth.user.delete": AuthStore._user_delete,
     "auth.key.create": AuthStore._key_create,
     "auth.key.revoke": AuthStore._key_revoke,
@@ -325,5 +348,4 @@ _APPLY = {
     "auth.reset.create": AuthStore._reset_create,
     "auth.reset.use": AuthStore._reset_use,
 }
-
-AUTH_TYPES = frozenset(_APPLY)
+assert set(_APPLY) == ev.AUTH_TYPES, "every auth event has a fold, and only those"

@@ -12,7 +12,7 @@ from typing import Any
 
 from jade.backup import archive, snapshot
 from jade.engine import Engine
-from wal.writer import Truncate
+from jade.engine.commit import Truncate
 
 log = logging.getLogger(__name__)
 

@@ -27,12 +27,13 @@ import nacl.encoding
 import nacl.exceptions
 import nacl.signing
 
-from jade.auth.store import AUTH_TYPES, AuthStore
+from jade.auth.store import AuthStore
+from jade.engine.replay import replay
 from jade.stores.data import DataStore
 from wal.codec import decode, lsn_key
 from wal.files import fsync_path
 from wal.lmdbenv import Env
-from wal.log import LOG_DB
+from wal.log import LOG_DB, Log, LogError
 
 FORMAT = 1
 DATA_FILE = "jadevectordb.db"
@@ -82,7 +83,9 @@ def sha256_file(path: str) -> str:
 
 def _signing_key(hex_seed: str) -> nacl.signing.SigningKey:
     try:
-        return nacl.signing.SigningKey(hex_seed.strip(), encoder=nacl.encoding.HexEncoder)
+        return nacl.signing.SigningKey(
+            hex_seed.strip().encode(), encoder=nacl.encoding.HexEncoder
+        )
     except (ValueError, TypeError, nacl.exceptions.CryptoError) as exc:
         raise SnapshotError(f"bad snapshot signing key: {exc}") from None
 
@@ -117,19 +120,30 @@ def create(
     try:
         # 1. index checkpoints
         _copy_indexes(index_dir, os.path.join(tmp, "indexes"))
-        # 2. auth store
         auth_path = os.path.join(tmp, AUTH_FILE)
-        auth_env.copy_to(auth_path)
-        # 3. the data file at L, inside one read transaction
         data_path = os.path.join(tmp, DATA_FILE)
         store = DataStore(data_env)
         log_db = data_env.db(LOG_DB)  # handles are opened outside the read transaction
-        with data_env.read() as txn:
-            lsn = store.applied_lsn(txn)
-            raw = txn.get(lsn_key(lsn), db=log_db) if lsn else None
-            data_env.env.copy(data_path, compact=True, txn=txn)
+        for attempt in range(3):
+            # 2. auth store (first: it may only be behind the data file, never ahead)
+            for p in (auth_path, data_path):
+                if os.path.exists(p):
+                    os.remove(p)
+            auth_env.copy_to(auth_path)
+            # 3. the data file at L, inside one read transaction
+            with data_env.read() as txn:
+                lsn = store.applied_lsn(txn)
+                raw = txn.get(lsn_key(lsn), db=log_db) if lsn else None
+                data_env.env.copy(data_path, compact=True, txn=txn)
+            try:
+                _bring_auth_to(auth_path, data_path, lsn)
+                break
+            except LogError:
+                # the log was truncated between the two copies past what the auth copy had
+                # folded (the truncation settles the live auth file first): copy again
+                if attempt == 2:
+                    raise
         rec = decode(raw) if raw is not None else None
-        _bring_auth_to(auth_path, data_path, lsn)
         # manifest
         files = {}
         for dirpath, _, names in os.walk(tmp):
@@ -161,10 +175,10 @@ def create(
             os.fsync(fh.fileno())
         name = f"snap-{lsn:016d}-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}"
         final = os.path.join(root, name)
-        n = 1
+        dup = 1
         while os.path.exists(final):
-            final = os.path.join(root, f"{name}-{n}")
-            n += 1
+            final = os.path.join(root, f"{name}-{dup}")
+            dup += 1
         os.replace(tmp, final)
         fsync_path(root)
         return info(final)
@@ -217,22 +231,8 @@ def _bring_auth_to(auth_path: str, data_path: str, lsn: int) -> None:
     denv = Env(data_path, readonly=True)
     try:
         astore = AuthStore(aenv)
-        start = astore.applied_lsn()
-        log_db = denv.db(LOG_DB)
-
-        def body(txn: lmdb.Transaction) -> None:
-            with denv.read() as dtxn:
-                cur = dtxn.cursor(db=log_db)
-                if start < lsn and cur.set_range(lsn_key(start + 1)):
-                    for _, raw in cur:
-                        rec = decode(raw)
-                        if rec.lsn > lsn:
-                            break
-                        if rec.type in AUTH_TYPES:
-                            astore.apply(txn, rec)
-            txn.put(b"applied_lsn", lsn.to_bytes(8, "big"), db=astore.db["sys"])
-
-        aenv.write(body)
+        replay(Log(denv), astore, upto=lsn, verify=False)
+        aenv.write(lambda txn: astore.set_applied(txn, lsn))
     finally:
         aenv.close()
         denv.close()
@@ -306,7 +306,9 @@ def verify(path: str, *, verify_key: str = "") -> list[str]:
     if "signature" in m:
         try:
             key = verify_key or m.get("verify_key", "")
-            vk = nacl.signing.VerifyKey(key, encoder=nacl.encoding.HexEncoder)
+            if not isinstance(key, str):
+                raise TypeError("verify_key is not a hex string")
+            vk = nacl.signing.VerifyKey(key.encode(), encoder=nacl.encoding.HexEncoder)
             vk.verify(_canonical(m), bytes.fromhex(m["signature"]))
         except (
             ValueError,

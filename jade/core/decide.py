@@ -1,10 +1,12 @@
-"""Commands and the decisions that turn them into log records.
+"""Commands and the decisions that turn them into events (``jade.events``).
 
 A ``Command`` is what a handler asks for, already validated for shape. ``decide`` runs on the
-writer thread inside the log's write transaction, so it sees the exact state the records will be
-applied to: existence checks (404), dimension checks, label assignment and metadata carried over
-on partial updates are decided here and written into the record bodies. ``apply`` then never has
-to guess, which keeps it deterministic on the primary, on replicas and in a restore.
+writer thread inside the log's write transaction, so it sees the exact state the events will be
+applied to: existence checks (404), dimension checks, label assignment, metadata carried over
+on partial updates and every index parameter the client left out (from ``Defaults``, the
+settings of the node that decides) are decided here and written into the events. Projections
+then never have to guess, which keeps them deterministic on the primary, on replicas, in a
+restore and after a restart with other settings.
 """
 
 from __future__ import annotations
@@ -15,9 +17,9 @@ from typing import Any
 
 import lmdb
 
-from jade.errors import Conflict, InvalidArgument, NotFound, ReadOnly
+from jade import events as ev
+from jade.errors import Conflict, InvalidArgument, NotFound
 from jade.stores.data import DataStore
-from wal.writer import Draft
 
 MISSING = "\x00missing"  # metadata placeholder: "keep the stored metadata"
 
@@ -30,17 +32,35 @@ class Command:
     size: int = field(default=0, compare=False)  # approximate bytes, for group bounds
 
 
-# Commands allowed while the server is readonly (the switch back, and nothing else).
-READONLY_ALLOWED = frozenset({"system.mode"})
+@dataclass(frozen=True, slots=True)
+class Defaults:
+    """What a command leaves out is decided from these (the deciding node's settings)."""
+
+    hnsw: dict[str, int] = field(
+        default_factory=lambda: dict(ev.V1_HNSW_DEFAULTS)
+    )  # M, efConstruction, efSearch
 
 
-def decide(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[Draft]:
-    if cmd.type not in READONLY_ALLOWED and store.mode(txn) == "readonly":
-        raise ReadOnly("the server is in readonly mode; writes are refused")
+def decide(store: DataStore, txn: lmdb.Transaction, cmd: Command, defaults: Defaults
+           ) -> list[ev.Event]:
     fn = _DECIDE.get(cmd.type)
     if fn is None:
         raise InvalidArgument(f"unknown command {cmd.type!r}")
-    return fn(store, txn, cmd)
+    return fn(store, txn, cmd, defaults)
+
+
+def _index(raw: dict[str, Any], defaults: Defaults) -> ev.IndexDef:
+    params = ev.fill_parameters(str(raw["kind"]), dict(raw.get("parameters") or {}),
+                                defaults.hnsw)
+    return ev.IndexDef(
+        id=raw["id"],
+        kind=raw["kind"],
+        requested=raw.get("requested", ""),
+        name=raw.get("name", ""),
+        parameters=params,
+        created_at=int(raw.get("created_at", 0)),
+        updated_at=int(raw.get("updated_at", 0)),
+    )
 
 
 def _db(store: DataStore, txn: lmdb.Transaction, db_id: str) -> dict[str, Any]:
@@ -50,15 +70,29 @@ def _db(store: DataStore, txn: lmdb.Transaction, db_id: str) -> dict[str, Any]:
     return db
 
 
-def _db_create(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[Draft]:
+def _db_create(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+               ) -> list[ev.Event]:
+    b = cmd.body
     # apply would overwrite the catalog entry and leave the old vectors behind it
-    if store.database(cmd.body["id"], txn) is not None:
-        raise Conflict("Database already exists", database_id=cmd.body["id"])
-    return [Draft("db.create", cmd.actor, cmd.body)]
+    if store.database(b["db"], txn) is not None:
+        raise Conflict("Database already exists", database_id=b["db"])
+    return [
+        ev.DbCreate(
+            db=b["db"],
+            name=b["name"],
+            description=b.get("description", ""),
+            dimension=b["dimension"],
+            metric=b["metric"],
+            index_type=b["index_type"],
+            index=_index(b["index"], d),
+            extra=b.get("extra", {}),
+        )
+    ]
 
 
-def _db_update(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[Draft]:
-    db = _db(store, txn, cmd.body["id"])
+def _db_update(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+               ) -> list[ev.Event]:
+    db = _db(store, txn, cmd.body["db"])
     changes = dict(cmd.body["changes"])
     if "dimension" in changes and changes["dimension"] != db["dimension"] and db["count"] > 0:
         raise InvalidArgument(
@@ -66,17 +100,18 @@ def _db_update(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[Dr
             code="dimension_locked",
         )
     new_index = changes.pop("new_index", None)
-    if new_index is not None:
-        changes["indexes"] = [new_index]
-    return [Draft("db.update", cmd.actor, {"id": db["id"], "changes": changes})]
+    indexes = [_index(new_index, d)] if new_index is not None else None
+    return [ev.DbUpdate(db=db["id"], changes=ev.DbChanges(indexes=indexes, **changes))]
 
 
-def _db_delete(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[Draft]:
-    _db(store, txn, cmd.body["id"])
-    return [Draft("db.delete", cmd.actor, {"id": cmd.body["id"]})]
+def _db_delete(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+               ) -> list[ev.Event]:
+    _db(store, txn, cmd.body["db"])
+    return [ev.DbDelete(db=cmd.body["db"])]
 
 
-def _vec_upsert(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[Draft]:
+def _vec_upsert(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+                ) -> list[ev.Event]:
     b = cmd.body
     db = _db(store, txn, b["db"])
     dim = db["dimension"]
@@ -115,18 +150,20 @@ def _vec_upsert(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[D
         resolved[vid] = md
         labels.append(label)
         metadata.append(md)
-    body = {
-        "db": db["id"],
-        "ids": ids,
-        "labels": labels,
-        "values": values,
-        "metadata": metadata,
-        "next_label": next_label,
-    }
-    return [Draft("vec.upsert", cmd.actor, body)]
+    return [
+        ev.VecUpsert(
+            db=db["id"],
+            ids=ids,
+            labels=labels,
+            values=values,
+            metadata=metadata,
+            next_label=next_label,
+        )
+    ]
 
 
-def _vec_delete(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[Draft]:
+def _vec_delete(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+                ) -> list[ev.Event]:
     b = cmd.body
     db = _db(store, txn, b["db"])
     ids, labels = [], []
@@ -138,28 +175,41 @@ def _vec_delete(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[D
             continue
         ids.append(vid)
         labels.append(old.label)
-    return [Draft("vec.delete", cmd.actor, {"db": db["id"], "ids": ids, "labels": labels})]
+    return [ev.VecDelete(db=db["id"], ids=ids, labels=labels)]
 
 
-def _index_create(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[Draft]:
+def _index_create(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+                  ) -> list[ev.Event]:
     _db(store, txn, cmd.body["db"])
-    return [Draft("index.create", cmd.actor, cmd.body)]
+    return [ev.IndexCreate(db=cmd.body["db"], index=_index(cmd.body["index"], d))]
 
 
-def _index_change(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[Draft]:
-    db = _db(store, txn, cmd.body["db"])
-    if not any(i["id"] == cmd.body["index_id"] for i in db["indexes"]):
-        raise NotFound("Index not found", index_id=cmd.body["index_id"])
-    return [Draft(cmd.type, cmd.actor, cmd.body)]
+def _index_change(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+                  ) -> list[ev.Event]:
+    b = cmd.body
+    db = _db(store, txn, b["db"])
+    if not any(i["id"] == b["index_id"] for i in db["indexes"]):
+        raise NotFound("Index not found", index_id=b["index_id"])
+    if cmd.type == "index.update":
+        return [ev.IndexUpdate(db=b["db"], index_id=b["index_id"],
+                               parameters=dict(b["parameters"]))]
+    return [ev.IndexDelete(db=b["db"], index_id=b["index_id"])]
 
 
-def _system_mode(store: DataStore, txn: lmdb.Transaction, cmd: Command) -> list[Draft]:
+def _system_mode(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+                 ) -> list[ev.Event]:
     if cmd.body.get("mode") not in ("readonly", "readwrite"):
         raise Conflict("mode must be readonly or readwrite")
-    return [Draft("system.mode", cmd.actor, {"mode": cmd.body["mode"]})]
+    return [ev.SystemMode(mode=cmd.body["mode"])]
 
 
-_DECIDE: dict[str, Callable[[DataStore, lmdb.Transaction, Command], list[Draft]]] = {
+def _system_promote(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+                    ) -> list[ev.Event]:
+    return [ev.SystemPromote(epoch=int(cmd.body["epoch"]),
+                             previous_primary=cmd.body.get("previous_primary"))]
+
+
+_DECIDE: dict[str, Callable[[DataStore, lmdb.Transaction, Command, Defaults], list[ev.Event]]] = {
     "db.create": _db_create,
     "db.update": _db_update,
     "db.delete": _db_delete,
@@ -169,4 +219,5 @@ _DECIDE: dict[str, Callable[[DataStore, lmdb.Transaction, Command], list[Draft]]
     "index.update": _index_change,
     "index.delete": _index_change,
     "system.mode": _system_mode,
+    "system.promote": _system_promote,
 }

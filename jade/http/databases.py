@@ -12,10 +12,10 @@ from aiohttp import web
 from jade.core.decide import Command
 from jade.engine import Engine
 from jade.errors import InvalidArgument, NotFound
-from jade.http.keys import ACTOR, ENGINE, SETTINGS, VISIBLE_DATABASES
+from jade.http.keys import ACTOR, ENGINE, VISIBLE_DATABASES
 from jade.http.middleware import json_response
 from jade.http.validate import opt_str, query_int, read_json, req_str
-from jade.indexes.manager import spec_of
+from jade.indexes.projection import catalog_spec
 from jade.stores.data import serving_index
 
 MAX_DIMENSION = 10000
@@ -38,7 +38,7 @@ def iso(ms: int) -> str:
 
 
 def engine_of(request: web.Request) -> Engine:
-    return request.app[ENGINE]  # type: ignore[no-any-return]
+    return request.app[ENGINE]
 
 
 def actor_of(request: web.Request) -> str:
@@ -97,7 +97,7 @@ def new_index(requested: str, kind: str, params: dict[str, int], name: str = "")
 
 def index_info(db: dict[str, Any], request: web.Request) -> dict[str, Any]:
     idx = serving_index(db)
-    spec = spec_of(db, request.app[SETTINGS])
+    spec = catalog_spec(db)
     if idx is None:
         return {"type": "FLAT", "servedBy": "flat", "note": "no index: exact search"}
     info: dict[str, Any] = {"indexId": idx["id"], "type": idx["requested"], "servedBy": idx["kind"]}
@@ -162,7 +162,7 @@ async def create(request: web.Request) -> web.Response:
     cmd = Command(
         "db.create",
         {
-            "id": db_id,
+            "db": db_id,
             "name": name,
             "description": opt_str(body, "description", max_len=4096),
             "dimension": dim,
@@ -231,7 +231,7 @@ async def update(request: web.Request) -> web.Response:
             "nothing to update: give name, description, vectorDimension or indexType"
         )
     await engine_of(request).submit(
-        Command("db.update", {"id": db["id"], "changes": changes}, actor_of(request))
+        Command("db.update", {"db": db["id"], "changes": changes}, actor_of(request))
     )
     return json_response(
         {"status": "success", "message": "Database updated", "databaseId": db["id"]}
@@ -240,5 +240,5 @@ async def update(request: web.Request) -> web.Response:
 
 async def delete(request: web.Request) -> web.Response:
     db_id = request.match_info["db"]
-    await engine_of(request).submit(Command("db.delete", {"id": db_id}, actor_of(request)))
+    await engine_of(request).submit(Command("db.delete", {"db": db_id}, actor_of(request)))
     return json_response({"status": "success", "message": "Database deleted", "databaseId": db_id})

@@ -22,10 +22,9 @@ from jade.http.databases import (
     index_type,
     new_index,
 )
-from jade.http.keys import SETTINGS
 from jade.http.middleware import json_response
 from jade.http.validate import opt_bool, opt_int, opt_number, opt_str, read_json, vector_rows
-from jade.indexes.manager import spec_of
+from jade.indexes.projection import catalog_spec
 from jade.indexes.tune import tune_ef
 from jade.stores.data import serving_index
 
@@ -36,7 +35,7 @@ def index_json(db: dict[str, Any], idx: dict[str, Any], request: web.Request) ->
     serving = serving_index(db)
     params = dict(idx["parameters"])
     if serving is not None and serving["id"] == idx["id"] and idx["kind"] == "hnsw":
-        spec = spec_of(db, request.app[SETTINGS])
+        spec = catalog_spec(db)
         params = {
             "M": spec.m,
             "efConstruction": spec.ef_construction,
@@ -166,7 +165,7 @@ async def tune(request: web.Request) -> web.Response:
     if len(live) < k:
         raise InvalidArgument(f"tuning needs at least topK={k} vectors; the database has "
                               f"{len(live)}", code="not_enough_vectors")
-    before = spec_of(db, request.app[SETTINGS]).ef_search
+    before = catalog_spec(db).ef_search
     t0 = time.perf_counter()
     result = await asyncio.get_running_loop().run_in_executor(
         None, tune_ef, live.index, live.metric, live.meta, queries, target, k)

@@ -65,7 +65,11 @@ async def health_db(request: web.Request) -> web.Response:
     db_ok, db_msg = _check_store(request)
     auth_check = request.app.get(AUTH_HEALTH)
     auth_ok, auth_msg = auth_check() if auth_check else (True, "ok")
-    healthy = db_ok and auth_ok
+    engine = engine_of(request)
+    # a projection that does not serve the log's state (an index that could not apply a
+    # committed record, an auth store behind the log) makes the node not ready
+    behind = engine.projections_behind() if engine.env is not None else {}
+    healthy = db_ok and auth_ok and not behind
     body = {
         "status": "healthy" if healthy else "degraded",
         "healthy": healthy,
@@ -73,6 +77,8 @@ async def health_db(request: web.Request) -> web.Response:
         "checks": {
             "authentication_db": {"status": auth_msg, "healthy": auth_ok},
             "vector_db": {"status": db_msg, "healthy": db_ok},
+            "projections": {"status": "ok" if not behind else "behind",
+                            "healthy": not behind, "behind": behind},
         },
     }
     return json_response(body, status=200 if healthy else 503)
@@ -90,15 +96,20 @@ def refresh_gauges(request: web.Request) -> None:
     m.wal_map_bytes.set(engine.env.map_size())
     # map growths: the storage operations that were redone after MapFullError
     grown = engine.env.grow_count + (engine.auth_env.grow_count if engine.auth_env else 0)
-    seen = getattr(m, "_grow_seen", 0)
-    if grown > seen:
-        m.db_query_retries.inc(grown - seen)
-        m._grow_seen = grown
+    if grown > m.map_grows_seen:
+        m.db_query_retries.inc(grown - m.map_grows_seen)
+        m.map_grows_seen = grown
     lives = list(engine.indexes.dbs.values())
     m.index_size.set(sum(x.index.memory_bytes() for x in lives))
     m.index_vectors.set(sum(len(x) for x in lives))
     age = engine.indexes.checkpoint_age_seconds()
     m.checkpoint_age.set(-1 if age is None else age)
+    for name, count in engine.projection_failures().items():
+        seen = m.projection_failures_seen.get(name, 0)
+        if count > seen:
+            m.projection_failures.labels(name).inc(count - seen)
+            m.projection_failures_seen[name] = count
+    m.projections_behind.set(len(engine.projections_behind()))
     if engine.auth_env is not None:
         now = time.time() * 1000
         m.active_sessions.set(sum(1 for s in engine.auth.sessions() if s["expires_at"] > now))

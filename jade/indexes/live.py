@@ -20,8 +20,11 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from jade import events as ev
 from jade.core.filters import Filter, index_terms
-from jade.indexes.vector_index import FlatIndex, HnswIndex, VectorIndex, exact_scores, top_k
+from jade.indexes.base import VectorIndex, exact_scores, top_k
+from jade.indexes.flat import FlatIndex
+from jade.indexes.hnsw import HnswIndex
 
 
 class IdLookup(Protocol):
@@ -78,6 +81,16 @@ class IndexSpec:
         return (self.index_id, self.kind, self.m, self.ef_construction)
 
 
+def spec_of(index: ev.IndexDef | None) -> IndexSpec:
+    """What the serving index ``index`` is built with (None: no index, an exact scan). The
+    event's parameters are complete (decided before the append)."""
+    if index is None:
+        return IndexSpec("", "flat", 0, 0, 0)
+    p = index.parameters
+    return IndexSpec(index.id, index.kind, int(p.get("M", 0)), int(p.get("efConstruction", 0)),
+                     int(p.get("efSearch", 0)))
+
+
 @dataclass(slots=True)
 class SearchStats:
     filter_cache_hit: bool | None = None  # None: no filter
@@ -95,11 +108,14 @@ class LiveDb:
         *,
         threads: int = 0,
         index: VectorIndex | None = None,
+        indexes: list[ev.IndexDef] | None = None,
     ) -> None:
         self.db_id = db_id
         self.dim = dim
         self.metric = metric
         self.spec = spec
+        # the database's indexes as folded from its events (the last one serves searches)
+        self.indexes: list[ev.IndexDef] = list(indexes or [])
         self.threads = threads
         self.index = index if index is not None else self.new_index(spec)
         self.meta: dict[int, Any] = {}  # label -> metadata, for every live vector
@@ -129,6 +145,22 @@ class LiveDb:
                 threads=self.threads,
             )
         return FlatIndex(self.dim, self.metric, capacity=capacity)
+
+    def rebuilt(self, indexes: list[ev.IndexDef]) -> LiveDb:
+        """A new LiveDb serving ``indexes[-1]`` (built with its parameters), holding this one's
+        vectors and metadata: the projection's own state, never the store's."""
+        spec = spec_of(indexes[-1] if indexes else None)
+        new = LiveDb(self.db_id, self.dim, self.metric, spec, threads=self.threads,
+                     indexes=indexes)
+        labels = np.fromiter(self.meta.keys(), dtype=np.int64, count=len(self.meta))
+        new.index = new.new_index(spec, capacity=max(1024, len(labels) + 1024))
+        for i in range(0, len(labels), 8192):
+            keep, vecs = self.index.get_present(labels[i : i + 8192])
+            new.upsert(keep, vecs, [self.meta[x] for x in keep.tolist()])
+        new._id_of = self._id_of
+        new.covered_lsn = self.covered_lsn
+        new.dirty = True
+        return new
 
     # -- writes (writer thread) ------------------------------------------------------------
     def upsert(self, labels: np.ndarray, vectors: np.ndarray, metadata: list[Any]) -> None:

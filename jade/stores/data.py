@@ -22,13 +22,12 @@ from typing import Any
 import lmdb
 import numpy as np
 
+from jade import events as ev
 from wal.codec import Record, pack, unpack
 from wal.lmdbenv import Env
 
 SEP = b"\x00"
-# record types that change what ``database_cached``/``mode_cached`` answer
-CATALOG_TYPES = frozenset({"db.create", "db.update", "db.delete", "index.create", "index.update",
-                           "index.delete", "system.mode"})
+STORE_SCHEMA = 2  # the fold's version (``schema``): 2 is the typed events' (``jade.events``)
 
 
 def vkey(db_id: str, vec_id: str) -> bytes:
@@ -87,9 +86,41 @@ class DataStore:
         self.vec = env.db(b"vec")
         self.lbl = env.db(b"lbl")
         self.sys = env.db(b"sys")
-        # bumped by the engine after every commit holding a CATALOG_TYPES record
+        # bumped by the engine after every commit holding a catalog event (``is_catalog``)
         self.catalog_version = 0
         self._cached = VersionedCache(lambda: self.catalog_version)
+
+    # -- the fold's own schema -----------------------------------------------------------------
+    def schema(self) -> int:
+        """The version of the fold that wrote this store (``STORE_SCHEMA``; 1: before the typed
+        events, when nothing recorded it)."""
+        try:
+            meta = self.env.db(b"meta")
+        except lmdb.Error:  # a read-only open of a store that never had one
+            return 1 if self.databases() or self.applied_lsn() else STORE_SCHEMA
+        with self.env.read() as txn:
+            raw = txn.get(b"schema", db=meta)
+        if raw is None:
+            return 1 if self.databases() or self.applied_lsn() else STORE_SCHEMA
+        return int(raw)
+
+    def upgrade(self) -> int:
+        """Bring a store written by an older fold to what the current fold of the same records
+        gives (so a fresh replay still equals it): schema 1 catalogs kept index parameters
+        partial and in another key order. Returns the schema it was at. Idempotent."""
+        was = self.schema()
+        meta = self.env.db(b"meta")
+
+        def body(txn: lmdb.Transaction) -> None:
+            if was < 2:
+                for key, raw in list(txn.cursor(db=self.dbs)):
+                    db = unpack(raw)
+                    db["indexes"] = [_upgrade_index_v1(i) for i in db["indexes"]]
+                    txn.put(key, pack(db), db=self.dbs)
+            txn.put(b"schema", str(STORE_SCHEMA).encode(), db=meta)
+
+        self.env.write(body)
+        return was
 
     # -- reads (any thread; each opens a short read transaction unless given one) --------------
     def applied_lsn(self, txn: lmdb.Transaction | None = None) -> int:
@@ -201,29 +232,39 @@ class DataStore:
         return [raw.decode() if raw is not None else None for raw in raws]
 
     # -- apply (writer thread, inside the log's transaction) -----------------------------------
-    def apply(self, txn: lmdb.Transaction, rec: Record) -> None:
-        handler = _APPLY.get(rec.type)
+    def apply(self, txn: lmdb.Transaction, rec: Record, event: ev.Event) -> None:
+        """Fold one event into the catalog and vectors, in the log's transaction (so the store's
+        applied LSN moves with the log, record by record)."""
+        handler = _APPLY.get(event.type)
         if handler is not None:
-            handler(self, txn, rec)
+            handler(self, txn, rec, event)
         txn.put(b"applied_lsn", rec.lsn.to_bytes(8, "big"), db=self.sys)
+
+    def apply_group(self, entries: list[tuple[Record, ev.Event]]) -> None:
+        """Replay: fold ``entries`` (in LSN order, right after ``applied_lsn``) in one write
+        transaction of the store's own (see ``jade.engine.replay``)."""
+
+        def body(txn: lmdb.Transaction) -> None:
+            for rec, event in entries:
+                self.apply(txn, rec, event)
+
+        self.env.write(body)
 
     def _put_db(self, txn: lmdb.Transaction, db: dict[str, Any]) -> None:
         txn.put(db["id"].encode(), pack(db), db=self.dbs)
 
-    def _db_create(self, txn: lmdb.Transaction, rec: Record) -> None:
-        b = rec.body
+    def _db_create(self, txn: lmdb.Transaction, rec: Record, e: ev.DbCreate) -> None:
         now = ms(rec.ts)
-        index = dict(b["index"])
-        index["created_at"] = index["updated_at"] = now
+        index = _index_dict(e.index, now)
         db = {
-            "id": b["id"],
-            "name": b["name"],
-            "description": b.get("description", ""),
-            "dimension": b["dimension"],
-            "metric": b["metric"],
-            "index_type": b["index_type"],
+            "id": e.db,
+            "name": e.name,
+            "description": e.description,
+            "dimension": e.dimension,
+            "metric": e.metric,
+            "index_type": e.index_type,
             "indexes": [index],
-            "extra": b.get("extra", {}),
+            "extra": e.extra,
             "created_at": now,
             "updated_at": now,
             "count": 0,
@@ -232,22 +273,25 @@ class DataStore:
         }
         self._put_db(txn, db)
 
-    def _db_update(self, txn: lmdb.Transaction, rec: Record) -> None:
-        db = self.database(rec.body["id"], txn)
+    def _db_update(self, txn: lmdb.Transaction, rec: Record, e: ev.DbUpdate) -> None:
+        db = self.database(e.db, txn)
         if db is None:
             return
-        changes = dict(rec.body["changes"])
         now = ms(rec.ts)
-        if "indexes" in changes:  # copies: the record's body is never modified
+        changes = e.changes.fields()
+        if e.changes.indexes is not None:
+            # a replaced index list keeps the times the record carries (set by the handler)
             changes["indexes"] = [
-                {"created_at": now, "updated_at": now, **i} for i in changes["indexes"]
+                {**_index_dict(i, now), "created_at": i.created_at or now,
+                 "updated_at": i.updated_at or now}
+                for i in e.changes.indexes
             ]
         db.update(changes)
         db["updated_at"] = now
         self._put_db(txn, db)
 
-    def _db_delete(self, txn: lmdb.Transaction, rec: Record) -> None:
-        db_id = rec.body["id"]
+    def _db_delete(self, txn: lmdb.Transaction, rec: Record, e: ev.DbDelete) -> None:
+        db_id = e.db
         txn.delete(db_id.encode(), db=self.dbs)
         for sub in (self.vec, self.lbl):
             pre = prefix(db_id)
@@ -257,19 +301,16 @@ class DataStore:
                     if not cur.delete():
                         break
 
-    def _vec_upsert(self, txn: lmdb.Transaction, rec: Record) -> None:
-        b = rec.body
-        db_id = b["db"]
+    def _vec_upsert(self, txn: lmdb.Transaction, rec: Record, e: ev.VecUpsert) -> None:
+        db_id = e.db
         db = self.database(db_id, txn)
         if db is None:
             return
         dim = db["dimension"]
-        values: bytes = b["values"]
+        values = e.values
         row = dim * 4
         added = 0
-        for i, (vid, label, md) in enumerate(
-            zip(b["ids"], b["labels"], b["metadata"], strict=True)
-        ):
+        for i, (vid, label, md) in enumerate(zip(e.ids, e.labels, e.metadata, strict=True)):
             key = vkey(db_id, vid)
             old = txn.get(key, db=self.vec)
             if old is None:
@@ -277,23 +318,22 @@ class DataStore:
                 txn.put(lkey(db_id, label), vid.encode(), db=self.lbl)
             txn.put(key, pack([label, values[i * row : (i + 1) * row], md]), db=self.vec)
         db["count"] += added
-        db["next_label"] = max(db["next_label"], b["next_label"])
+        db["next_label"] = max(db["next_label"], e.next_label)
         db["updated_at"] = ms(rec.ts)
         self._put_db(txn, db)
 
-    def _vec_delete(self, txn: lmdb.Transaction, rec: Record) -> None:
-        b = rec.body
-        db_id = b["db"]
+    def _vec_delete(self, txn: lmdb.Transaction, rec: Record, e: ev.VecDelete) -> None:
+        db_id = e.db
         db = self.database(db_id, txn)
         if db is None:
             return
         removed = 0
-        for vid in b["ids"]:
+        for vid in e.ids:
             key = vkey(db_id, vid)
             raw = txn.get(key, db=self.vec)
             if raw is None:
                 continue
-            label = unpack(raw)[0]  # the record's "labels" say the same; the index uses those
+            label = unpack(raw)[0]  # the event's labels say the same; the index uses those
             txn.delete(key, db=self.vec)
             txn.delete(lkey(db_id, label), db=self.lbl)
             removed += 1
@@ -301,37 +341,62 @@ class DataStore:
         db["updated_at"] = ms(rec.ts)
         self._put_db(txn, db)
 
-    def _index_create(self, txn: lmdb.Transaction, rec: Record) -> None:
-        db = self.database(rec.body["db"], txn)
+    def _index_create(self, txn: lmdb.Transaction, rec: Record, e: ev.IndexCreate) -> None:
+        db = self.database(e.db, txn)
         if db is None:
             return
-        index = dict(rec.body["index"])
-        index["created_at"] = index["updated_at"] = ms(rec.ts)
-        db["indexes"].append(index)
+        db["indexes"].append(_index_dict(e.index, ms(rec.ts)))
         self._put_db(txn, db)
 
-    def _index_update(self, txn: lmdb.Transaction, rec: Record) -> None:
-        db = self.database(rec.body["db"], txn)
+    def _index_update(self, txn: lmdb.Transaction, rec: Record, e: ev.IndexUpdate) -> None:
+        db = self.database(e.db, txn)
         if db is None:
             return
         for index in db["indexes"]:
-            if index["id"] == rec.body["index_id"]:
-                index["parameters"] = {**index["parameters"], **rec.body["parameters"]}
+            if index["id"] == e.index_id:
+                index["parameters"] = {**index["parameters"], **e.parameters}
                 index["updated_at"] = ms(rec.ts)
         self._put_db(txn, db)
 
-    def _index_delete(self, txn: lmdb.Transaction, rec: Record) -> None:
-        db = self.database(rec.body["db"], txn)
+    def _index_delete(self, txn: lmdb.Transaction, rec: Record, e: ev.IndexDelete) -> None:
+        db = self.database(e.db, txn)
         if db is None:
             return
-        db["indexes"] = [i for i in db["indexes"] if i["id"] != rec.body["index_id"]]
+        db["indexes"] = [i for i in db["indexes"] if i["id"] != e.index_id]
         self._put_db(txn, db)
 
-    def _system_mode(self, txn: lmdb.Transaction, rec: Record) -> None:
-        txn.put(b"mode", rec.body["mode"].encode(), db=self.sys)
+    def _system_mode(self, txn: lmdb.Transaction, rec: Record, e: ev.SystemMode) -> None:
+        txn.put(b"mode", e.mode.encode(), db=self.sys)
 
 
-_APPLY = {
+def _upgrade_index_v1(index: dict[str, Any]) -> dict[str, Any]:
+    params = ev.fill_parameters(str(index["kind"]), dict(index.get("parameters") or {}),
+                                ev.V1_HNSW_DEFAULTS)
+    return {
+        "id": index["id"],
+        "name": index.get("name", ""),
+        "requested": index.get("requested", ""),
+        "kind": index["kind"],
+        "parameters": params,
+        "created_at": index["created_at"],
+        "updated_at": index["updated_at"],
+    }
+
+
+def _index_dict(index: ev.IndexDef, now: int) -> dict[str, Any]:
+    """An index as the catalog keeps it, created and updated at the record's time."""
+    return {
+        "id": index.id,
+        "name": index.name,
+        "requested": index.requested,
+        "kind": index.kind,
+        "parameters": dict(index.parameters),
+        "created_at": now,
+        "updated_at": now,
+    }
+
+
+_APPLY: dict[str, Callable[[DataStore, lmdb.Transaction, Record, Any], None]] = {
     "db.create": DataStore._db_create,
     "db.update": DataStore._db_update,
     "db.delete": DataStore._db_delete,

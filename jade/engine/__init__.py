@@ -1,0 +1,177 @@
+"""The engine: one data directory's log, its projections, and the one write path.
+
+    handler -> Command -> Engine.submit -> commit.Writer (gate, decide, append, apply, commit,
+                                                          project, publish: ``commit.py``)
+
+Projections, each a fold of the log's events with the LSN it has applied:
+  - ``store``   catalog + vectors (``jade.stores.data``), in the log's LMDB file and
+                transaction: always level with the log after a commit;
+  - ``auth``    users, keys, sessions, grants, blocks (``jade.auth.store``), its own file;
+  - ``indexes`` the in-memory indexes (``jade.indexes.projection``), with checkpoints.
+On open, each catches up from its own applied LSN through ``replay.replay``.
+
+One process owns a data directory: ``open`` takes its lock (``jade.datadir``), so a second
+server or an offline tool that writes is refused while this one runs.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from jade import datadir
+from jade.auth.store import AuthStore
+from jade.core.decide import Command
+from jade.engine.commit import Writer
+from jade.engine.replay import replay
+from jade.errors import Unavailable
+from jade.indexes.projection import IndexProjection
+from jade.settings import Settings
+from jade.stores.data import DataStore
+from wal.codec import Record
+from wal.lmdbenv import Env
+from wal.log import Log
+
+log = logging.getLogger(__name__)
+
+# The LSN of the last record the current request wrote (0: none); the HTTP layer returns it as
+# the ``X-LSN`` header so clients can ask a replica for read-your-writes (``X-Min-LSN``).
+written_lsn: contextvars.ContextVar[int] = contextvars.ContextVar("written_lsn", default=0)
+
+
+@dataclass(slots=True)
+class OpenReport:
+    unclean: bool = False  # the previous run did not close (crash, kill -9)
+    store_replayed: int = 0
+    auth_replayed: int = 0
+    index: dict[str, Any] = field(default_factory=dict)
+    seconds: float = 0.0
+    last_lsn: int = 0
+
+
+class Engine:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.env: Env | None = None
+        self.log: Log
+        self.store: DataStore
+        self.indexes: IndexProjection
+        self.auth_env: Env | None = None
+        self.auth: AuthStore
+        self.writer: Writer | None = None
+        self.report = OpenReport()
+        self.group_observers: list[Any] = []
+        # "primary", or "replica" while following settings.primary_url (set by the follower)
+        self.role = "primary"
+        self.started_at = time.time()
+        self._lock: datadir.DataDirLock | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+    def open(self) -> OpenReport:
+        t0 = time.perf_counter()
+        s = self.settings
+        self._lock = datadir.hold(s.data_dir, "jade engine")
+        try:
+            return self._open(t0)
+        except BaseException:
+            self._release()
+            raise
+
+    def _open(self, t0: float) -> OpenReport:
+        s = self.settings
+        os.makedirs(s.data_dir, exist_ok=True)
+        self._marker = s.db_path + ".running"
+        self.report.unclean = os.path.exists(self._marker)
+        with open(self._marker, "w") as fh:
+            fh.write(str(os.getpid()))
+        self.env = Env(s.db_path, map_size=s.initial_map_bytes)
+        self.log = Log(self.env)
+        self.store = DataStore(self.env)
+        if self.store.upgrade() < 2:
+            log.info("data store upgraded to the typed events' schema (index parameters "
+                     "complete, as the upgraded records say)")
+        # the store shares the log's transactions: behind only after a restore or re-seed
+        self.report.store_replayed = replay(self.log, self.store)
+        self.auth_env = Env(s.auth_db_path, map_size=min(s.initial_map_bytes, 16 << 20))
+        self.auth = AuthStore(self.auth_env)
+        self.report.auth_replayed = replay(self.log, self.auth)
+        self.indexes = IndexProjection(self.store, s.index_dir, threads=s.index_threads)
+        self.report.index = self.indexes.open(self.log)
+        self.writer = Writer(self, max_group=s.max_group_records, on_group=self._on_group)
+        self.report.seconds = time.perf_counter() - t0
+        self.report.last_lsn = self.log.last_lsn
+        return self.report
+
+    def close(self, checkpoint: bool = True) -> None:
+        auth_level = False  # unknown without the writer: start-up scans from the durable LSN
+        if self.writer is not None:
+            self.writer.close()
+            auth_level = self.writer.auth.level()
+            self.writer = None
+        if checkpoint and self.env is not None:
+            self.indexes.checkpoint()
+        if self.auth_env is not None:
+            if auth_level and self.env is not None:
+                # every record up to the tail is folded (the ones since the last auth commit
+                # held nothing of auth): a start-up need not scan them again
+                last = self.log.last_lsn
+                self.auth_env.write(lambda txn: self.auth.set_applied(txn, last))
+            self.auth_env.sync()
+            self.auth_env.close()
+            self.auth_env = None
+        if self.env is not None:
+            self.env.sync()
+            self.env.close()
+            self.env = None
+            try:
+                os.remove(self._marker)
+            except OSError:
+                pass
+        self._release()
+
+    def _release(self) -> None:
+        if self._lock is not None:
+            self._lock.release()
+            self._lock = None
+
+    # -- writes ------------------------------------------------------------------------------
+    async def submit(self, cmd: Command) -> list[Record]:
+        """Append the command's records durably and apply them. Raises the command's refusal
+        (``NotFound``, ``ReadOnly``, ``NotPrimary``...) without writing anything."""
+        if self.writer is None:
+            raise Unavailable("the server is shutting down")
+        records = await self.writer.submit_async(cmd, cmd.size)
+        if records:
+            written_lsn.set(records[-1].lsn)
+        return records
+
+    def submit_sync(self, cmd: Command) -> list[Record]:
+        """For tools and tests without an event loop."""
+        if self.writer is None:
+            raise Unavailable("the engine is closed")
+        return self.writer.submit(cmd, cmd.size).result()
+
+    def mode(self) -> str:
+        return self.store.mode_cached()
+
+    def projections_behind(self) -> dict[str, str]:
+        """Projections that do not serve the log's state now, and why (empty: all level)."""
+        out: dict[str, str] = {}
+        if self.writer is not None and self.writer.auth.behind is not None:
+            out["auth"] = self.writer.auth.behind
+        for db_id, why in self.indexes.failed.items():
+            out[f"index {db_id}"] = why
+        return out
+
+    def projection_failures(self) -> dict[str, int]:
+        """Committed records each projection could not apply, since this engine opened."""
+        auth = self.writer.auth.failures if self.writer is not None else 0
+        return {"index": self.indexes.failures, "auth": auth}
+
+    def _on_group(self, requests: int, records: int, seconds: float) -> None:
+        for fn in self.group_observers:
+            fn(requests, records, seconds)

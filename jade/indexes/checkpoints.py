@@ -1,0 +1,284 @@
+"""Index checkpoint storage: the files of one database's saved index, and nothing of the fold.
+
+A checkpoint of one database is ``<index_dir>/<db id>/index.json`` and the files it names: the
+index file and whatever the index writes beside it (``<file><suffix>``), and the metadata file
+``<file>.metadata.msgpack`` (labels, metadata, inverted terms: ``checkpoint.py``). All of them
+or none: a missing or damaged member makes the whole checkpoint not usable (the projection then
+rebuilds).
+
+``index.json`` (format 3) carries the projection's own state of the database at the LSN it
+covers — dimension, metric and its list of indexes with their complete parameters — so a
+start-up from it needs neither the catalog nor the settings. Format 2 files (before the typed
+events) lack that list: they are not used, and the database is rebuilt once from the store.
+
+Crash safety: a capture is written under a name no file has, fsynced and renamed, and only then
+does ``index.json`` switch to it (``write_atomic``); the old files are removed last. A crash at
+any point leaves one whole checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import msgspec
+
+from jade import events as ev
+from jade.indexes import checkpoint as ckpt
+from jade.indexes.base import IndexCapture, VectorIndex
+from jade.indexes.flat import FlatIndex
+from jade.indexes.hnsw import HnswIndex
+from jade.indexes.live import LiveDb, spec_of
+from wal.files import fsync_path, write_atomic
+
+log = logging.getLogger(__name__)
+
+FORMAT = 3  # 3: the database's own state (dim, metric, indexes) is in index.json
+MD_SUFFIX = ".metadata.msgpack"  # the metadata file: ``<index file><MD_SUFFIX>``
+# every name in a checkpoint directory: ``index.json`` (and its ``write_atomic`` tmp file), the
+# files of a checkpoint (``<kind>-<lsn>[-k].bin...``)
+_NAMES = ("index.json", "index.json.tmp")
+_PREFIXES = ("hnsw-", "flat-")
+
+
+@dataclass(slots=True)
+class Capture:
+    """One database's checkpoint as ``capture`` took it (under the projection's lock)."""
+
+    db_id: str
+    live: LiveDb  # the LiveDb captured: if the projection holds another one now, it is stale
+    name: str  # the checkpoint's file name, not used in the directory yet
+    index: IndexCapture
+    meta: dict[int, Any]
+    terms: ckpt.Terms
+    doc: dict[str, Any]  # its index.json, but for the metadata file and the save time
+
+
+class CheckpointStore:
+    """The checkpoint files under ``directory``. ``current(db_id)`` tells which LiveDb the
+    projection holds now: a save whose capture is no longer current is dropped."""
+
+    def __init__(self, directory: str, current: Callable[[str], LiveDb | None],
+                 files_lock: Any, threads: int = 0) -> None:
+        self.dir = directory
+        self._current = current
+        self._files_lock = files_lock  # index.json switches vs directory removal
+        self.threads = threads
+        self.saved: dict[str, dict[str, Any]] = {}  # db id -> its index.json on disk
+
+    def paths(self, db_id: str) -> tuple[str, str]:
+        base = os.path.join(self.dir, db_id)
+        return base, os.path.join(base, "index.json")
+
+    # -- loading ----------------------------------------------------------------------------
+    def load(self, db_id: str, first_lsn: int, applied: int, secs: dict[str, float]
+             ) -> LiveDb | None:
+        """The database's checkpoint as a LiveDb at the LSN it covers, or None when it is not
+        usable: missing, of another format, not replayable from the retained log, newer than
+        the store, or any of its files missing, damaged or disagreeing on the vector count."""
+        base, meta_path = self.paths(db_id)
+        try:
+            with open(meta_path) as fh:
+                meta = json.load(fh)
+            if meta.get("format") != FORMAT:
+                log.info("index checkpoint of %s is of format %s (want %d); rebuilding once",
+                         db_id, meta.get("format"), FORMAT, extra={"db": db_id})
+                return None
+            md_file = str(meta["metadata"]["file"])
+            count = int(meta["count"])
+            lsn = int(meta["lsn"])
+            dim, metric = int(meta["dim"]), str(meta["metric"])
+            indexes = msgspec.convert(meta["indexes"], list[ev.IndexDef])
+            ok = int(meta["metadata"]["count"]) == count
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, KeyError, TypeError, msgspec.ValidationError) as exc:
+            log.warning("index checkpoint of %s unreadable (%s); rebuilding", db_id, exc,
+                        extra={"db": db_id})
+            return None
+        spec = spec_of(indexes[-1] if indexes else None)
+        ok = (ok and meta.get("build_key") == list(spec.build_key())
+              and lsn <= applied and lsn + 1 >= first_lsn)
+        if not ok:
+            log.info("index checkpoint of %s not usable (LSN %d, log from %d, store at %d); "
+                     "rebuilding", db_id, lsn, first_lsn, applied, extra={"db": db_id})
+            return None
+        path = os.path.join(base, meta["file"])
+        try:
+            t = time.perf_counter()
+            index: VectorIndex
+            if spec.kind == "hnsw":
+                index = HnswIndex.load(path, dim, metric, m=spec.m,
+                                       ef_construction=spec.ef_construction,
+                                       ef_search=spec.ef_search, threads=self.threads)
+            else:
+                index = FlatIndex.load(path, dim, metric)
+            t2 = time.perf_counter()
+            secs["index_files"] += t2 - t
+            if len(index) != count:
+                raise ckpt.CheckpointError(f"index file holds {len(index)} vectors, want {count}")
+            md, terms = ckpt.read_metadata(os.path.join(base, md_file), count)
+            secs["metadata"] += time.perf_counter() - t2
+        except Exception as exc:  # a damaged file: never trust it, rebuild instead
+            log.warning("index checkpoint of %s unreadable (%s); rebuilding", db_id, exc,
+                        extra={"db": db_id})
+            return None
+        live = LiveDb(db_id, dim, metric, spec, threads=self.threads, index=index,
+                      indexes=indexes)
+        live.meta, live.terms = md, terms
+        live.covered_lsn = lsn
+        self.saved[db_id] = meta
+        return live
+
+    # -- saving -----------------------------------------------------------------------------
+    def capture(self, db_id: str, live: LiveDb) -> Capture:
+        """Under the projection's lock: the database as of ``live.covered_lsn``. Memory copies
+        only. Also creates the directory: only here, under the lock, so a save finishing after
+        a ``db.delete`` cannot bring it back."""
+        base = self.paths(db_id)[0]
+        os.makedirs(base, exist_ok=True)
+        present = set(os.listdir(base))
+        kind, lsn = live.index.kind, live.covered_lsn
+        name, k = f"{kind}-{lsn}.bin", 0
+        while any(f.startswith(name) for f in present):  # never overwrite a live member
+            k += 1
+            name = f"{kind}-{lsn}-{k}.bin"
+        index = live.index.capture()
+        meta, terms = live.capture_metadata()  # last: nothing may fail after it (release)
+        doc = {
+            "format": FORMAT,
+            "lsn": lsn,
+            "file": name,
+            "build_key": list(live.spec.build_key()),
+            "dim": live.dim,
+            "metric": live.metric,
+            "indexes": msgspec.to_builtins(live.indexes),
+            "count": len(live),
+        }
+        return Capture(db_id, live, name, index, meta, terms, doc)
+
+    def save(self, cap: Capture) -> bool:
+        """Write a capture as a complete new checkpoint, switch ``index.json`` to it, remove
+        the old one. Runs without the projection's lock. Returns False when the database was
+        deleted or rebuilt meanwhile (nothing of this save is left then)."""
+        base, meta_path = self.paths(cap.db_id)
+        name, tmp = cap.name, cap.name + ".tmp"
+        try:
+            cap.index.write(os.path.join(base, tmp))
+            for f in os.listdir(base):
+                if f.startswith(tmp):
+                    fsync_path(os.path.join(base, f))
+                    os.replace(os.path.join(base, f), os.path.join(base, name + f[len(tmp):]))
+            md_file = name + MD_SUFFIX
+            count = ckpt.write_metadata(os.path.join(base, md_file), cap.meta, cap.terms)
+            fsync_path(base)  # the renames are durable before index.json names the files
+        except OSError:
+            if self.stale(cap):  # its directory went away under the writes
+                return False
+            raise
+        meta = {**cap.doc, "metadata": {"file": md_file, "count": count}, "saved_at": time.time()}
+        with self._files_lock:
+            current = self._current(cap.db_id) is cap.live
+            if current:
+                _write_json(meta_path, meta)
+                self.saved[cap.db_id] = meta
+        if not current:
+            self.stale(cap)
+            return False
+        for old in _listdir(base):
+            if old.startswith(_PREFIXES) and not old.startswith(name):
+                try:
+                    os.remove(os.path.join(base, old))
+                except FileNotFoundError:
+                    pass  # the database was deleted meanwhile
+        return True
+
+    def stale(self, cap: Capture) -> bool:
+        """Whether the database of ``cap`` was deleted or replaced since the capture; if so,
+        remove what its save wrote (a deleted database's whole directory)."""
+        with self._files_lock:
+            live = self._current(cap.db_id)
+            if live is cap.live:
+                return False
+            base = self.paths(cap.db_id)[0]
+            if live is None:
+                shutil.rmtree(base, ignore_errors=True)
+            else:
+                for f in _listdir(base):
+                    if f.startswith(cap.name):
+                        os.remove(os.path.join(base, f))
+        log.info(
+            "index checkpoint of %s at LSN %d dropped: the database was %s while it was saved",
+            cap.db_id, cap.doc["lsn"], "deleted" if live is None else "replaced",
+            extra={"db": cap.db_id},
+        )
+        return True
+
+    def advance(self, db_id: str, live: LiveDb, lsn: int) -> None:
+        """Move a clean checkpoint's ``index.json`` to ``lsn`` (same files), unless the
+        database was deleted or rebuilt since ``lsn`` was read."""
+        with self._files_lock:
+            saved = self.saved.get(db_id)
+            if saved is None or saved.get("lsn") == lsn or self._current(db_id) is not live:
+                return
+            meta = {**saved, "lsn": lsn}
+            _write_json(self.paths(db_id)[1], meta)
+            self.saved[db_id] = meta
+
+    def remove(self, db_id: str) -> None:
+        """After the database left the projection: a save in flight sees that before it
+        switches ``index.json`` and drops its files (``stale``)."""
+        with self._files_lock:
+            self.saved.pop(db_id, None)
+            shutil.rmtree(self.paths(db_id)[0], ignore_errors=True)
+
+    def oldest_lsn(self) -> int | None:
+        """The lowest LSN a checkpoint on disk covers (None: there is none)."""
+        with self._files_lock:
+            return min((int(m["lsn"]) for m in self.saved.values()), default=None)
+
+    # -- orphans ----------------------------------------------------------------------------
+    def listed_dirs(self) -> list[str]:
+        try:
+            return [n for n in os.listdir(self.dir) if os.path.isdir(os.path.join(self.dir, n))]
+        except FileNotFoundError:
+            return []
+
+    def remove_orphans(self, listed: list[str], known: set[str]) -> None:
+        """Remove the checkpoint directories of databases not in the store (left by a crash
+        between a ``db.delete`` commit and the removal of its directory, or restored from a
+        snapshot that had one). ``listed`` was read before ``known``, so a database created
+        meanwhile cannot be taken for an orphan. A directory holding anything but checkpoint
+        files is left alone."""
+        for name in listed:
+            if name in known:
+                continue
+            path = os.path.join(self.dir, name)
+            try:
+                files = os.listdir(path)
+            except OSError:
+                continue
+            if all(f in _NAMES or f.startswith(_PREFIXES) for f in files):
+                shutil.rmtree(path, ignore_errors=True)
+                log.info("removed the index checkpoint directory %s (%d files): database %s is "
+                         "not in the store", path, len(files), name, extra={"db": name})
+            else:
+                log.warning("%s: not a database in the store, but holds files other than a "
+                            "checkpoint's; left alone", path, extra={"db": name})
+
+
+def _write_json(path: str, doc: dict[str, Any]) -> None:
+    write_atomic(path, json.dumps(doc).encode())
+
+
+def _listdir(path: str) -> list[str]:
+    try:
+        return os.listdir(path)
+    except FileNotFoundError:
+        return []
