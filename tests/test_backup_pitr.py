@@ -9,8 +9,12 @@ The helpers at the top (state digest, oracle replay, recall) are shared by the o
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import json
 import os
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -20,20 +24,22 @@ from typing import Any
 import numpy as np
 import pytest
 
-from jade.auth.store import AUTH_TYPES, AuthStore
+from jade import events as ev
+from jade.auth.store import AuthStore
 from jade.backup import archive, snapshot
 from jade.backup.jobs import Backups
 from jade.backup.restore import RestoreError, restore, target_settings, window
 from jade.backup.verify import verify_dir
 from jade.core.decide import Command
 from jade.engine import Engine
+from jade.events import AUTH_TYPES
 from jade.http.keys import BACKUPS, ENGINE, SCHEDULER
 from jade.settings import Settings
 from jade.stores.data import DataStore
-from tests.conftest import make_settings
-from tests.test_index_checkpoint import create_cmd
+from tests.conftest import ROOT, make_settings
+from tests.test_index_checkpoint import create_cmd, upsert_cmd
 from tools.restore_cmd import parse_time
-from wal.codec import Record, decode, unpack
+from wal.codec import Record, decode, pack, unpack
 from wal.lmdbenv import Env
 from wal.log import Log
 
@@ -84,9 +90,9 @@ def replay_digest(records: list[Record], upto: int) -> dict[str, Any]:
         try:
             store, auth = DataStore(denv), AuthStore(aenv)
             for rec in records[:upto]:
-                denv.write(lambda txn, rec=rec: store.apply(txn, rec))
+                denv.write(lambda txn, rec=rec: store.apply(txn, rec, ev.of(rec)))
                 if rec.type in AUTH_TYPES:
-                    aenv.write(lambda txn, rec=rec: auth.apply(txn, rec))
+                    aenv.write(lambda txn, rec=rec: auth.apply(txn, rec, ev.of(rec)))
             return digest_envs(denv, aenv)
         finally:
             denv.close()
@@ -281,8 +287,8 @@ async def test_restore_to_every_point_by_lsn_and_time(
     st, body = await admin.delete(f"/v1/users/{alice['user_id']}")
     assert st == 200, body
     markers.append(await marker(engine))
-    # one more record, so the last marker's time lies inside the log (a time past the last
-    # record is refused: nothing says the log is complete up to it)
+    # one more record, so the last marker's time lies between two records (its restore must
+    # stop before this one)
     await store(main, vectors(rng, 1, "z"))
     history += engine.log.read(history[-1].lsn, verify=True)
 
@@ -344,7 +350,7 @@ async def test_restore_to_every_point_by_lsn_and_time(
         ({"ts": before_ts}, "before the window"),
         ({"ts": markers[0][1] - 10_000_000_000}, "before the window"),
         ({"lsn": history[-1].lsn + 1}, "past the end"),
-        ({"ts": time.time_ns() + 3_600_000_000_000}, "past the last record"),
+        ({"ts": time.time_ns() + 3_600_000_000_000}, "after what the live log is known to cover"),
     ):
         target = str(tmp_path / "outside")
         with pytest.raises(RestoreError, match=msg):
@@ -412,6 +418,17 @@ async def test_window_times_round_trip(server: Any, settings: Settings, tmp_path
             restore, settings, target, ts=parse_time(w[key]), source_log=engine.log
         )
         assert res["target_lsn"] == want, (key, w, res)
+    # the upper bound of a time target: the live log, read when the window was asked for
+    assert w["latest_restorable_by"] == "live log"
+    assert parse_time(w["latest_restorable_time"]) >= engine.log.last_ts
+    res = await asyncio.to_thread(
+        restore,
+        settings,
+        str(tmp_path / "restorable"),
+        ts=parse_time(w["latest_restorable_time"]),
+        source_log=engine.log,
+    )
+    assert res["target_lsn"] == engine.log.last_lsn, (w, res)
     # a restore's own printed target time leads back to the same LSN
     res2 = await asyncio.to_thread(
         restore,
@@ -476,3 +493,214 @@ def test_truncation_stops_at_the_oldest_index_checkpoint(settings: Settings) -> 
         assert engine.log.first_lsn == snap.lsn + 1
     finally:
         engine.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# the upper bound of a time target: what the sources read are known to cover
+
+
+def upsert_sync(engine: Engine, db_id: str, vecs: list[dict[str, Any]]) -> int:
+    """One upsert record through the engine's writer; its LSN."""
+    engine.submit_sync(upsert_cmd(db_id, [(v["id"], v["values"], v["metadata"]) for v in vecs]))
+    return engine.log.last_lsn
+
+
+def jade_cli(s: Settings, *args: str) -> subprocess.CompletedProcess[str]:
+    """``jade ARGS`` as an operator runs it, on the data directory of ``s``."""
+    env = {
+        **os.environ,
+        "JADEVECTORDB_DATA_DIR": s.data_dir,
+        "JADEVECTORDB_CONFIG_DIR": s.config_dir,
+        "PYTHONPATH": ROOT,
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "tools", *args],
+        env=env,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def one_line_failure(r: subprocess.CompletedProcess[str], *wanted: str) -> str:
+    """A refused restore: exit 1, one line on stderr naming every ``wanted`` piece, no
+    traceback."""
+    assert r.returncode == 1, (r.returncode, r.stdout, r.stderr)
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in r.stderr, r.stderr
+    for w in wanted:
+        assert w in lines[0], (w, lines[0])
+    return lines[0]
+
+
+def small_history(settings: Settings) -> tuple[Engine, snapshot.SnapshotInfo]:
+    """An engine on ``settings`` (closed by the caller): a database, 20 vectors, a snapshot,
+    5 more vectors, then the vector "last" (the last record)."""
+    rng = np.random.default_rng(11)
+    engine = open_engine(settings)
+    engine.submit_sync(create_cmd("main", "flat", dim=DIM))
+    upsert_sync(engine, "main", vectors(rng, 20, "a"))
+    assert engine.env is not None and engine.auth_env is not None
+    snap = snapshot.create(engine.env, engine.auth_env, settings.index_dir, settings.backup_dir)
+    upsert_sync(engine, "main", vectors(rng, 5, "b"))
+    upsert_sync(engine, "main", [{"id": "last", "values": [0.25] * DIM, "metadata": {}}])
+    return engine, snap
+
+
+def test_a_time_after_the_last_record_restores_from_the_live_log(
+    settings: Settings, tmp_path: Any
+) -> None:
+    """The live log read now covers up to now: a time after its last record (and before the
+    moment of reading) is the state after that record, beside a server and offline."""
+    engine, snap = small_history(settings)
+    try:
+        last = engine.log.get(engine.log.last_lsn)
+        assert last is not None
+        time.sleep(0.01)
+        text = rfc3339(time.time_ns())  # after the last record ...
+        time.sleep(0.01)  # ... and before the restore reads the log
+        t = parse_time(text)
+        assert last.ts < t < time.time_ns()
+        history = engine.log.read(0, verify=True)
+        want = replay_digest(history, last.lsn)
+        # beside the server: its open log
+        beside = str(tmp_path / "beside")
+        res = restore(settings, beside, ts=t, source_log=engine.log)
+        assert (res["target_lsn"], res["snapshot"]) == (last.lsn, snap.name), res
+        assert res["replayed"] == last.lsn - snap.lsn
+        got = digest_dir(target_settings(settings, beside))
+        assert got["dbs"]["main"]["vectors"]["last"][1] == np.full(DIM, 0.25, "<f4").tobytes()
+        assert got == want
+        # the window offers that time too: its upper bound is at least the moment it was read
+        w = window(settings, engine.log)
+        assert parse_time(w.json()["latest_restorable_time"]) >= t
+        assert w.json()["latest_restorable_by"] == "live log"
+    finally:
+        engine.close()
+    # offline, through the command line
+    r = jade_cli(
+        settings, "restore", "--to-time", text, "--target", str(tmp_path / "off"), "--json"
+    )
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["ok"] is True and out["target_lsn"] == last.lsn, out
+    assert digest_dir(target_settings(settings, str(tmp_path / "off"))) == want
+
+
+def test_a_time_no_source_covers_is_refused_naming_the_bound(
+    settings: Settings, tmp_path: Any
+) -> None:
+    """Far in the future (after the moment the live log is read) or before the oldest
+    snapshot: exit 1, one line naming the bound, nothing left behind."""
+    engine, snap = small_history(settings)
+    first = engine.log.get(1)
+    assert first is not None and first.ts < snap.ts
+    engine.close()
+    future = rfc3339(time.time_ns() + 3_600_000_000_000)
+    early = rfc3339(first.ts)
+    targets = {k: str(tmp_path / k) for k in ("future", "early")}
+    r = jade_cli(settings, "restore", "--to-time", future, "--target", targets["future"])
+    line = one_line_failure(
+        r, f"time {future}", "after what the live log is known to cover (read at ", "unknown"
+    )
+    read_at = parse_time(line.split("(read at ")[1].split(")")[0])
+    assert parse_time(future) > read_at > snap.ts
+    r = jade_cli(settings, "restore", "--to-time", early, "--target", targets["early"], "--json")
+    one_line_failure(r, f"time {early}", "before the oldest snapshot", snap.name)
+    assert json.loads(r.stdout)["ok"] is False
+    assert not any(os.path.exists(p) for p in targets.values())
+    # in process: the same refusals
+    with pytest.raises(RestoreError, match=r"after what the live log is known to cover"):
+        restore(settings, targets["future"], ts=parse_time(future))
+    with pytest.raises(RestoreError, match=r"before the oldest snapshot"):
+        restore(settings, targets["early"], ts=parse_time(early))
+    # a source that cannot be read at all is one line too, never a traceback
+    with open(settings.db_path, "wb") as fh:
+        fh.write(b"not an LMDB file\n" * 256)
+    r = jade_cli(settings, "restore", "--latest", "--target", str(tmp_path / "garbage"))
+    one_line_failure(r, "jade: restore failed:", settings.db_path)
+
+
+def segment_map(seg: archive.Segment) -> dict[str, Any]:
+    with open(seg.path, "rb") as fh:
+        return dict(unpack(fh.read()))
+
+
+def test_an_archive_covers_up_to_its_seal(settings: Settings, tmp_path: Any) -> None:
+    """Archive only (the live log lost): a time after the last archived record is the state
+    after it while the archive is known complete (sealed) at that time; after the seal it is
+    refused, naming the seal. A segment written before seals were recorded covers up to its
+    last record."""
+    engine, _ = small_history(settings)
+    try:
+        last = engine.log.get(engine.log.last_lsn)
+        assert last is not None
+        time.sleep(0.01)
+        between = time.time_ns()  # after the last record, before the seal
+        time.sleep(0.01)
+        (seg,) = archive.archive_new(engine.log, settings.backup_dir, 1000)
+        time.sleep(0.01)
+        after_seal = time.time_ns()  # after the seal ...
+        time.sleep(0.01)
+        assert archive.archive_new(engine.log, settings.backup_dir, 1000) == []  # idle: no seal
+        time.sleep(0.01)
+        late = upsert_sync(engine, "main", [{"id": "late", "values": [1.0] * DIM, "metadata": {}}])
+        history = engine.log.read(0, verify=True)  # ... and before a record only the log holds
+    finally:
+        engine.close()
+    lost = replace(settings, db_path=str(tmp_path / "lost" / "jadevectordb.db"))
+
+    def at(ts: int, name: str, src: Settings = lost) -> dict[str, Any]:
+        target = str(tmp_path / name)
+        res = restore(src, target, ts=ts)
+        assert digest_dir(target_settings(settings, target)) == replay_digest(
+            history, res["target_lsn"]
+        )
+        return res
+
+    def refused(ts: int, *wanted: str) -> str:
+        target = str(tmp_path / "refused")
+        with pytest.raises(RestoreError) as err:
+            restore(lost, target, ts=ts)
+        assert not os.path.exists(target)
+        msg = str(err.value)
+        for w in wanted:
+            assert w in msg, (w, msg)
+        return msg
+
+    assert at(between, "between")["target_lsn"] == last.lsn
+    sealed = segment_map(seg)["sealed_ts"]  # when it was written
+    assert between < sealed < after_seal
+    w = window(lost).json()
+    assert (w["latest_lsn"], w["latest_restorable_by"]) == (last.lsn, "archive")
+    bound = parse_time(w["latest_restorable_time"])
+    assert bound == sealed // 1000 * 1000 and between < bound
+    assert at(bound, "bound")["target_lsn"] == last.lsn  # the window's bound is a target
+    head = "after what the archive is known to cover (sealed at "
+    refused(bound + 1000, head, w["latest_restorable_time"] + "): the state at ", "unknown")
+    refused(after_seal, head, w["latest_restorable_time"])
+    refused(time.time_ns() + 3_600_000_000_000, head)
+    # the live log read as well covers up to now: the same time is the state before "late"
+    assert at(after_seal, "with-live", settings)["target_lsn"] == last.lsn
+    assert at(time.time_ns(), "now", settings)["target_lsn"] == late
+    # ... but not an empty log in the lost one's place (a new server): it is not the archive's
+    empty = Env(lost.db_path)
+    assert Log(empty).last_lsn == 0
+    empty.close()
+    refused(after_seal, head)
+    os.remove(lost.db_path)
+    os.remove(lost.db_path + "-lock")
+
+    # a segment from before seals were recorded: known complete up to its last record only
+    m = segment_map(seg)
+    del m["sealed_ts"]
+    data = pack(m)
+    sha16 = hashlib.sha256(data).hexdigest()[:16]
+    os.remove(seg.path)
+    name = f"seg-{seg.first:016d}-{seg.last:016d}-{sha16}.wal"
+    with open(os.path.join(os.path.dirname(seg.path), name), "wb") as fh:
+        fh.write(data)
+    assert archive.verify_all(settings.backup_dir) == []
+    refused(between, "after what the archive is known to cover (its last record, at ", "no seal")
+    assert at(last.ts, "last")["target_lsn"] == last.lsn

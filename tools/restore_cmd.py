@@ -66,11 +66,15 @@ def run(args: argparse.Namespace) -> int:
             verify_key=args.verify_key,
             progress=update,
         )
-    except (RestoreError, SnapshotError) as exc:
+    except Exception as exc:  # one line and exit 1, never a traceback
         close()
+        known = isinstance(exc, (RestoreError, SnapshotError))
+        msg = " ".join(str(exc).split()) or type(exc).__name__
+        if not known:
+            msg = f"{type(exc).__name__}: {msg}"
         if args.json:
-            emit({"ok": False, "error": str(exc)}, True, "")
-        print(f"jade: restore failed: {exc}", file=sys.stderr)
+            emit({"ok": False, "error": msg}, True, "")
+        print(f"jade: restore failed: {msg}", file=sys.stderr)
         return 1
     close()
     emit(

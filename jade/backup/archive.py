@@ -2,11 +2,21 @@
 so the server may truncate its own log while point-in-time restore stays possible.
 
 A segment file ``seg-<first>-<last>-<sha16>.wal`` holds one msgpack map:
-``{format, first, last, first_ts, last_ts, prev, records: [encoded record bytes...]}`` where
-``prev`` is the checksum of record ``first - 1``. The name carries the first 16 hex digits of the
-file's SHA-256; reading verifies that, the bounds, and the checksum chain of every record, so a
-truncated or bit-flipped segment is named and never replayed. Segments are written to a temporary
-name, fsynced and renamed. Blocking I/O: call from a worker thread.
+``{format, first, last, first_ts, last_ts, sealed_ts, prev, records: [encoded record bytes...]}``
+where ``prev`` is the checksum of record ``first - 1``. The name carries the first 16 hex digits
+of the file's SHA-256; reading verifies that, the bounds, and the checksum chain of every record,
+so a truncated or bit-flipped segment is named and never replayed. Segments are written to a
+temporary name, fsynced and renamed. Blocking I/O: call from a worker thread.
+
+How far the archive is complete (``coverage``): the newest segment's ``sealed_ts``, the moment
+up to which every record was archived once it was written — the time the archive run read the
+log's tail (taken just before reading it) for the run's last segment, the segment's own last
+record for the others (a run stopped between two segments leaves the archive complete only up
+to there). It is covered by the segment's checksum like the rest. A run with nothing new to
+archive writes nothing, so the seal stays where the last segment put it. Segments written before
+``sealed_ts`` existed cover up to their last record. A write being committed at the instant the
+tail is read (stamped before it, committed after it: at most one group commit) is not seen by
+that run.
 """
 
 from __future__ import annotations
@@ -17,6 +27,7 @@ import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from wal.codec import Record, decode, pack, unpack
 from wal.files import write_atomic
@@ -40,6 +51,17 @@ class Segment:
     @property
     def name(self) -> str:
         return os.path.basename(self.path)
+
+
+@dataclass(frozen=True, slots=True)
+class Coverage:
+    """How far the archive is known complete: every record with ``ts <= until_ts`` is in it."""
+
+    lsn: int  # the last archived record
+    last_ts: int  # its time
+    until_ts: int
+    sealed: bool  # False: no seal time recorded (an older segment): ``until_ts == last_ts``
+    segment: str  # the newest segment's name
 
 
 def archive_dir(backup_dir: str) -> str:
@@ -77,6 +99,8 @@ def archive_new(log: Log, backup_dir: str, max_records: int) -> list[Segment]:
             f"records {after + 1}..{log.first_lsn - 1} were truncated before being archived"
         )
     made = []
+    # taken before the tail is read: every record stamped up to this moment is at or before it
+    read_at = now_ns()
     upto = log.last_lsn
     while after < upto:
         recs = log.read(after, limit=max_records, upto=upto, verify=True)
@@ -85,12 +109,14 @@ def archive_new(log: Log, backup_dir: str, max_records: int) -> list[Segment]:
         # the checksum the first record chains to (the base checksum right after truncation)
         prev_rec = log.get(after) if after >= log.first_lsn else None
         prev = prev_rec.checksum if prev_rec is not None else log.base_checksum
-        made.append(_write(d, recs, prev))
-        after = recs[-1].lsn
+        last = recs[-1]
+        sealed = max(read_at, last.ts) if last.lsn >= upto else last.ts
+        made.append(_write(d, recs, prev, sealed))
+        after = last.lsn
     return made
 
 
-def _write(d: str, recs: list[Record], prev: bytes) -> Segment:
+def _write(d: str, recs: list[Record], prev: bytes, sealed_ts: int) -> Segment:
     data = pack(
         {
             "format": FORMAT,
@@ -98,6 +124,7 @@ def _write(d: str, recs: list[Record], prev: bytes) -> Segment:
             "last": recs[-1].lsn,
             "first_ts": recs[0].ts,
             "last_ts": recs[-1].ts,
+            "sealed_ts": sealed_ts,
             "prev": prev,
             "records": [r.encoded() for r in recs],
         }
@@ -111,6 +138,26 @@ def _write(d: str, recs: list[Record], prev: bytes) -> Segment:
 
 def read(seg: Segment) -> tuple[bytes, list[Record], int, int]:
     """(prev checksum, verified records, first_ts, last_ts) of one segment."""
+    m, prev, recs = _load(seg)
+    return prev, recs, int(m.get("first_ts", 0)), int(m.get("last_ts", 0))
+
+
+def coverage(backup_dir: str) -> Coverage | None:
+    """How far the archive is known complete (None: no segment). Reads (and verifies) the
+    newest segment."""
+    segs = segments(backup_dir)
+    if not segs:
+        return None
+    seg = segs[-1]
+    m, _, recs = _load(seg)
+    last_ts = recs[-1].ts
+    sealed = m.get("sealed_ts")
+    until = max(int(sealed), last_ts) if sealed is not None else last_ts
+    return Coverage(seg.last, last_ts, until, sealed is not None, seg.name)
+
+
+def _load(seg: Segment) -> tuple[dict[str, Any], bytes, list[Record]]:
+    """(the segment's map, prev checksum, verified records)."""
     try:
         with open(seg.path, "rb") as fh:
             data = fh.read()
@@ -138,7 +185,7 @@ def read(seg: Segment) -> tuple[bytes, list[Record], int, int]:
             raise ArchiveError(f"{seg.name}: record {first + i} has LSN {rec.lsn}")
         chain = rec.checksum
         recs.append(rec)
-    return prev, recs, int(m.get("first_ts", 0)), int(m.get("last_ts", 0))
+    return m, prev, recs
 
 
 def verify_all(backup_dir: str) -> list[str]:

@@ -2,28 +2,44 @@
 records up to the target (inclusive), into a new data directory.
 
 Targets: an LSN, a time (the last record with ``ts <= T``), or the latest record available. A
-target outside the window — before the oldest snapshot or past the last record in the archive
-and the live log — is an error, never "the closest state". Records are appended through the
-same path a replica uses (``wal.writer.Replicated``): LSN continuity, epoch and the checksum
-chain are verified before anything is applied.
+target outside the window is an error, never "the closest state": an LSN before the oldest
+snapshot or past the last record; a time before the oldest snapshot, or after what the sources
+read are known to cover. A time after the last record is the state after that record as long as
+some source is known complete up to that time:
+
+- the live log, read directly (offline, or beside the server, or inside it): up to the moment it
+  is read — unless it is behind the archive or the newest snapshot (not their history's log),
+  or belongs to a replica (``primary_url`` set: its records are the primary's, as far as it has
+  received them), when it covers up to its last record;
+- the archive: up to its seal (``archive.coverage``), or its last record for segments written
+  before seals were recorded;
+- the newest snapshot: up to its last record;
+
+the latest of those read. Records are appended through the same path a replica uses
+(``jade.engine.commit.Replicated``): LSN continuity, epoch and the checksum chain are verified
+before anything is applied.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import UTC
 from typing import Any
 
+import lmdb
+
+from jade import datadir
 from jade.backup import archive, snapshot
 from jade.engine import Engine
+from jade.engine.commit import Replicated
 from jade.settings import Settings
 from wal.codec import CodecError, Record
 from wal.lmdbenv import Env
 from wal.log import Log, LogError
-from wal.writer import Replicated
 
 
 class RestoreError(RuntimeError):
@@ -38,6 +54,10 @@ class Window:
     latest_ts: int
     snapshots: int
     archived_upto: int
+    # the latest time a time target may name (0: nothing to restore) and the source that bounds
+    # it: "live log", "archive" or "newest snapshot"
+    restorable_until: int = 0
+    restorable_by: str = ""
 
     def json(self) -> dict[str, Any]:
         return {
@@ -45,14 +65,30 @@ class Window:
             "earliest_time": _iso(self.earliest_ts),
             "latest_lsn": self.latest_lsn,
             "latest_time": _iso(self.latest_ts),
+            "latest_restorable_time": _iso(self.restorable_until),
+            "latest_restorable_by": self.restorable_by or None,
             "snapshots": self.snapshots,
             "archived_upto_lsn": self.archived_upto,
         }
 
 
+@dataclass(frozen=True, slots=True)
+class _Bound:
+    """What one source is known to cover: a time target ``<= limit`` (a whole microsecond, so
+    its printed form is exact) is a well-defined state."""
+
+    limit: int
+    source: str  # "live log", "archive", "newest snapshot"
+    detail: str  # for messages: "read at ...", "sealed at ...", "its last record, at ..."
+
+
 def _ceil_us(ts: int) -> int:
     """``ts`` (ns) rounded up to a whole microsecond, the precision of an RFC 3339 target."""
     return -(-ts // 1000) * 1000
+
+
+def _floor_us(ts: int) -> int:
+    return ts // 1000 * 1000
 
 
 def _iso(ts: int) -> str | None:
@@ -75,8 +111,14 @@ class _Live:
         self.env: Env | None = None
         self.log: Log | None = log
         if log is None and os.path.exists(db_path):
-            self.env = Env(db_path, readonly=True)
-            self.log = Log(self.env)
+            try:
+                self.env = Env(db_path, readonly=True)
+                self.log = Log(self.env)
+            except lmdb.Error as exc:
+                if self.env is not None:
+                    self.env.close()
+                detail = str(exc) if db_path in str(exc) else f"{db_path}: {exc}"
+                raise RestoreError(f"cannot read the log: {detail}") from None
 
     def close(self) -> None:
         if self.env is not None:
@@ -84,15 +126,21 @@ class _Live:
 
 
 def window(settings: Settings, log: Log | None = None) -> Window:
-    """The restorable range. ``log``: the source's open log when called inside the server."""
+    """The restorable range. ``log``: the source's open log when called inside the server. Its
+    ``restorable_until`` is the bound ``resolve_target`` applies to a time target (a restore
+    reading the same sources later accepts it: the bound only grows)."""
     snaps = snapshot.listing(settings.backup_dir)
+    read_at = time.time_ns()  # before the live log's tail is read
     live = _Live(settings.db_path, log)
     try:
-        latest_lsn, latest_ts = _latest(settings, live)
+        latest_lsn, latest_ts, bound = _survey(settings, live, read_at, snaps)
     finally:
         live.close()
+    until, by = (bound.limit, bound.source) if bound is not None else (0, "")
     if not snaps:
-        return Window(0, 0, latest_lsn, latest_ts, 0, archive.last_archived(settings.backup_dir))
+        return Window(
+            0, 0, latest_lsn, latest_ts, 0, archive.last_archived(settings.backup_dir), until, by
+        )
     return Window(
         snaps[0].lsn,
         snaps[0].ts,
@@ -100,18 +148,70 @@ def window(settings: Settings, log: Log | None = None) -> Window:
         latest_ts,
         len(snaps),
         archive.last_archived(settings.backup_dir),
+        until,
+        by,
     )
 
 
-def _latest(settings: Settings, live: _Live) -> tuple[int, int]:
+def _survey(
+    settings: Settings, live: _Live, read_at: int, snaps: list[snapshot.SnapshotInfo]
+) -> tuple[int, int, _Bound | None]:
+    """(last LSN, its time, the upper bound of a time target) over the archive, the live log
+    and the snapshots. ``read_at``: the moment taken just before the live log's tail was read.
+
+    A source covers a time when every record stamped up to it is in that source (records are
+    stamped with the wall clock when appended, clamped never to go backwards). The live log read
+    directly covers up to the moment of reading; the archive up to its seal; a snapshot, or a
+    log that only copies another (a replica's), up to its last record."""
     lsn = ts = 0
-    segs = archive.segments(settings.backup_dir)
-    if segs:
-        _, recs, _, last_ts = archive.read(segs[-1])
-        lsn, ts = recs[-1].lsn, recs[-1].ts
-    if live.log is not None and live.log.last_lsn > lsn:
-        lsn, ts = live.log.last_lsn, live.log.last_ts
-    return lsn, ts
+    bounds: list[_Bound] = []
+    cov = archive.coverage(settings.backup_dir)
+    if cov is not None:
+        lsn, ts = cov.lsn, cov.last_ts
+    wal = live.log
+    if wal is not None:
+        # the tail first, then compare: the moment of reading is ``read_at``
+        wal_lsn, wal_ts = wal.last_lsn, wal.last_ts
+        if wal_lsn > lsn:
+            lsn, ts = wal_lsn, wal_ts
+        behind = wal_lsn < max(cov.lsn if cov else 0, snaps[-1].lsn if snaps else 0)
+        if settings.primary_url or behind or wal_lsn == 0:
+            if wal_lsn:
+                why = "a replica's copy" if settings.primary_url else "behind the backups"
+                bounds.append(
+                    _Bound(
+                        _ceil_us(wal_ts),
+                        "live log",
+                        f"{why}: its last record, at {_iso(wal_ts)}",
+                    )
+                )
+        else:
+            limit = max(_floor_us(read_at), _ceil_us(wal_ts))
+            bounds.append(_Bound(limit, "live log", f"read at {_iso(limit)}"))
+    if cov is not None:
+        if cov.sealed:
+            limit = max(_floor_us(cov.until_ts), _ceil_us(cov.last_ts))
+            bounds.append(_Bound(limit, "archive", f"sealed at {_iso(limit)}"))
+        else:
+            bounds.append(
+                _Bound(
+                    _ceil_us(cov.last_ts),
+                    "archive",
+                    f"its last record, at {_iso(cov.last_ts)}: no seal time recorded in "
+                    f"{cov.segment}",
+                )
+            )
+    if snaps:
+        bounds.append(
+            _Bound(
+                _ceil_us(snaps[-1].ts),
+                "newest snapshot",
+                f"{snaps[-1].name}: its last record, at {_iso(snaps[-1].ts)}",
+            )
+        )
+    # the latest bound; on a tie the first named (live log, archive, snapshot)
+    best = max(bounds, key=lambda b: b.limit, default=None)
+    return lsn, ts, best
 
 
 def resolve_target(
@@ -126,15 +226,18 @@ def resolve_target(
     snaps = snapshot.listing(settings.backup_dir)
     if not snaps:
         raise RestoreError(f"no snapshot in {snapshot.snapshots_dir(settings.backup_dir)}")
+    oldest = snaps[0]
+    read_at = time.time_ns()  # before the live log's tail is read
     live = _Live(settings.db_path, log)
     try:
-        latest_lsn, latest_ts = _latest(settings, live)
+        latest_lsn, _, bound = _survey(settings, live, read_at, snaps)
         if latest:
             target = max(latest_lsn, snaps[-1].lsn)
         elif lsn is not None:
-            if lsn < snaps[0].lsn:
+            if lsn < oldest.lsn:
                 raise RestoreError(
-                    f"LSN {lsn} is before the window (oldest snapshot is at LSN {snaps[0].lsn})"
+                    f"LSN {lsn} is before the window: before the oldest snapshot "
+                    f"{oldest.name} (LSN {oldest.lsn})"
                 )
             if lsn > max(latest_lsn, snaps[-1].lsn):
                 raise RestoreError(
@@ -143,15 +246,20 @@ def resolve_target(
                 )
             target = lsn
         elif ts is not None:
-            if ts < snaps[0].ts:
+            if ts < oldest.ts:
                 raise RestoreError(
-                    f"time {_iso(ts)} is before the window (oldest snapshot is "
-                    f"at {_iso(snaps[0].ts)})"
+                    f"time {_iso(ts)} is before the window: before the oldest snapshot "
+                    f"{oldest.name} (LSN {oldest.lsn}, at {_iso(oldest.ts)})"
                 )
-            last = max(latest_ts, snaps[-1].ts)
-            # targets have microsecond precision: the last record's own (rounded) time is in
-            if ts > _ceil_us(last):
-                raise RestoreError(f"time {_iso(ts)} is past the last record ({_iso(last)})")
+            # never None here: the newest snapshot bounds it at least
+            assert bound is not None
+            # targets have microsecond precision: a printed bound (or the last record's own
+            # rounded time) given back is in
+            if ts > bound.limit:
+                raise RestoreError(
+                    f"time {_iso(ts)} is after what the {bound.source} is known to cover "
+                    f"({bound.detail}): the state at {_iso(ts)} is unknown"
+                )
             target = _lsn_at_time(settings, live, ts)
         else:
             raise RestoreError("give a target: an LSN, a time or latest")
@@ -247,6 +355,10 @@ def restore(
     if os.path.exists(target_dir) and os.listdir(target_dir):
         if not force:
             raise RestoreError(f"{target_dir} is not empty (use --force to replace it)")
+        holder = datadir.holder(target_dir)
+        if holder is not None:  # --force never deletes a directory a live process owns
+            raise RestoreError(f"{target_dir} is in use by {datadir.describe(holder)}; stop it "
+                               "first")
         shutil.rmtree(target_dir)
     os.makedirs(target_dir, exist_ok=True)
     try:
