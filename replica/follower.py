@@ -3,8 +3,8 @@
 One long-lived HTTP stream (``/v1/replication/stream``) carries records after our last LSN; each
 batch is appended through ``jade.engine.commit.Replicated``, which verifies LSN continuity,
 epoch and the checksum chain before anything is applied, then acknowledged. Heartbeats carry
-the primary's last LSN and time, from which lag is computed (received = durable = applied here: the store is applied
-in the same transaction as the log append, the indexes right after it).
+the primary's last LSN and time, from which lag is computed (received = durable = applied here:
+the store is applied in the same transaction as the log append, the indexes right after it).
 
 - Cut or refused connection: reconnect with exponential back-off (0.2 s doubling to 10 s, with
   jitter, from 0.2 s again once a stream worked); a restarted replica resumes from its own LSN.

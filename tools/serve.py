@@ -14,6 +14,7 @@ import time
 from typing import Any
 
 from aiohttp import web
+from aiohttp.typedefs import Handler
 
 from jade import __version__, datadir, logs
 from jade import settings as settings_mod
@@ -174,7 +175,7 @@ def starting_app() -> web.Application:
     client's next request goes to a fresh connection, to whichever app then has the port."""
 
     @web.middleware
-    async def close_after(request: web.Request, handler: Any) -> web.StreamResponse:
+    async def close_after(request: web.Request, handler: Handler) -> web.StreamResponse:
         response = await handler(request)
         response.force_close()  # "Connection: close", and aiohttp closes after sending it
         return response

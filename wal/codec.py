@@ -60,7 +60,8 @@ def chain(prev_checksum: bytes, payload: bytes) -> bytes:
 
 
 def pack(obj: Any) -> bytes:
-    return msgpack.packb(obj, use_bin_type=True)
+    packed: bytes = msgpack.packb(obj, use_bin_type=True)  # msgpack is untyped
+    return packed
 
 
 def unpack(data: bytes) -> Any:

@@ -69,7 +69,7 @@ class Env:
 
     # -- transactions --------------------------------------------------------------------------
     @contextmanager
-    def read(self) -> Iterator[lmdb.Transaction]:
+    def read(self) -> Iterator[lmdb.Transaction[bytes]]:
         """A read transaction. Keep it short: a map resize waits for it."""
         with self._gate:
             while self._resizing:
@@ -84,7 +84,7 @@ class Env:
                 if self._readers == 0:
                     self._gate.notify_all()
 
-    def write(self, body: Callable[[lmdb.Transaction], T]) -> T:
+    def write(self, body: Callable[[lmdb.Transaction[bytes]], T]) -> T:
         """Run ``body`` in a write transaction and commit it (durably when the env syncs).
 
         On ``MapFullError`` the transaction is aborted, the map doubled and ``body`` run again,

@@ -94,7 +94,9 @@ class Log:
         t = self._tail
         self._pending = Tail(t.lsn, t.ts, t.epoch, t.checksum)
 
-    def append(self, txn: lmdb.Transaction, type_: str, actor: str, body: dict[str, Any]) -> Record:
+    def append(
+        self, txn: lmdb.Transaction[bytes], type_: str, actor: str, body: dict[str, Any]
+    ) -> Record:
         """Append a new record in ``txn`` (the primary's path: LSN, ts, epoch decided here)."""
         p = self._pending
         assert p is not None, "append outside begin()"
@@ -105,7 +107,7 @@ class Log:
         p.lsn, p.ts, p.checksum = rec.lsn, rec.ts, rec.checksum
         return rec
 
-    def append_record(self, txn: lmdb.Transaction, rec: Record) -> None:
+    def append_record(self, txn: lmdb.Transaction[bytes], rec: Record) -> None:
         """Append a record made elsewhere (a replica's path): continuity, epoch and chain are
         verified before anything is written."""
         p = self._pending
@@ -122,7 +124,7 @@ class Log:
             raise LogError(f"LSN {rec.lsn} already exists")
         p.lsn, p.ts, p.epoch, p.checksum = rec.lsn, rec.ts, rec.epoch, rec.checksum
 
-    def set_epoch(self, txn: lmdb.Transaction, epoch: int) -> None:
+    def set_epoch(self, txn: lmdb.Transaction[bytes], epoch: int) -> None:
         """Raise the epoch for the records that follow (promotion)."""
         p = self._pending
         assert p is not None
@@ -159,7 +161,7 @@ class Log:
         self.base_checksum = bytes(raw) if raw else GENESIS
         self.first_lsn = lsn
 
-    def truncate_in_txn(self, txn: lmdb.Transaction, lsn: int) -> int:
+    def truncate_in_txn(self, txn: lmdb.Transaction[bytes], lsn: int) -> int:
         """Delete records with LSN < ``lsn`` inside ``txn``, remembering the base checksum."""
         prev = txn.get(lsn_key(lsn - 1), db=self._log)
         if prev is None:

@@ -5,8 +5,7 @@ store changes)."""
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
 
 from jade.auth.clock import now_ms
 from jade.auth.store import AuthStore
@@ -22,7 +21,7 @@ class Addresses:
         self._blocks = VersionedCache(lambda: store().version)
         self.trusted = {p.strip() for p in settings.trusted_proxies.split(",") if p.strip()}
 
-    def client_ip(self, peer: str | None, headers: Any) -> str:
+    def client_ip(self, peer: str | None, headers: Mapping[str, str]) -> str:
         peer = peer or ""
         if peer in self.trusted:
             fwd = headers.get("X-Forwarded-For", "")

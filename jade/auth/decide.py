@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeAlias
 
 import lmdb
 import msgspec
@@ -25,10 +25,10 @@ Events = list[ev.Event]
 
 def decide_auth(
     auth: AuthStore,
-    atxn: lmdb.Transaction,
+    atxn: lmdb.Transaction[bytes],
     cmd: Command,
     data: DataStore,
-    dtxn: lmdb.Transaction,
+    dtxn: lmdb.Transaction[bytes],
 ) -> Events:
     fn = _DECIDE.get(cmd.type)
     if fn is None:
@@ -36,7 +36,7 @@ def decide_auth(
     return fn(auth, atxn, cmd, data, dtxn)
 
 
-def _user(auth: AuthStore, atxn: lmdb.Transaction, user_id: str) -> dict[str, Any]:
+def _user(auth: AuthStore, atxn: lmdb.Transaction[bytes], user_id: str) -> dict[str, Any]:
     user = auth.user(user_id, atxn)
     if user is None:
         raise NotFound("User not found", user_id=user_id)
@@ -44,7 +44,8 @@ def _user(auth: AuthStore, atxn: lmdb.Transaction, user_id: str) -> dict[str, An
 
 
 def _user_create(
-    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+    auth: AuthStore, atxn: lmdb.Transaction[bytes], cmd: Command, data: DataStore,
+    dtxn: lmdb.Transaction[bytes],
 ) -> Events:
     b = dict(cmd.body)
     if auth.user_by_name(b["username"], atxn) is not None:
@@ -58,7 +59,8 @@ def _user_create(
 
 
 def _user_update(
-    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+    auth: AuthStore, atxn: lmdb.Transaction[bytes], cmd: Command, data: DataStore,
+    dtxn: lmdb.Transaction[bytes],
 ) -> Events:
     user = _user(auth, atxn, cmd.body["user_id"])
     new_name = cmd.body["changes"].get("username")
@@ -69,21 +71,24 @@ def _user_update(
 
 
 def _user_lock(
-    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+    auth: AuthStore, atxn: lmdb.Transaction[bytes], cmd: Command, data: DataStore,
+    dtxn: lmdb.Transaction[bytes],
 ) -> Events:
     _user(auth, atxn, cmd.body["user_id"])
     return [ev.UserLock(user_id=cmd.body["user_id"], until=int(cmd.body["until"]))]
 
 
 def _user_delete(
-    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+    auth: AuthStore, atxn: lmdb.Transaction[bytes], cmd: Command, data: DataStore,
+    dtxn: lmdb.Transaction[bytes],
 ) -> Events:
     _user(auth, atxn, cmd.body["user_id"])
     return [_event(cmd.type, cmd.body)]
 
 
 def _key_create(
-    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+    auth: AuthStore, atxn: lmdb.Transaction[bytes], cmd: Command, data: DataStore,
+    dtxn: lmdb.Transaction[bytes],
 ) -> Events:
     user = _user(auth, atxn, cmd.body["user_id"])
     if not user["is_active"]:
@@ -92,7 +97,8 @@ def _key_create(
 
 
 def _key_revoke(
-    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+    auth: AuthStore, atxn: lmdb.Transaction[bytes], cmd: Command, data: DataStore,
+    dtxn: lmdb.Transaction[bytes],
 ) -> Events:
     if auth.key(cmd.body["key_id"], atxn) is None:
         raise NotFound("API key not found", key_id=cmd.body["key_id"])
@@ -100,7 +106,8 @@ def _key_revoke(
 
 
 def _session_create(
-    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+    auth: AuthStore, atxn: lmdb.Transaction[bytes], cmd: Command, data: DataStore,
+    dtxn: lmdb.Transaction[bytes],
 ) -> Events:
     user = _user(auth, atxn, cmd.body["user_id"])
     if not user["is_active"]:
@@ -109,7 +116,8 @@ def _session_create(
 
 
 def _grant_set(
-    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+    auth: AuthStore, atxn: lmdb.Transaction[bytes], cmd: Command, data: DataStore,
+    dtxn: lmdb.Transaction[bytes],
 ) -> Events:
     if data.database(cmd.body["db"], dtxn) is None:
         raise NotFound("Database not found", database_id=cmd.body["db"])
@@ -118,7 +126,8 @@ def _grant_set(
 
 
 def _reset_use(
-    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+    auth: AuthStore, atxn: lmdb.Transaction[bytes], cmd: Command, data: DataStore,
+    dtxn: lmdb.Transaction[bytes],
 ) -> Events:
     b = cmd.body
     reset = auth.reset(b["hash"], atxn)
@@ -138,7 +147,8 @@ def _reset_use(
 
 
 def _passthrough(
-    auth: AuthStore, atxn: lmdb.Transaction, cmd: Command, data: DataStore, dtxn: lmdb.Transaction
+    auth: AuthStore, atxn: lmdb.Transaction[bytes], cmd: Command, data: DataStore,
+    dtxn: lmdb.Transaction[bytes],
 ) -> Events:
     return [_event(cmd.type, cmd.body)]
 
@@ -152,7 +162,11 @@ def _event(type_: str, body: dict[str, Any]) -> ev.Event:
         raise InvalidArgument(f"{type_}: {exc}") from None
 
 
-_Fn = Callable[[AuthStore, lmdb.Transaction, Command, DataStore, lmdb.Transaction], Events]
+# A string alias: ``lmdb.Transaction`` is generic only in its stubs, not at runtime.
+_Fn: TypeAlias = (
+    "Callable[[AuthStore, lmdb.Transaction[bytes], Command, DataStore, lmdb.Transaction[bytes]],"
+    " Events]"
+)
 _DECIDE: dict[str, _Fn] = {
     "auth.user.create": _user_create,
     "auth.user.update": _user_update,

@@ -10,6 +10,7 @@ a token or an API key), cached per auth-store version.
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -79,7 +80,7 @@ class AuthService:
 
     # -- who is calling ---------------------------------------------------------------------
     @staticmethod
-    def credential(headers: Any) -> str | None:
+    def credential(headers: Mapping[str, str]) -> str | None:
         auth = headers.get("Authorization", "")
         if auth:
             scheme, _, value = auth.partition(" ")
@@ -92,7 +93,7 @@ class AuthService:
         key = headers.get("X-API-Key", "")
         return key.strip() or None
 
-    def authenticate(self, headers: Any) -> Principal | None:
+    def authenticate(self, headers: Mapping[str, str]) -> Principal | None:
         """The caller, None when no credential was sent; ``Unauthorized`` for a bad one."""
         t0 = time.perf_counter()
         cred = self.credential(headers)

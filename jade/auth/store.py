@@ -50,7 +50,7 @@ class AuthStore:
         self.version = 0  # bumped on every applied auth record (permission cache invalidation)
 
     # -- generic reads ----------------------------------------------------------------------
-    def _get(self, sub: str, key: str, txn: lmdb.Transaction | None = None) -> Any:
+    def _get(self, sub: str, key: str, txn: lmdb.Transaction[bytes] | None = None) -> Any:
         if txn is None:
             with self.env.read() as t:
                 return self._get(sub, key, t)
@@ -61,10 +61,10 @@ class AuthStore:
         with self.env.read() as txn:
             return [unpack(v) for _, v in txn.cursor(db=self.db[sub])]
 
-    def _put(self, txn: lmdb.Transaction, sub: str, key: str, value: Any) -> None:
+    def _put(self, txn: lmdb.Transaction[bytes], sub: str, key: str, value: Any) -> None:
         txn.put(key.encode(), pack(value), db=self.db[sub])
 
-    def _del(self, txn: lmdb.Transaction, sub: str, key: str) -> None:
+    def _del(self, txn: lmdb.Transaction[bytes], sub: str, key: str) -> None:
         txn.delete(key.encode(), db=self.db[sub])
 
     def applied_lsn(self) -> int:
@@ -73,11 +73,13 @@ class AuthStore:
         return int.from_bytes(raw, "big") if raw else 0
 
     # -- typed reads --------------------------------------------------------------------------
-    def user(self, user_id: str, txn: lmdb.Transaction | None = None) -> dict[str, Any] | None:
+    def user(
+        self, user_id: str, txn: lmdb.Transaction[bytes] | None = None
+    ) -> dict[str, Any] | None:
         return self._get("users", user_id, txn)  # type: ignore[no-any-return]
 
     def user_by_name(
-        self, username: str, txn: lmdb.Transaction | None = None
+        self, username: str, txn: lmdb.Transaction[bytes] | None = None
     ) -> dict[str, Any] | None:
         uid = self._get("usernames", username.lower(), txn)
         return self.user(uid, txn) if uid else None
@@ -92,13 +94,13 @@ class AuthStore:
     def users(self) -> list[dict[str, Any]]:
         return self._all("users")
 
-    def user_count(self, txn: lmdb.Transaction | None = None) -> int:
+    def user_count(self, txn: lmdb.Transaction[bytes] | None = None) -> int:
         if txn is None:
             with self.env.read() as t:
                 return self.user_count(t)
         return int(txn.stat(self.db["users"])["entries"])
 
-    def key(self, key_id: str, txn: lmdb.Transaction | None = None) -> dict[str, Any] | None:
+    def key(self, key_id: str, txn: lmdb.Transaction[bytes] | None = None) -> dict[str, Any] | None:
         return self._get("keys", key_id, txn)  # type: ignore[no-any-return]
 
     def key_by_hash(self, digest: str) -> dict[str, Any] | None:
@@ -139,11 +141,13 @@ class AuthStore:
     def blocks(self) -> list[dict[str, Any]]:
         return self._all("blocks")
 
-    def reset(self, digest: str, txn: lmdb.Transaction | None = None) -> dict[str, Any] | None:
+    def reset(
+        self, digest: str, txn: lmdb.Transaction[bytes] | None = None
+    ) -> dict[str, Any] | None:
         return self._get("resets", digest, txn)  # type: ignore[no-any-return]
 
     # -- apply --------------------------------------------------------------------------------
-    def apply(self, txn: lmdb.Transaction, rec: Record, event: ev.Event) -> None:
+    def apply(self, txn: lmdb.Transaction[bytes], rec: Record, event: ev.Event) -> None:
         """Fold one event (any type: the applied LSN moves over every record, in order) into
         ``txn``, a write transaction of this store's file. ``version`` is bumped by whoever
         commits it (``committed``)."""
@@ -158,7 +162,7 @@ class AuthStore:
 
         faults.hit("auth.replay")
 
-        def body(txn: lmdb.Transaction) -> None:
+        def body(txn: lmdb.Transaction[bytes]) -> None:
             for rec, event in entries:
                 self.apply(txn, rec, event)
             if entries:  # non-auth records move the LSN too (apply writes it for auth ones)
@@ -168,12 +172,12 @@ class AuthStore:
         self.env.write(body)
         self.version += 1
 
-    def set_applied(self, txn: lmdb.Transaction, lsn: int) -> None:
+    def set_applied(self, txn: lmdb.Transaction[bytes], lsn: int) -> None:
         txn.put(b"applied_lsn", lsn.to_bytes(8, "big"), db=self.db["sys"])
 
-    def _user_create(self, txn: lmdb.Transaction, rec: Record, e: ev.UserCreate) -> None:
+    def _user_create(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.UserCreate) -> None:
         now = ms(rec.ts)
-        user = {
+        user: dict[str, Any] = {
             "user_id": e.user_id,
             "username": e.username,
             "email": e.email,
@@ -192,14 +196,14 @@ class AuthStore:
         self._put(txn, "users", user["user_id"], user)
         self._put(txn, "usernames", user["username"].lower(), user["user_id"])
 
-    def _user_update(self, txn: lmdb.Transaction, rec: Record, e: ev.UserUpdate) -> None:
+    def _user_update(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.UserUpdate) -> None:
         self._update_user(txn, rec, e.user_id, dict(e.changes))
 
-    def _user_lock(self, txn: lmdb.Transaction, rec: Record, e: ev.UserLock) -> None:
+    def _user_lock(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.UserLock) -> None:
         self._update_user(txn, rec, e.user_id, {"locked_until": e.until})
 
     def _update_user(
-        self, txn: lmdb.Transaction, rec: Record, user_id: str, changes: dict[str, Any]
+        self, txn: lmdb.Transaction[bytes], rec: Record, user_id: str, changes: dict[str, Any]
     ) -> None:
         user = self.user(user_id, txn)
         if user is None:
@@ -216,13 +220,13 @@ class AuthStore:
         user["updated_at"] = now
         self._put(txn, "users", user["user_id"], user)
 
-    def _revoke_user_keys(self, txn: lmdb.Transaction, user_id: str) -> None:
+    def _revoke_user_keys(self, txn: lmdb.Transaction[bytes], user_id: str) -> None:
         for k in [unpack(v) for _, v in txn.cursor(db=self.db["keys"])]:
             if k["user_id"] == user_id and k["is_active"]:
                 k["is_active"] = False
                 self._put(txn, "keys", k["key_id"], k)
 
-    def _user_delete(self, txn: lmdb.Transaction, rec: Record, e: ev.UserDelete) -> None:
+    def _user_delete(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.UserDelete) -> None:
         user = self.user(e.user_id, txn)
         if user is None:
             return
@@ -230,8 +234,8 @@ class AuthStore:
         self._del(txn, "usernames", user["username"].lower())
         self._revoke_user_keys(txn, user["user_id"])
 
-    def _key_create(self, txn: lmdb.Transaction, rec: Record, e: ev.KeyCreate) -> None:
-        key = {
+    def _key_create(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.KeyCreate) -> None:
+        key: dict[str, Any] = {
             "key_id": e.key_id,
             "user_id": e.user_id,
             "hash": e.hash,
@@ -245,14 +249,16 @@ class AuthStore:
         self._put(txn, "keys", key["key_id"], key)
         self._put(txn, "keyhash", key["hash"], key["key_id"])
 
-    def _key_revoke(self, txn: lmdb.Transaction, rec: Record, e: ev.KeyRevoke) -> None:
+    def _key_revoke(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.KeyRevoke) -> None:
         key = self.key(e.key_id, txn)
         if key is None:
             return
         key["is_active"] = False
         self._put(txn, "keys", key["key_id"], key)
 
-    def _session_create(self, txn: lmdb.Transaction, rec: Record, e: ev.SessionCreate) -> None:
+    def _session_create(
+        self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.SessionCreate
+    ) -> None:
         now = ms(rec.ts)
         self._put(
             txn,
@@ -273,13 +279,15 @@ class AuthStore:
             user["locked_until"] = 0
             self._put(txn, "users", user["user_id"], user)
 
-    def _session_revoke(self, txn: lmdb.Transaction, rec: Record, e: ev.SessionRevoke) -> None:
+    def _session_revoke(
+        self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.SessionRevoke
+    ) -> None:
         session = self._get("sessions", e.jti, txn)
         exp = session["expires_at"] if session else e.expires_at
         self._put(txn, "revoked", e.jti, exp)
         self._del(txn, "sessions", e.jti)
 
-    def _prune(self, txn: lmdb.Transaction, rec: Record, e: ev.Prune) -> None:
+    def _prune(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.Prune) -> None:
         """Forget sessions, revocations, blocks and reset tokens that expired before ``now``."""
         now = e.now
         for sub, field in (
@@ -294,14 +302,14 @@ class AuthStore:
             if unpack(v) <= now:
                 txn.delete(k, db=self.db["revoked"])
 
-    def _grant_set(self, txn: lmdb.Transaction, rec: Record, e: ev.GrantSet) -> None:
+    def _grant_set(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.GrantSet) -> None:
         key = e.db + "\x00" + e.user_id
         if e.permission:
             self._put(txn, "grants", key, e.permission)
         else:
             self._del(txn, "grants", key)
 
-    def _block_set(self, txn: lmdb.Transaction, rec: Record, e: ev.BlockSet) -> None:
+    def _block_set(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.BlockSet) -> None:
         if e.until:
             self._put(
                 txn,
@@ -318,7 +326,7 @@ class AuthStore:
         else:
             self._del(txn, "blocks", e.ip)
 
-    def _reset_create(self, txn: lmdb.Transaction, rec: Record, e: ev.ResetCreate) -> None:
+    def _reset_create(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.ResetCreate) -> None:
         self._put(
             txn,
             "resets",
@@ -326,14 +334,14 @@ class AuthStore:
             {"user_id": e.user_id, "expires_at": e.expires_at, "used": False},
         )
 
-    def _reset_use(self, txn: lmdb.Transaction, rec: Record, e: ev.ResetUse) -> None:
+    def _reset_use(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.ResetUse) -> None:
         reset = self.reset(e.hash, txn)
         if reset is not None:
             reset["used"] = True
             self._put(txn, "resets", e.hash, reset)
 
 
-_APPLY: dict[str, Callable[[AuthStore, lmdb.Transaction, Record, Any], None]] = {
+_APPLY: dict[str, Callable[[AuthStore, lmdb.Transaction[bytes], Record, Any], None]] = {
     "auth.user.create": AuthStore._user_create,
     "auth.user.update": AuthStore._user_update,
     "auth.user.lock": AuthStore._user_lock,

@@ -41,7 +41,7 @@ class Defaults:
     )  # M, efConstruction, efSearch
 
 
-def decide(store: DataStore, txn: lmdb.Transaction, cmd: Command, defaults: Defaults
+def decide(store: DataStore, txn: lmdb.Transaction[bytes], cmd: Command, defaults: Defaults
            ) -> list[ev.Event]:
     fn = _DECIDE.get(cmd.type)
     if fn is None:
@@ -63,14 +63,14 @@ def _index(raw: dict[str, Any], defaults: Defaults) -> ev.IndexDef:
     )
 
 
-def _db(store: DataStore, txn: lmdb.Transaction, db_id: str) -> dict[str, Any]:
+def _db(store: DataStore, txn: lmdb.Transaction[bytes], db_id: str) -> dict[str, Any]:
     db = store.database(db_id, txn)
     if db is None:
         raise NotFound("Database not found", code="not_found", database_id=db_id)
     return db
 
 
-def _db_create(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+def _db_create(store: DataStore, txn: lmdb.Transaction[bytes], cmd: Command, d: Defaults
                ) -> list[ev.Event]:
     b = cmd.body
     # apply would overwrite the catalog entry and leave the old vectors behind it
@@ -90,7 +90,7 @@ def _db_create(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Default
     ]
 
 
-def _db_update(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+def _db_update(store: DataStore, txn: lmdb.Transaction[bytes], cmd: Command, d: Defaults
                ) -> list[ev.Event]:
     db = _db(store, txn, cmd.body["db"])
     changes = dict(cmd.body["changes"])
@@ -104,13 +104,13 @@ def _db_update(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Default
     return [ev.DbUpdate(db=db["id"], changes=ev.DbChanges(indexes=indexes, **changes))]
 
 
-def _db_delete(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+def _db_delete(store: DataStore, txn: lmdb.Transaction[bytes], cmd: Command, d: Defaults
                ) -> list[ev.Event]:
     _db(store, txn, cmd.body["db"])
     return [ev.DbDelete(db=cmd.body["db"])]
 
 
-def _vec_upsert(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+def _vec_upsert(store: DataStore, txn: lmdb.Transaction[bytes], cmd: Command, d: Defaults
                 ) -> list[ev.Event]:
     b = cmd.body
     db = _db(store, txn, b["db"])
@@ -162,7 +162,7 @@ def _vec_upsert(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaul
     ]
 
 
-def _vec_delete(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+def _vec_delete(store: DataStore, txn: lmdb.Transaction[bytes], cmd: Command, d: Defaults
                 ) -> list[ev.Event]:
     b = cmd.body
     db = _db(store, txn, b["db"])
@@ -178,13 +178,13 @@ def _vec_delete(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaul
     return [ev.VecDelete(db=db["id"], ids=ids, labels=labels)]
 
 
-def _index_create(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+def _index_create(store: DataStore, txn: lmdb.Transaction[bytes], cmd: Command, d: Defaults
                   ) -> list[ev.Event]:
     _db(store, txn, cmd.body["db"])
     return [ev.IndexCreate(db=cmd.body["db"], index=_index(cmd.body["index"], d))]
 
 
-def _index_change(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+def _index_change(store: DataStore, txn: lmdb.Transaction[bytes], cmd: Command, d: Defaults
                   ) -> list[ev.Event]:
     b = cmd.body
     db = _db(store, txn, b["db"])
@@ -196,20 +196,22 @@ def _index_change(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defa
     return [ev.IndexDelete(db=b["db"], index_id=b["index_id"])]
 
 
-def _system_mode(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+def _system_mode(store: DataStore, txn: lmdb.Transaction[bytes], cmd: Command, d: Defaults
                  ) -> list[ev.Event]:
     if cmd.body.get("mode") not in ("readonly", "readwrite"):
         raise Conflict("mode must be readonly or readwrite")
     return [ev.SystemMode(mode=cmd.body["mode"])]
 
 
-def _system_promote(store: DataStore, txn: lmdb.Transaction, cmd: Command, d: Defaults
+def _system_promote(store: DataStore, txn: lmdb.Transaction[bytes], cmd: Command, d: Defaults
                     ) -> list[ev.Event]:
     return [ev.SystemPromote(epoch=int(cmd.body["epoch"]),
                              previous_primary=cmd.body.get("previous_primary"))]
 
 
-_DECIDE: dict[str, Callable[[DataStore, lmdb.Transaction, Command, Defaults], list[ev.Event]]] = {
+_DECIDE: dict[
+    str, Callable[[DataStore, lmdb.Transaction[bytes], Command, Defaults], list[ev.Event]]
+] = {
     "db.create": _db_create,
     "db.update": _db_update,
     "db.delete": _db_delete,

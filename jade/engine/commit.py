@@ -104,7 +104,7 @@ class AuthStage:
     def __init__(self, engine: Engine) -> None:
         self.e = engine
         self.applied = engine.auth.applied_lsn()
-        self.txn: lmdb.Transaction | None = None
+        self.txn: lmdb.Transaction[bytes] | None = None
         self.behind: str | None = None  # why the auth store is behind the log (None: level)
         self.failures = 0  # commits of the auth file that failed after the log's
 
@@ -137,7 +137,7 @@ class AuthStage:
             self.e.auth_env.write(lambda txn: self.e.auth.set_applied(txn, applied))
         return self.e.auth.applied_lsn()
 
-    def open(self) -> lmdb.Transaction:
+    def open(self) -> lmdb.Transaction[bytes]:
         if self.behind is not None:
             raise Unavailable("the auth store is behind the log (a commit of its file failed); "
                               "auth changes are refused until it catches up: retry")
@@ -314,7 +314,7 @@ class Writer:
             else:
                 job.future.set_result(job.records)
 
-    def _one(self, txn: lmdb.Transaction, job: _Job, staged: list[Entry]) -> None:
+    def _one(self, txn: lmdb.Transaction[bytes], job: _Job, staged: list[Entry]) -> None:
         item = job.item
         if isinstance(item, Truncate):
             # never past what the auth store still has to fold (a start-up replays it)
@@ -345,7 +345,7 @@ class Writer:
             self._apply(txn, rec, event, staged, replicated=False)
             job.records.append(rec)
 
-    def _gate(self, txn: lmdb.Transaction, cmd: Command) -> None:
+    def _gate(self, txn: lmdb.Transaction[bytes], cmd: Command) -> None:
         if self.e.role == "replica":
             raise NotPrimary("this node is a read replica; send writes to the primary",
                              primary=self.e.settings.primary_url)
@@ -353,7 +353,7 @@ class Writer:
         if (cls is None or not cls.readonly_ok) and self.e.store.mode(txn) == "readonly":
             raise ReadOnly("the server is in readonly mode; writes are refused")
 
-    def _decide(self, txn: lmdb.Transaction, cmd: Command) -> list[ev.Event]:
+    def _decide(self, txn: lmdb.Transaction[bytes], cmd: Command) -> list[ev.Event]:
         if cmd.type.startswith("auth."):
             try:
                 return decide_auth(self.e.auth, self.auth.open(), cmd, self.e.store, txn)
@@ -362,8 +362,8 @@ class Writer:
                 raise
         return decide(self.e.store, txn, cmd, self.defaults)
 
-    def _apply(self, txn: lmdb.Transaction, rec: Record, event: ev.Event, staged: list[Entry],
-               *, replicated: bool) -> None:
+    def _apply(self, txn: lmdb.Transaction[bytes], rec: Record, event: ev.Event,
+               staged: list[Entry], *, replicated: bool) -> None:
         """4. apply: the data store in the log's transaction, the auth store in its own."""
         self.e.store.apply(txn, rec, event)
         if event.is_auth and (not replicated or self.auth.behind is None):

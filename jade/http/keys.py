@@ -24,11 +24,11 @@ ENGINE = web.AppKey("engine", Engine)
 METRICS = web.AppKey("metrics", Metrics)
 ACCESS = web.AppKey("access", dict)
 ROUTE_TABLE = web.AppKey("routes", tuple)
-OBSERVE = web.AppKey("observe_request", Callable[..., None])
+OBSERVE: web.AppKey[Callable[..., None]] = web.AppKey("observe_request")
 # optional hooks other parts (auth, replication) install
-VISIBLE_DATABASES = web.AppKey("visible_databases", Callable[..., Any])
-AUTH_HEALTH = web.AppKey("auth_health", Callable[[], tuple[bool, str]])
-CONNECTIONS = web.AppKey("connections", Callable[[], int])
+VISIBLE_DATABASES: web.AppKey[Callable[..., Any]] = web.AppKey("visible_databases")
+AUTH_HEALTH: web.AppKey[Callable[[], tuple[bool, str]]] = web.AppKey("auth_health")
+CONNECTIONS: web.AppKey[Callable[[], int]] = web.AppKey("connections")
 
 REQUEST_ID = web.RequestKey("request_id", str)
 ACTOR = web.RequestKey("actor", str)
@@ -44,8 +44,8 @@ CLIENT_IP = web.RequestKey("client_ip", str)
 
 # replication: the primary's view of its followers; a follower installs REPLICA_STATUS
 REPLICAS = web.AppKey("replicas", Replicas)
-REPLICA_STATUS = web.AppKey("replica_status", Callable[[], dict[str, Any]])
+REPLICA_STATUS: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("replica_status")
 OPENAPI = web.AppKey("openapi", dict)
-PROMOTE = web.AppKey("promote", Callable[[], Awaitable[dict[str, Any]]])
+PROMOTE: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("promote")
 
 INFLIGHT = web.AppKey("inflight", InFlight)  # the requests being handled (shutdown drains)

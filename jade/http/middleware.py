@@ -19,6 +19,7 @@ from collections.abc import Awaitable, Callable
 import lmdb
 import orjson
 from aiohttp import web
+from aiohttp.typedefs import Middleware  # a Protocol: what Application(middlewares=) takes
 
 from jade import logs
 from jade.engine import written_lsn
@@ -32,7 +33,6 @@ access_log = logging.getLogger("jade.access")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 Admit = Callable[[web.Request], Awaitable[None] | None]
-Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
 
 def json_response(

@@ -23,20 +23,26 @@ I64 = NDArray[np.int64]
 
 def distances_to_scores(metric: str, d: np.ndarray) -> np.ndarray:
     """hnswlib distances → scores (higher is better)."""
+    scores: np.ndarray  # numpy's operators on an untyped-dtype array return Any
     if metric == "euclidean":
-        return 1.0 / (1.0 + np.sqrt(np.maximum(d, 0.0)))
-    return 1.0 - d  # cosine: 1 - cos; ip: 1 - dot
+        scores = 1.0 / (1.0 + np.sqrt(np.maximum(d, 0.0)))
+    else:
+        scores = 1.0 - d  # cosine: 1 - cos; ip: 1 - dot
+    return scores
 
 
 def exact_scores(metric: str, data: np.ndarray, q: np.ndarray) -> np.ndarray:
     """Scores of every row of ``data`` against ``q`` (data already normalised for cosine)."""
+    scores: np.ndarray  # numpy's operators on an untyped-dtype array return Any
     if metric == "cosine":
         qn = q / (np.linalg.norm(q) + 1e-30)
-        return data @ qn
-    if metric == "dot":
-        return data @ q
-    diff = data - q
-    return 1.0 / (1.0 + np.sqrt(np.einsum("ij,ij->i", diff, diff)))
+        scores = data @ qn
+    elif metric == "dot":
+        scores = data @ q
+    else:
+        diff = data - q
+        scores = 1.0 / (1.0 + np.sqrt(np.einsum("ij,ij->i", diff, diff)))
+    return scores
 
 
 def top_k(scores: np.ndarray, k: int) -> np.ndarray:

@@ -86,7 +86,8 @@ class HnswIndex(VectorIndex):
 
     def _prep(self, v: F32) -> F32:
         if self.metric == "cosine":
-            return v / (np.linalg.norm(v, axis=1, keepdims=True) + 1e-30)  # as hnswlib does
+            unit: F32 = v / (np.linalg.norm(v, axis=1, keepdims=True) + 1e-30)  # as hnswlib does
+            return unit
         return v
 
     def _grow_rows(self, top: int) -> tuple[F32, NDArray[np.bool_]]:

@@ -126,9 +126,10 @@ class IndexProjection:
             self.files.remove(db_id)
             return
         else:
-            live = self.dbs.get(db_id)
-            if live is None:
+            held = self.dbs.get(db_id)
+            if held is None:
                 return  # a database this projection does not hold (deleted later in a replay)
+            live = held
             if isinstance(e, ev.VecUpsert):
                 n = len(e.ids)
                 if len(e.values) != n * live.dim * 4:

@@ -111,7 +111,7 @@ class DataStore:
         was = self.schema()
         meta = self.env.db(b"meta")
 
-        def body(txn: lmdb.Transaction) -> None:
+        def body(txn: lmdb.Transaction[bytes]) -> None:
             if was < 2:
                 for key, raw in list(txn.cursor(db=self.dbs)):
                     db = unpack(raw)
@@ -123,21 +123,23 @@ class DataStore:
         return was
 
     # -- reads (any thread; each opens a short read transaction unless given one) --------------
-    def applied_lsn(self, txn: lmdb.Transaction | None = None) -> int:
+    def applied_lsn(self, txn: lmdb.Transaction[bytes] | None = None) -> int:
         if txn is None:
             with self.env.read() as t:
                 return self.applied_lsn(t)
         raw = txn.get(b"applied_lsn", db=self.sys)
         return int.from_bytes(raw, "big") if raw else 0
 
-    def mode(self, txn: lmdb.Transaction | None = None) -> str:
+    def mode(self, txn: lmdb.Transaction[bytes] | None = None) -> str:
         if txn is None:
             with self.env.read() as t:
                 return self.mode(t)
         raw = txn.get(b"mode", db=self.sys)
         return raw.decode() if raw else "readwrite"
 
-    def database(self, db_id: str, txn: lmdb.Transaction | None = None) -> dict[str, Any] | None:
+    def database(
+        self, db_id: str, txn: lmdb.Transaction[bytes] | None = None
+    ) -> dict[str, Any] | None:
         if txn is None:
             with self.env.read() as t:
                 return self.database(db_id, t)
@@ -158,7 +160,7 @@ class DataStore:
             return [unpack(v) for _, v in txn.cursor(db=self.dbs)]
 
     def vector(
-        self, db_id: str, vec_id: str, txn: lmdb.Transaction | None = None
+        self, db_id: str, vec_id: str, txn: lmdb.Transaction[bytes] | None = None
     ) -> StoredVector | None:
         if txn is None:
             with self.env.read() as t:
@@ -232,7 +234,7 @@ class DataStore:
         return [raw.decode() if raw is not None else None for raw in raws]
 
     # -- apply (writer thread, inside the log's transaction) -----------------------------------
-    def apply(self, txn: lmdb.Transaction, rec: Record, event: ev.Event) -> None:
+    def apply(self, txn: lmdb.Transaction[bytes], rec: Record, event: ev.Event) -> None:
         """Fold one event into the catalog and vectors, in the log's transaction (so the store's
         applied LSN moves with the log, record by record)."""
         handler = _APPLY.get(event.type)
@@ -244,16 +246,16 @@ class DataStore:
         """Replay: fold ``entries`` (in LSN order, right after ``applied_lsn``) in one write
         transaction of the store's own (see ``jade.engine.replay``)."""
 
-        def body(txn: lmdb.Transaction) -> None:
+        def body(txn: lmdb.Transaction[bytes]) -> None:
             for rec, event in entries:
                 self.apply(txn, rec, event)
 
         self.env.write(body)
 
-    def _put_db(self, txn: lmdb.Transaction, db: dict[str, Any]) -> None:
+    def _put_db(self, txn: lmdb.Transaction[bytes], db: dict[str, Any]) -> None:
         txn.put(db["id"].encode(), pack(db), db=self.dbs)
 
-    def _db_create(self, txn: lmdb.Transaction, rec: Record, e: ev.DbCreate) -> None:
+    def _db_create(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.DbCreate) -> None:
         now = ms(rec.ts)
         index = _index_dict(e.index, now)
         db = {
@@ -273,7 +275,7 @@ class DataStore:
         }
         self._put_db(txn, db)
 
-    def _db_update(self, txn: lmdb.Transaction, rec: Record, e: ev.DbUpdate) -> None:
+    def _db_update(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.DbUpdate) -> None:
         db = self.database(e.db, txn)
         if db is None:
             return
@@ -290,7 +292,7 @@ class DataStore:
         db["updated_at"] = now
         self._put_db(txn, db)
 
-    def _db_delete(self, txn: lmdb.Transaction, rec: Record, e: ev.DbDelete) -> None:
+    def _db_delete(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.DbDelete) -> None:
         db_id = e.db
         txn.delete(db_id.encode(), db=self.dbs)
         for sub in (self.vec, self.lbl):
@@ -301,7 +303,7 @@ class DataStore:
                     if not cur.delete():
                         break
 
-    def _vec_upsert(self, txn: lmdb.Transaction, rec: Record, e: ev.VecUpsert) -> None:
+    def _vec_upsert(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.VecUpsert) -> None:
         db_id = e.db
         db = self.database(db_id, txn)
         if db is None:
@@ -322,7 +324,7 @@ class DataStore:
         db["updated_at"] = ms(rec.ts)
         self._put_db(txn, db)
 
-    def _vec_delete(self, txn: lmdb.Transaction, rec: Record, e: ev.VecDelete) -> None:
+    def _vec_delete(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.VecDelete) -> None:
         db_id = e.db
         db = self.database(db_id, txn)
         if db is None:
@@ -341,14 +343,14 @@ class DataStore:
         db["updated_at"] = ms(rec.ts)
         self._put_db(txn, db)
 
-    def _index_create(self, txn: lmdb.Transaction, rec: Record, e: ev.IndexCreate) -> None:
+    def _index_create(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.IndexCreate) -> None:
         db = self.database(e.db, txn)
         if db is None:
             return
         db["indexes"].append(_index_dict(e.index, ms(rec.ts)))
         self._put_db(txn, db)
 
-    def _index_update(self, txn: lmdb.Transaction, rec: Record, e: ev.IndexUpdate) -> None:
+    def _index_update(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.IndexUpdate) -> None:
         db = self.database(e.db, txn)
         if db is None:
             return
@@ -358,14 +360,14 @@ class DataStore:
                 index["updated_at"] = ms(rec.ts)
         self._put_db(txn, db)
 
-    def _index_delete(self, txn: lmdb.Transaction, rec: Record, e: ev.IndexDelete) -> None:
+    def _index_delete(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.IndexDelete) -> None:
         db = self.database(e.db, txn)
         if db is None:
             return
         db["indexes"] = [i for i in db["indexes"] if i["id"] != e.index_id]
         self._put_db(txn, db)
 
-    def _system_mode(self, txn: lmdb.Transaction, rec: Record, e: ev.SystemMode) -> None:
+    def _system_mode(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.SystemMode) -> None:
         txn.put(b"mode", e.mode.encode(), db=self.sys)
 
 
@@ -396,7 +398,7 @@ def _index_dict(index: ev.IndexDef, now: int) -> dict[str, Any]:
     }
 
 
-_APPLY: dict[str, Callable[[DataStore, lmdb.Transaction, Record, Any], None]] = {
+_APPLY: dict[str, Callable[[DataStore, lmdb.Transaction[bytes], Record, Any], None]] = {
     "db.create": DataStore._db_create,
     "db.update": DataStore._db_update,
     "db.delete": DataStore._db_delete,
