@@ -10,12 +10,17 @@ from pathlib import Path
 from typing import Any
 
 import lmdb
+import numpy as np
 import pytest
 
-from wal.codec import GENESIS, CodecError, Record, decode, encode, lsn_key, pack, unpack
+from jade.core.decide import Command
+from jade.engine import Engine
+from jade.stores.data import DataStore
+from tests.conftest import make_settings
+from tests.test_apply import db_create
+from wal.codec import GENESIS, CodecError, Record, decode, encode, lsn_key
 from wal.lmdbenv import Env
 from wal.log import LOG_DB, META_DB, Log, LogError
-from wal.writer import Draft, Writer
 
 
 @pytest.fixture
@@ -523,35 +528,37 @@ async def test_wait_for_times_out(env: Env) -> None:
     assert await task is False
 
 
-# -- map growth through the writer --------------------------------------------------------------
+# -- map growth under the group commit ----------------------------------------------------------
 
 
-class _BlobHandler:
-    """Each item becomes one record with a blob; apply copies it to a side table."""
+def test_map_grows_under_the_group_commit_with_concurrent_readers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's group commit (jade/engine/commit.py) appends through ``Log.append`` in its
+    own write transaction and, on ``MapFullError``, aborts it with the readers held off
+    (``Env.grow``), grows the map and redoes the group."""
+    engine = Engine(make_settings(tmp_path, initial_map_bytes=64 * 1024, max_group_records=16))
+    engine.open()
+    assert engine.env is not None
+    env, log = engine.env, engine.log
+    engine.submit_sync(db_create("d", dim=750, kind="flat"))  # 3000 bytes a vector
+    grows_at_start = env.grow_count
+    applies = [0]
+    real_apply = DataStore.apply
 
-    def __init__(self, env: Env) -> None:
-        self.side = env.db(b"side")
-        self.prepares = 0
+    def counting_apply(self: DataStore, txn: Any, rec: Record, event: Any) -> None:
+        applies[0] += 1
+        real_apply(self, txn, rec, event)
 
-    def prepare(self, txn: lmdb.Transaction, item: int) -> list[Draft]:
-        self.prepares += 1
-        return [Draft("blob", "w", {"n": item, "blob": bytes([item % 251]) * 3000})]
-
-    def apply_in_txn(self, txn: lmdb.Transaction, record: Record) -> None:
-        txn.put(lsn_key(record.lsn), pack(record.body["n"]), db=self.side)
-
-    def after_commit(self, records: list[Record]) -> None:
-        pass
-
-
-def test_map_grows_under_the_writer_with_concurrent_readers(tmp_path: Path) -> None:
-    env = Env(str(tmp_path / "tiny.db"), map_size=64 * 1024)
-    log = Log(env)
-    handler = _BlobHandler(env)
-    writer = Writer(log, handler, max_group=16)
+    monkeypatch.setattr(DataStore, "apply", counting_apply)
+    assert engine.writer is not None
+    writer = engine.writer
     stop = threading.Event()
     errors: list[BaseException] = []
     reads = [0]
+
+    def blob(n: int) -> bytes:
+        return np.full(750, n % 251, dtype="<f4").tobytes()
 
     def reader() -> None:
         try:
@@ -560,7 +567,9 @@ def test_map_grows_under_the_writer_with_concurrent_readers(tmp_path: Path) -> N
                     cur = txn.cursor(db=env.db(LOG_DB))
                     if cur.last():
                         rec = decode(cur.value())
-                        assert txn.get(lsn_key(rec.lsn), db=handler.side) is not None
+                        if rec.type == "vec.upsert":  # applied in the same transaction
+                            (vid,) = rec.body["ids"]
+                            assert engine.store.vector("d", vid, txn) is not None
                 reads[0] += 1
                 if log.last_lsn:
                     assert log.get(log.last_lsn) is not None
@@ -574,8 +583,10 @@ def test_map_grows_under_the_writer_with_concurrent_readers(tmp_path: Path) -> N
     t0 = time.perf_counter()
     try:
         futures = []
-        while env.grow_count < 4 and n < 5000:
-            futures.append(writer.submit(n, 3000))
+        while env.grow_count < grows_at_start + 4 and n < 5000:
+            cmd = Command("vec.upsert", {"db": "d", "ids": [f"v{n}"], "values": blob(n),
+                                         "metadata": [n]}, "w", size=3000)
+            futures.append(writer.submit(cmd, cmd.size))
             n += 1
             if n % 8 == 0:
                 futures[-1].result(timeout=30)
@@ -585,19 +596,22 @@ def test_map_grows_under_the_writer_with_concurrent_readers(tmp_path: Path) -> N
         stop.set()
         for t in threads:
             t.join()
-        writer.close()
-    assert not errors, errors
-    # growing must not stall behind busy readers (an abort racing them took ~10 s per grow)
-    assert elapsed < 20, f"{env.grow_count} grows took {elapsed:.1f} s"
-    assert env.grow_count >= 4
-    assert env.map_size() >= 64 * 1024 * 16
-    assert reads[0] > 0
-    assert [r[0].lsn for r in got] == list(range(1, n + 1))
-    recs = log.read(0, verify=True)
-    assert [r.body["n"] for r in recs] == list(range(n))
-    assert all(r.body["blob"] == bytes([r.body["n"] % 251]) * 3000 for r in recs)
-    with env.read() as txn:
-        side = {int.from_bytes(k, "big"): unpack(v) for k, v in txn.cursor(db=handler.side)}
-    assert side == {i + 1: i for i in range(n)}
-    assert handler.prepares > n  # groups were redone after growing
-    env.close()
+    try:
+        assert not errors, errors
+        # growing must not stall behind busy readers (an abort racing them took ~10 s per grow)
+        assert elapsed < 20, f"{env.grow_count} grows took {elapsed:.1f} s"
+        assert env.grow_count >= grows_at_start + 4
+        assert env.map_size() >= 64 * 1024 * 16
+        assert reads[0] > 0
+        assert [r[0].lsn for r in got] == list(range(2, n + 2))
+        recs = log.read(1, verify=True)
+        assert [r.body["ids"] for r in recs] == [[f"v{i}"] for i in range(n)]
+        assert all(r.body["values"] == blob(r.body["metadata"][0]) for r in recs)
+        for i in range(n):
+            vec = engine.store.vector("d", f"v{i}")
+            assert vec is not None and vec.values == blob(i) and vec.metadata == i
+        assert applies[0] > n  # groups were redone after growing
+        live = engine.indexes.get("d")
+        assert live is not None and len(live) == n
+    finally:
+        engine.close()
