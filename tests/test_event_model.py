@@ -352,3 +352,57 @@ def test_faults_are_inert_unless_armed() -> None:
             faults.hit("x")
     faults.hit("x")
     assert not os.environ.get("JADEVECTORDB_FAULTS")
+
+
+# -- a dimension history over a checkpoint, ended by SIGKILL ----------------------------------
+
+_KILLED_HISTORY = r"""
+import os, signal, sys
+import numpy as np
+from jade.core.decide import Command
+from jade.engine import Engine
+from jade.http.databases import new_index
+from tests.conftest import make_settings
+from tests.test_apply import upsert, vec_delete
+from pathlib import Path
+
+e = Engine(make_settings(Path(sys.argv[1])))
+e.open()
+run = e.submit_sync
+run(Command("db.create", {"db": "d", "name": "d", "description": "", "dimension": 3,
+    "metric": "euclidean", "index_type": "HNSW", "index": new_index("HNSW", "hnsw", {}),
+    "extra": {}}))
+run(upsert("d", [("a", [1.0, 0.0, 0.0], None), ("b", [0.0, 1.0, 0.0], None)]))
+e.indexes.checkpoint()
+run(vec_delete("d", ["a", "b"]))
+run(Command("db.update", {"db": "d", "changes": {"dimension": 4}}))
+run(upsert("d", [("c", [1.0, 2.0, 3.0, 4.0], None)]))
+run(vec_delete("d", ["c"]))
+run(Command("db.update", {"db": "d", "changes": {"dimension": 3}}))
+run(upsert("d", [("e", [3.0, 2.0, 1.0], {"k": "v"})]))
+print("done", flush=True)
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_a_dimension_history_over_a_checkpoint_survives_sigkill(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parent.parent
+    p = subprocess.run([sys.executable, "-c", _KILLED_HISTORY, str(tmp_path)], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert p.returncode == -9 and "done" in p.stdout, p.stderr
+    e = _open(make_settings(tmp_path))
+    try:
+        assert e.report.unclean
+        assert e.report.index["loaded"] == 1 and e.report.index["replayed_records"] == 6
+        live = e.indexes.get("d")
+        assert live is not None and live.dim == 3 and len(live) == 1
+        assert live.meta == {3: {"k": "v"}}  # labels a 0, b 1, c 2, e 3
+        labels, _ = live.index.search(np.array([3.0, 2.0, 1.0], dtype=np.float32), 1)
+        assert labels.tolist() == [3]
+    finally:
+        e.close()
+    report = verify_dir(e.settings)
+    assert report.ok, report.lines
