@@ -307,7 +307,8 @@ async def _diverged_index_round(srv: Server) -> None:
     st, _ = await api.post(f"/v1/databases/{db}/vectors", {"id": "b", "values": [0, 1]})
     assert st in (200, 201)  # durable: acknowledged
     st, body = await srv.anon.get("/health/db")
-    assert st == 503 and body["checks"]["projections"]["behind"], body
+    assert st == 503 and body["checks"]["vector_db"]["healthy"] is False, body
+    assert body["checks"]["vector_db"]["status"].startswith(f"index {db} not served"), body
     st, body = await api.post(f"/v1/databases/{db}/search", {"queryVector": [0, 1], "topK": 2})
     assert st == 503, body  # never a silently diverged answer
     st, text = await srv.anon.get("/metrics")

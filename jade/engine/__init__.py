@@ -163,7 +163,7 @@ class Engine:
         out: dict[str, str] = {}
         if self.writer is not None and self.writer.auth.behind is not None:
             out["auth"] = self.writer.auth.behind
-        for db_id, why in self.indexes.failed.items():
+        for db_id, why in dict(self.indexes.failed).items():  # a copy: the writer changes it
             out[f"index {db_id}"] = why
         return out
 

@@ -58,6 +58,18 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 
+def refuse_writes(role: str, mode: str, readonly_ok: bool, primary: str | None) -> None:
+    """The one rule of refused writes: a replica refuses every one (``NotPrimary``, naming the
+    primary); readonly mode refuses every one that is not ``readonly_ok`` (``ReadOnly``). The
+    gate applies it per command inside the group's transaction (authoritative); admission
+    applies it per route before the handler runs, so the answer cannot depend on the input."""
+    if role == "replica":
+        raise NotPrimary("this node is a read replica; send writes to the primary",
+                         primary=primary)
+    if not readonly_ok and mode == "readonly":
+        raise ReadOnly("the server is in readonly mode; writes are refused")
+
+
 @dataclass(slots=True)
 class Replicated:
     """Records made by another node, appended verbatim after verification (replica, restore)."""
@@ -346,12 +358,9 @@ class Writer:
             job.records.append(rec)
 
     def _gate(self, txn: lmdb.Transaction[bytes], cmd: Command) -> None:
-        if self.e.role == "replica":
-            raise NotPrimary("this node is a read replica; send writes to the primary",
-                             primary=self.e.settings.primary_url)
         cls = ev.EVENTS.get(cmd.type)
-        if (cls is None or not cls.readonly_ok) and self.e.store.mode(txn) == "readonly":
-            raise ReadOnly("the server is in readonly mode; writes are refused")
+        refuse_writes(self.e.role, self.e.store.mode(txn), cls is not None and cls.readonly_ok,
+                      self.e.settings.primary_url)
 
     def _decide(self, txn: lmdb.Transaction[bytes], cmd: Command) -> list[ev.Event]:
         if cmd.type.startswith("auth."):

@@ -10,11 +10,10 @@ from aiohttp import web
 
 from jade.auth.principal import LOOPBACK_ADMIN
 from jade.engine import Engine
+from jade.engine.commit import refuse_writes
 from jade.errors import (
     Forbidden,
     InvalidArgument,
-    NotPrimary,
-    ReadOnly,
     Unauthorized,
     Unavailable,
 )
@@ -41,9 +40,8 @@ def admit(request: web.Request) -> Awaitable[None] | None:
         raise Unavailable("the data directory is being re-opened (replica re-seed); retry")
     ip = svc.client_ip(request.remote, request.headers)
     request[CLIENT_IP] = ip
-    if engine.role == "replica" and (route.mutates or route.records):
-        raise NotPrimary("this node is a read replica; send writes to the primary",
-                         primary=request.app[SETTINGS].primary_url)
+    if route.mutates or route.records:  # a replica: before anything else
+        refuse_writes(engine.role, "readwrite", True, request.app[SETTINGS].primary_url)
     if route.access == "public":
         if route.path not in PROBES:
             svc.check_blocked(ip)
@@ -57,8 +55,8 @@ def admit(request: web.Request) -> Awaitable[None] | None:
                 request[ACTOR] = principal.user_id
             # refused before the handler runs, so the answer cannot depend on the input (a
             # forgot-password for an unknown name must not differ from one for a known name)
-            if route.mutates and engine.mode() == "readonly":
-                raise ReadOnly("the server is in readonly mode; writes are refused")
+            if route.mutates:
+                refuse_writes(engine.role, engine.mode(), False, None)
         return None
     svc.check_blocked(ip)
     principal = svc.authenticate(request.headers)
@@ -92,9 +90,8 @@ def admit(request: web.Request) -> Awaitable[None] | None:
         svc.authorize(principal, access, request.match_info.get("db"))
     elif access in ("create", "list", "admin", "replicate"):
         svc.authorize(principal, access)
-    if route.mutates and engine.mode() == "readonly":
-        raise ReadOnly("the server is in readonly mode; writes are refused")
     if route.mutates:
+        refuse_writes(engine.role, engine.mode(), False, None)
         return None
     raw = request.headers.get("X-Min-LSN") or (request.query_string and
                                                request.query.get("min_lsn"))

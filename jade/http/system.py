@@ -66,10 +66,15 @@ async def health_db(request: web.Request) -> web.Response:
     auth_check = request.app.get(AUTH_HEALTH)
     auth_ok, auth_msg = auth_check() if auth_check else (True, "ok")
     engine = engine_of(request)
-    # a projection that does not serve the log's state (an index that could not apply a
-    # committed record, an auth store behind the log) makes the node not ready
+    # a projection that does not serve the log's state makes the node not ready: an index that
+    # could not apply a committed record (vector_db), an auth store behind the log
     behind = engine.projections_behind() if engine.env is not None else {}
-    healthy = db_ok and auth_ok and not behind
+    for what, why in behind.items():
+        if what == "auth":
+            auth_ok, auth_msg = False, f"auth store behind the log: {why}"
+        elif db_ok or db_msg.startswith(what):
+            db_ok, db_msg = False, f"{what} not served until rebuilt: {why}"
+    healthy = db_ok and auth_ok
     body = {
         "status": "healthy" if healthy else "degraded",
         "healthy": healthy,
@@ -77,8 +82,6 @@ async def health_db(request: web.Request) -> web.Response:
         "checks": {
             "authentication_db": {"status": auth_msg, "healthy": auth_ok},
             "vector_db": {"status": db_msg, "healthy": db_ok},
-            "projections": {"status": "ok" if not behind else "behind",
-                            "healthy": not behind, "behind": behind},
         },
     }
     return json_response(body, status=200 if healthy else 503)
