@@ -212,14 +212,14 @@ def _system_promote(store: DataStore, txn: lmdb.Transaction[bytes], cmd: Command
 _DECIDE: dict[
     str, Callable[[DataStore, lmdb.Transaction[bytes], Command, Defaults], list[ev.Event]]
 ] = {
-    "db.create": _db_create,
-    "db.update": _db_update,
-    "db.delete": _db_delete,
-    "vec.upsert": _vec_upsert,
-    "vec.delete": _vec_delete,
-    "index.create": _index_create,
-    "index.update": _index_change,
-    "index.delete": _index_change,
-    "system.mode": _system_mode,
-    "system.promote": _system_promote,
+    ev.DbCreate.type: _db_create,
+    ev.DbUpdate.type: _db_update,
+    ev.DbDelete.type: _db_delete,
+    ev.VecUpsert.type: _vec_upsert,
+    ev.VecDelete.type: _vec_delete,
+    ev.IndexCreate.type: _index_create,
+    ev.IndexUpdate.type: _index_change,
+    ev.IndexDelete.type: _index_change,
+    ev.SystemMode.type: _system_mode,
+    ev.SystemPromote.type: _system_promote,
 }

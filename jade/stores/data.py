@@ -399,15 +399,15 @@ def _index_dict(index: ev.IndexDef, now: int) -> dict[str, Any]:
 
 
 _APPLY: dict[str, Callable[[DataStore, lmdb.Transaction[bytes], Record, Any], None]] = {
-    "db.create": DataStore._db_create,
-    "db.update": DataStore._db_update,
-    "db.delete": DataStore._db_delete,
-    "vec.upsert": DataStore._vec_upsert,
-    "vec.delete": DataStore._vec_delete,
-    "index.create": DataStore._index_create,
-    "index.update": DataStore._index_update,
-    "index.delete": DataStore._index_delete,
-    "system.mode": DataStore._system_mode,
+    ev.DbCreate.type: DataStore._db_create,
+    ev.DbUpdate.type: DataStore._db_update,
+    ev.DbDelete.type: DataStore._db_delete,
+    ev.VecUpsert.type: DataStore._vec_upsert,
+    ev.VecDelete.type: DataStore._vec_delete,
+    ev.IndexCreate.type: DataStore._index_create,
+    ev.IndexUpdate.type: DataStore._index_update,
+    ev.IndexDelete.type: DataStore._index_delete,
+    ev.SystemMode.type: DataStore._system_mode,
 }
 
 
