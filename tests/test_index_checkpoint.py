@@ -1,4 +1,4 @@
-"""Index checkpoints carry the metadata side (``jade/indexes/checkpoint.py``): a restart from a
+"""Index checkpoints carry the metadata side (``jade/indexes/metadata_file.py``): a restart from a
 checkpoint rebuilds ``meta`` and ``terms`` from the checkpoint's own metadata file, never from a
 scan of the vector store; a missing, damaged or older checkpoint is rebuilt; the log tail after
 a checkpoint is replayed once, into the databases it belongs to.
@@ -34,8 +34,8 @@ from jade.core.decide import Command
 from jade.core.filters import parse_filter
 from jade.engine import Engine
 from jade.http.databases import new_index
-from jade.indexes import checkpoint as ckpt
 from jade.indexes import checkpoints as manager_mod
+from jade.indexes import metadata_file as ckpt
 from jade.indexes.checkpoints import FORMAT as CHECKPOINT_FORMAT
 from jade.indexes.checkpoints import MD_SUFFIX
 from jade.indexes.flat import FlatIndex

@@ -2,7 +2,7 @@
 
 A checkpoint of one database is ``<index_dir>/<db id>/index.json`` and the files it names: the
 index file and whatever the index writes beside it (``<file><suffix>``), and the metadata file
-``<file>.metadata.msgpack`` (labels, metadata, inverted terms: ``checkpoint.py``). All of them
+``<file>.metadata.msgpack`` (labels, metadata, inverted terms: ``metadata_file.py``). All of them
 or none: a missing or damaged member makes the whole checkpoint not usable (the projection then
 rebuilds).
 
@@ -30,7 +30,7 @@ from typing import Any
 import msgspec
 
 from jade import events as ev
-from jade.indexes import checkpoint as ckpt
+from jade.indexes import metadata_file as ckpt
 from jade.indexes.base import IndexCapture, VectorIndex
 from jade.indexes.flat import FlatIndex
 from jade.indexes.hnsw import HnswIndex
