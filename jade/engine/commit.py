@@ -240,8 +240,8 @@ class Writer:
         with self._cond:
             while not self._queue and not self._stopping:
                 # a projection behind the log is retried every second while idle
-                self._cond.wait(1.0 if self.auth.behind is not None else None)
-                if self.auth.behind is not None and not self._queue:
+                self._cond.wait(1.0 if self._repairing() else None)
+                if self._repairing() and not self._queue:
                     return []
             if not self._queue:
                 return None
@@ -254,6 +254,9 @@ class Writer:
                 size += job.size
                 group.append(job)
             return group
+
+    def _repairing(self) -> bool:
+        return self.auth.behind is not None or bool(self.e.indexes.failed)
 
     def _run(self) -> None:
         while True:
@@ -274,7 +277,9 @@ class Writer:
     def _commit(self, group: list[_Job]) -> None:
         t0 = time.perf_counter()
         self.auth.level()  # 0. level
-        if not group:
+        if not group:  # idle: retry what is behind (on this thread the store cannot move)
+            if self.e.indexes.failed:
+                self.e.indexes.repair()
             return
         while True:
             self.log.begin()

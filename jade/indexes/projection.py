@@ -18,7 +18,8 @@ A record that cannot be applied to a database (``apply_group``) marks it failed:
 projection (searches answer 503 until it is back), ``/health/db`` says so, the failure is
 counted and logged, and the database is rebuilt from the store at the LSN of the group that
 failed (the writer thread owns the store then: nothing moves it meanwhile). A failed rebuild is
-tried again on the next group and by ``repair``.
+tried again by the next group that touches the database, and every second while the writer is
+idle (``repair``).
 
 Locks: ``_lock`` keeps the LiveDbs and ``applied_lsn`` in step (the writer thread's apply holds
 it); a checkpoint holds it only to capture a database in memory. ``_checkpoint_lock``: one
@@ -209,7 +210,7 @@ class IndexProjection:
         except Exception as exc:
             why = f"rebuild failed: {type(exc).__name__}: {exc}"
             self.failed[db_id] = why
-            log.error("index of %s: %s; not served, tried again on the next write", db_id, why,
+            log.error("index of %s: %s; not served, tried again shortly", db_id, why,
                       extra={"db": db_id})
             return False
         self.dbs[db_id] = live
@@ -219,8 +220,8 @@ class IndexProjection:
         return True
 
     def repair(self) -> int:
-        """Try to rebuild every failed database (a scheduled job and tests call this; the
-        writer thread must not be applying a group meanwhile: it holds the lock)."""
+        """Try to rebuild every failed database. Called by the writer thread while idle (every
+        second while one is failed): the store is at ``applied_lsn`` then."""
         with self._lock:
             return sum(self._repair(db_id) for db_id in list(self.failed))
 
