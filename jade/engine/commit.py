@@ -180,7 +180,10 @@ class AuthStage:
             faults.hit("auth.commit")
             txn.commit()
         except Exception as exc:
-            txn.abort()
+            try:
+                txn.abort()
+            except lmdb.Error:
+                pass  # a commit that failed has already ended the transaction
             self.failures += 1
             self.behind = f"{type(exc).__name__}: {exc}"
             log.exception("auth store commit failed after the log's (LSN %d-%d); the auth "
