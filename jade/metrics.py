@@ -303,6 +303,13 @@ class Metrics:
             "Seconds since the last index checkpoint (-1: none yet)",
             registry=r,
         )
+        self.checkpoint_damaged = Counter(
+            P + "index_checkpoint_damaged_total",
+            "Index checkpoints not loaded at start-up because a file was missing, damaged (not "
+            "matching its checksum) or unreadable: that database was rebuilt from the store",
+            registry=r,
+        )
+        self.checkpoint_damaged_seen = 0
 
         # -- scheduled jobs -----------------------------------------------------------------
         self.job_runs = Counter(P + "scheduler_job_runs_total", "Scheduled job runs",

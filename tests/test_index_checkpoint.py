@@ -396,7 +396,7 @@ def test_restart_loads_meta_terms_and_search_from_the_checkpoint(
 ) -> None:
     for db_id in ("h", "f"):
         doc = index_json(s, db_id)
-        assert doc["format"] == CHECKPOINT_FORMAT == 3
+        assert doc["format"] == CHECKPOINT_FORMAT == 4
         assert doc["metadata"] == {"file": doc["file"] + MD_SUFFIX, "count": 297}
         assert doc["count"] == 297
         assert os.path.exists(md_path(s, db_id))

@@ -107,6 +107,10 @@ def refresh_gauges(request: web.Request) -> None:
     m.index_vectors.set(sum(len(x) for x in lives))
     age = engine.indexes.checkpoint_age_seconds()
     m.checkpoint_age.set(-1 if age is None else age)
+    damaged = engine.indexes.checkpoints_damaged
+    if damaged > m.checkpoint_damaged_seen:
+        m.checkpoint_damaged.inc(damaged - m.checkpoint_damaged_seen)
+        m.checkpoint_damaged_seen = damaged
     for name, count in engine.projection_failures().items():
         seen = m.projection_failures_seen.get(name, 0)
         if count > seen:

@@ -6,10 +6,17 @@ index file and whatever the index writes beside it (``<file><suffix>``), and the
 or none: a missing or damaged member makes the whole checkpoint not usable (the projection then
 rebuilds).
 
-``index.json`` (format 3) carries the projection's own state of the database at the LSN it
+``index.json`` (format 4) carries the projection's own state of the database at the LSN it
 covers — dimension, metric and its list of indexes with their complete parameters — so a
-start-up from it needs neither the catalog nor the settings. Format 2 files (before the typed
-events) lack that list: they are not used, and the database is rebuilt once from the store.
+start-up from it needs neither the catalog nor the settings; and under ``checksums`` the SHA-256
+of every file of the checkpoint (``{file name: hex}``), computed from the files as written
+(before ``index.json`` names them). ``load`` checks every one, streamed, before any file is
+parsed: hnswlib's ``load_index`` trusts its input, and damaged neighbour links crash the process
+at the first searches that follow them. A file that is missing, damaged or has no checksum is
+logged by name and counted (``damaged``: the metric ``index_checkpoint_damaged_total``), and the
+database rebuilt from the store. Files of an older format are not used, and the database is
+rebuilt once from the store: format 2 (before the typed events) lacks the database's state,
+format 3 the checksums, so nothing proves its files whole.
 
 Crash safety: a capture is written under a name no file has, fsynced and renamed, and only then
 does ``index.json`` switch to it (``write_atomic``); the old files are removed last. A crash at
@@ -18,6 +25,7 @@ any point leaves one whole checkpoint.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -39,7 +47,7 @@ from wal.files import fsync_path, write_atomic
 
 log = logging.getLogger(__name__)
 
-FORMAT = 3  # 3: the database's own state (dim, metric, indexes) is in index.json
+FORMAT = 4  # 3: the database's own state (dim, metric, indexes); 4: its files' checksums
 MD_SUFFIX = ".metadata.msgpack"  # the metadata file: ``<index file><MD_SUFFIX>``
 # every name in a checkpoint directory: ``index.json`` (and its ``write_atomic`` tmp file), the
 # files of a checkpoint (``<kind>-<lsn>[-k].bin...``)
@@ -71,6 +79,7 @@ class CheckpointStore:
         self._files_lock = files_lock  # index.json switches vs directory removal
         self.threads = threads
         self.saved: dict[str, dict[str, Any]] = {}  # db id -> its index.json on disk
+        self.damaged = 0  # checkpoints not loaded: a file missing, damaged, unreadable (metric)
 
     def paths(self, db_id: str) -> tuple[str, str]:
         base = os.path.join(self.dir, db_id)
@@ -98,9 +107,11 @@ class CheckpointStore:
             ok = int(meta["metadata"]["count"]) == count
         except FileNotFoundError:
             return None
-        except (OSError, ValueError, KeyError, TypeError, msgspec.ValidationError) as exc:
-            log.warning("index checkpoint of %s unreadable (%s); rebuilding", db_id, exc,
-                        extra={"db": db_id})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError,
+                msgspec.ValidationError) as exc:
+            self.damaged += 1
+            log.warning("index checkpoint of %s: %s unreadable (%s); rebuilding from the store",
+                        db_id, meta_path, exc, extra={"db": db_id})
             return None
         spec = spec_of(indexes[-1] if indexes else None)
         ok = (ok and meta.get("build_key") == list(spec.build_key())
@@ -108,6 +119,15 @@ class CheckpointStore:
         if not ok:
             log.info("index checkpoint of %s not usable (LSN %d, log from %d, store at %d); "
                      "rebuilding", db_id, lsn, first_lsn, applied, extra={"db": db_id})
+            return None
+        t = time.perf_counter()
+        problems = check_files(base, meta)  # before any parser sees a byte of them
+        secs["index_files"] += time.perf_counter() - t
+        if problems:
+            self.damaged += 1
+            for problem in problems:
+                log.warning("index checkpoint of %s damaged: %s (in %s); rebuilding from the "
+                            "store", db_id, problem, base, extra={"db": db_id})
             return None
         path = os.path.join(base, meta["file"])
         try:
@@ -125,9 +145,10 @@ class CheckpointStore:
                 raise ckpt.CheckpointError(f"index file holds {len(index)} vectors, want {count}")
             md, terms = ckpt.read_metadata(os.path.join(base, md_file), count)
             secs["metadata"] += time.perf_counter() - t2
-        except Exception as exc:  # a damaged file: never trust it, rebuild instead
-            log.warning("index checkpoint of %s unreadable (%s); rebuilding", db_id, exc,
-                        extra={"db": db_id})
+        except Exception as exc:  # whole files that do not load: never trust them, rebuild
+            self.damaged += 1
+            log.warning("index checkpoint of %s (%s) unreadable (%s); rebuilding from the store",
+                        db_id, path, exc, extra={"db": db_id})
             return None
         live = LiveDb(db_id, dim, metric, spec, threads=self.threads, index=index,
                       indexes=indexes)
@@ -135,6 +156,21 @@ class CheckpointStore:
         live.covered_lsn = lsn
         self.saved[db_id] = meta
         return live
+
+    def check(self, db_id: str) -> tuple[Any, list[str]]:
+        """For ``jade verify``: the format of the database's checkpoint (None: it has none) and
+        what ``load`` would find damaged in it, each problem naming its file ([]: every file
+        matches its checksum). A checkpoint of another format has no checksums to check."""
+        base, meta_path = self.paths(db_id)
+        try:
+            with open(meta_path) as fh:
+                meta = json.load(fh)
+            fmt = meta.get("format")
+        except FileNotFoundError:
+            return None, []
+        except (OSError, ValueError, AttributeError) as exc:
+            return FORMAT, [f"index.json: unreadable ({exc})"]
+        return fmt, check_files(base, meta) if fmt == FORMAT else []
 
     # -- saving -----------------------------------------------------------------------------
     def capture(self, db_id: str, live: LiveDb) -> Capture:
@@ -169,20 +205,24 @@ class CheckpointStore:
         deleted or rebuilt meanwhile (nothing of this save is left then)."""
         base, meta_path = self.paths(cap.db_id)
         name, tmp = cap.name, cap.name + ".tmp"
+        sums: dict[str, str] = {}  # every file of the checkpoint: its checksum as written
         try:
             cap.index.write(os.path.join(base, tmp))
             for f in os.listdir(base):
                 if f.startswith(tmp):
                     fsync_path(os.path.join(base, f))
+                    sums[name + f[len(tmp):]] = file_digest(os.path.join(base, f))
                     os.replace(os.path.join(base, f), os.path.join(base, name + f[len(tmp):]))
             md_file = name + MD_SUFFIX
             count = ckpt.write_metadata(os.path.join(base, md_file), cap.meta, cap.terms)
+            sums[md_file] = file_digest(os.path.join(base, md_file))
             fsync_path(base)  # the renames are durable before index.json names the files
         except OSError:
             if self.stale(cap):  # its directory went away under the writes
                 return False
             raise
-        meta = {**cap.doc, "metadata": {"file": md_file, "count": count}, "saved_at": time.time()}
+        meta = {**cap.doc, "metadata": {"file": md_file, "count": count}, "checksums": sums,
+                "saved_at": time.time()}
         with self._files_lock:
             current = self._current(cap.db_id) is cap.live
             if current:
@@ -271,6 +311,55 @@ class CheckpointStore:
             else:
                 log.warning("%s: not a database in the store, but holds files other than a "
                             "checkpoint's; left alone", path, extra={"db": name})
+
+
+_READ = 1 << 20  # checksums read files in chunks of this size
+
+
+def file_digest(path: str) -> str:
+    """The SHA-256 of the file at ``path`` (hex), read in ``_READ`` chunks."""
+    h = hashlib.sha256()
+    buf = bytearray(_READ)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()
+
+
+def check_files(base: str, doc: dict[str, Any]) -> list[str]:
+    """What is wrong with the files of the checkpoint that ``doc`` (its ``index.json``, format
+    4) describes in the directory ``base``, each problem naming its file ([]: all whole). The
+    index file and the metadata file must have a checksum, and so must every file beside the
+    index file (``<file><suffix>``: hnswlib's loader reads ``<file>.deleted.json`` whatever
+    ``index.json`` says); each file listed must be there and match its checksum."""
+    try:
+        sums, file, md_file = doc["checksums"], doc["file"], doc["metadata"]["file"]
+        if not (isinstance(sums, dict) and isinstance(file, str) and isinstance(md_file, str)
+                and all(isinstance(v, str) for v in sums.values())):
+            raise TypeError("not a map of file names to checksums")
+    except (KeyError, TypeError) as exc:
+        return [f"index.json: no checksums of its files ({type(exc).__name__}: {exc})"]
+    problems = [f"{n}: no checksum in index.json" for n in (file, md_file) if n not in sums]
+    problems += [f"{n}: beside the index file, but no checksum in index.json"
+                 for n in sorted(_listdir(base))
+                 if n.startswith(file) and n not in sums and n != md_file and
+                 not n.endswith(".tmp")]
+    for n, want in sums.items():
+        if os.path.basename(n) != n or n in _NAMES:
+            problems.append(f"{n}: not a file of a checkpoint")
+            continue
+        try:
+            got = file_digest(os.path.join(base, n))
+        except FileNotFoundError:
+            problems.append(f"{n}: missing")
+            continue
+        except OSError as exc:
+            problems.append(f"{n}: unreadable ({exc.strerror or exc})")
+            continue
+        if got != want:
+            problems.append(f"{n}: checksum mismatch (damaged or truncated)")
+    return problems
 
 
 def _write_json(path: str, doc: dict[str, Any]) -> None:

@@ -120,7 +120,8 @@ class FlatIndex(VectorIndex):
 
     @classmethod
     def load(cls, path: str, dim: int, metric: str) -> FlatIndex:
-        with np.load(path) as z:
+        # our own handle: np.load leaks the one it opens when the zip does not parse
+        with open(path, "rb") as fh, np.load(fh) as z:
             data, labels = z["data"], z["labels"]
         idx = cls(dim, metric, capacity=max(1024, len(labels)))
         idx.n = len(labels)

@@ -88,6 +88,11 @@ class IndexProjection:
     def get(self, db_id: str) -> LiveDb | None:
         return self.dbs.get(db_id)
 
+    @property
+    def checkpoints_damaged(self) -> int:
+        """Checkpoints not loaded because a file was missing or damaged (a metric)."""
+        return self.files.damaged
+
     # -- the fold ---------------------------------------------------------------------------
     def apply_group(self, entries: list[Entry]) -> None:
         """Fold a committed group. Never raises: a database whose record fails is taken out
