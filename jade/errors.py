@@ -86,6 +86,13 @@ class NotPrimary(Unavailable):
     code = "not_primary"
 
 
+class RestoreIncomplete(Unavailable):
+    """The data directory is an unfinished restore (its ``RESTORE_INCOMPLETE`` marker is still
+    there: the restore was killed or failed before it completed): nothing may serve it."""
+
+    code = "restore_incomplete"
+
+
 class Internal(JadeError):
     status = 500
     code = "internal_error"

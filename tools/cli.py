@@ -8,6 +8,7 @@ import argparse
 import importlib
 import sys
 
+from jade.errors import RestoreIncomplete
 from jade.settings import ConfigError
 
 # command word -> module in tools/ that registers it
@@ -39,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"jade: configuration error: {exc}", file=sys.stderr)
         return 2
+    except RestoreIncomplete as exc:  # any opener of an unfinished restore's directory
+        print(f"jade: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

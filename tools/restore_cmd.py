@@ -20,8 +20,10 @@ def register(sub: Any) -> None:
     g.add_argument("--to-time", help="RFC 3339 time, e.g. 2026-11-28T10:00:00.123456Z")
     g.add_argument("--to-lsn", type=int)
     g.add_argument("--latest", action="store_true")
-    p.add_argument("--target", required=True, help="new data directory")
-    p.add_argument("--force", action="store_true", help="replace a non-empty target")
+    p.add_argument("--target", required=True, help="new data directory (filled as "
+                   "TARGET.restoring-*, renamed to TARGET once complete)")
+    p.add_argument("--force", action="store_true",
+                   help="replace a non-empty target (once the new directory is complete)")
     p.add_argument("--verify-key", default="", help="hex Ed25519 key snapshots must be signed by")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run)
@@ -81,6 +83,9 @@ def run(args: argparse.Namespace) -> int:
         {"ok": True, **result},
         args.json,
         f"restored to LSN {result['target_lsn']} ({result['target_time']}) in {args.target}: "
-        f"snapshot {result['snapshot']} + {result['replayed']} records",
+        f"snapshot {result['snapshot']} + {result['replayed']} records; marker "
+        f"{result['marker']}"
+        + "".join(f"\nremoved {d} (left by a restore that did not finish)"
+                  for d in result["removed_leftovers"]),
     )
     return 0

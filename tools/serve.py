@@ -18,6 +18,8 @@ from aiohttp.typedefs import Handler
 
 from jade import __version__, datadir, logs
 from jade import settings as settings_mod
+from jade.engine import refuse_unfinished_restore
+from jade.errors import RestoreIncomplete
 from jade.http.app import build_app
 from jade.http.keys import ENGINE, INFLIGHT, SHUTDOWN
 from jade.http.middleware import json_response
@@ -55,6 +57,12 @@ def run(args: argparse.Namespace) -> int:
     try:
         lock = datadir.hold(s.data_dir, "jade serve" + (" --follow" if s.primary_url else ""))
     except datadir.DataDirBusy as exc:
+        print(f"jade: {exc}", file=sys.stderr)
+        return 1
+    try:  # before the logs or the app write anything into it (the engine checks again)
+        refuse_unfinished_restore(s.data_dir)
+    except RestoreIncomplete as exc:
+        lock.release()
         print(f"jade: {exc}", file=sys.stderr)
         return 1
     atexit.register(lock.release)  # after the interpreter joined its threads (or at death)

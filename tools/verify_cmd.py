@@ -46,10 +46,12 @@ def settings_for(d: str | None) -> settings_mod.Settings:
 def run_verify(args: argparse.Namespace) -> int:
     s = settings_for(args.dir)
     report = verify_dir(s)
+    unfinished = report.facts.get("restore", {}).get("state") == "in progress"
+    verdict = "OK" if report.ok else "UNFINISHED RESTORE" if unfinished else "DAMAGED"
     emit(
         {"ok": report.ok, "lines": report.lines, "facts": report.facts},
         args.json,
-        "\n".join(report.lines) + f"\n{'OK' if report.ok else 'DAMAGED'}: {s.data_dir}",
+        "\n".join(report.lines) + f"\n{verdict}: {s.data_dir}",
     )
     return 0 if report.ok else 1
 

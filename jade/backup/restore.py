@@ -22,7 +22,9 @@ before anything is applied.
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -34,10 +36,11 @@ import lmdb
 
 from jade import datadir
 from jade.backup import archive, snapshot
-from jade.engine import Engine
+from jade.engine import RESTORE_INCOMPLETE, Engine
 from jade.engine.commit import Replicated
 from jade.settings import Settings
 from wal.codec import CodecError, Record
+from wal.files import fsync_path, write_atomic
 from wal.lmdbenv import Env
 from wal.log import Log, LogError
 
@@ -335,7 +338,14 @@ def restore(
 
     Every failure is a ``RestoreError`` naming the cause (a damaged snapshot, archive segment or
     log record is refused, never loaded); a failed restore leaves no half-restored directory
-    behind."""
+    behind, and neither does a killed one: the restore fills a temporary sibling of the target
+    (``<target>.restoring-<pid>-<ns>``, same file system) under an in-progress marker
+    (``RESTORE_INCOMPLETE``, which every opener refuses), and only once every record is applied,
+    the engine closed and the files synced is the marker replaced by ``RESTORED`` (what was
+    asked, the LSN reached, the snapshot) and the directory renamed to the target. With
+    ``force`` an existing target is moved aside only then, and deleted after the new one is in
+    place. The temporary directories of killed restores to the same target are removed first
+    (those with the in-progress marker and no live holder)."""
     try:
         target, snap = resolve_target(source, lsn=lsn, ts=ts, latest=latest, log=source_log)
     except (archive.ArchiveError, LogError, CodecError) as exc:
@@ -359,15 +369,193 @@ def restore(
         if holder is not None:  # --force never deletes a directory a live process owns
             raise RestoreError(f"{target_dir} is in use by {datadir.describe(holder)}; stop it "
                                "first")
-        shutil.rmtree(target_dir)
-    os.makedirs(target_dir, exist_ok=True)
+    final = os.path.realpath(target_dir)
+    parent, base = os.path.split(final)
+    os.makedirs(parent, exist_ok=True)
+    removed = _remove_leftovers(parent, base)
+    name = f"{base}{_TEMP}{os.getpid()}-{time.time_ns()}"
+    tmp = os.path.join(parent, name)
+    asked = {"latest": latest, "lsn": lsn, "time": _iso_ns(ts) if ts is not None else None}
+    info: dict[str, Any] = {
+        "source": {
+            "data_dir": source.data_dir,
+            "db_path": source.db_path,
+            "backup_dir": source.backup_dir,
+        },
+        "target_dir": final,
+        "asked": asked,
+        "target_lsn": target,
+        "snapshot": snap.name,
+        "snapshot_lsn": snap.lsn,
+        "pid": os.getpid(),
+        "started_at": _iso_ns(time.time_ns()),
+    }
+    # the temporary directory appears with its marker in it (made under a hidden name first):
+    # never an empty directory a server would take for a new, empty database
+    stage = os.path.join(parent, "." + name)
+    os.mkdir(stage)
     try:
-        return _restore_into(source, target_dir, target, snap, progress, source_log)
+        write_atomic(
+            os.path.join(stage, RESTORE_INCOMPLETE),
+            json.dumps({"state": "in progress", **info}, indent=1).encode() + b"\n",
+        )
+        os.rename(stage, tmp)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)
+        raise
+    # held for the whole restore (its engine shares it): no other restore removes this
+    # directory as a leftover, no server opens it
+    lock = datadir.hold(tmp, "jade restore")
+    try:
+        if not os.path.exists(os.path.join(tmp, RESTORE_INCOMPLETE)):  # taken before the lock
+            raise RestoreError(f"{tmp} was removed by another restore to {target_dir}")
+        result = _restore_into(source, tmp, target, snap, progress, source_log)
+        _complete(tmp, {
+            "state": "complete",
+            **info,
+            "reached_lsn": result["reached_lsn"],
+            "reached_time": result["target_time"],
+            "replayed": result["replayed"],
+            "finished_at": _iso_ns(time.time_ns()),
+        })
+        _move_in(tmp, final, target_dir, force)
     except BaseException as exc:
-        shutil.rmtree(target_dir, ignore_errors=True)
+        shutil.rmtree(tmp, ignore_errors=True)  # gone already once moved in
         if isinstance(exc, (archive.ArchiveError, LogError, CodecError)):
             raise RestoreError(f"{exc} (nothing restored)") from None
         raise
+    finally:
+        lock.release()
+    return {
+        **result,
+        "target_dir": target_dir,
+        "marker": os.path.join(target_dir, RESTORED),
+        "removed_leftovers": removed,
+    }
+
+
+# Beside RESTORE_INCOMPLETE (``jade.engine``): the completion marker of a restored directory,
+# kept (it says where the data came from); the temporary directory's infix.
+RESTORED = "RESTORED"
+_TEMP = ".restoring-"
+
+
+def _iso_ns(ts: int) -> str:
+    """RFC 3339 with nanoseconds (exact: a time asked is recorded as given)."""
+    from datetime import datetime
+
+    sec, ns = divmod(ts, 1_000_000_000)
+    return datetime.fromtimestamp(sec, tz=UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{ns:09d}Z"
+
+
+def read_marker(data_dir: str) -> tuple[str, dict[str, Any]] | None:
+    """(``RESTORE_INCOMPLETE`` or ``RESTORED``, its content) for a restore's directory (the
+    in-progress one first), None for any other; unreadable content comes back as ``{}``."""
+    for name in (RESTORE_INCOMPLETE, RESTORED):
+        path = os.path.join(data_dir, name)
+        if os.path.exists(path):
+            try:
+                with open(path, "rb") as fh:
+                    content = json.loads(fh.read())
+            except (OSError, ValueError):
+                content = None
+            return name, content if isinstance(content, dict) else {}
+    return None
+
+
+def _remove_leftovers(parent: str, base: str) -> list[str]:
+    """Remove what restores to ``parent/base`` that did not finish (killed) left: temporary
+    directories holding the in-progress marker that no restore holds, and hidden ones killed
+    while being made (nothing in them but the marker) whose pid is not alive. A finished one
+    that was not renamed in (killed at that moment) is kept."""
+    pattern = re.compile(r"(\.?)" + re.escape(base) + re.escape(_TEMP) + r"(\d+)-\d+")
+    removed = []
+    for name in sorted(os.listdir(parent)):
+        m = pattern.fullmatch(name)
+        d = os.path.join(parent, name)
+        if m is None or os.path.islink(d) or not os.path.isdir(d):
+            continue
+        try:
+            names = set(os.listdir(d))
+        except OSError:
+            continue
+        if m[1]:  # hidden: made, then renamed once its marker is written (no lock yet)
+            marker_only = names <= {RESTORE_INCOMPLETE, RESTORE_INCOMPLETE + ".tmp"}
+            unfinished = marker_only and not _alive(int(m[2]))
+        else:
+            unfinished = RESTORE_INCOMPLETE in names
+        if not unfinished:
+            continue
+        try:  # held while it goes: a process that holds it (a restore at work) is never robbed
+            lock = datadir.hold(d, _CLEANUP)
+        except datadir.DataDirBusy:
+            continue
+        try:
+            if lock.info.get("purpose") == _CLEANUP:  # not held by a restore in this process
+                shutil.rmtree(d, ignore_errors=True)
+                removed.append(d)
+        finally:
+            lock.release()
+    return removed
+
+
+_CLEANUP = "jade restore (removing a leftover)"
+
+
+def _alive(pid: int) -> bool:
+    """Whether ``pid`` names a live process (this one included)."""
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # another user's
+        return True
+    return True
+
+
+def _complete(tmp: str, marker: dict[str, Any]) -> None:
+    """Every file and directory synced, then the in-progress marker replaced by ``RESTORED``
+    (written first: there is never a moment with neither)."""
+    for d, _, names in os.walk(tmp, topdown=False):
+        for n in names:
+            fsync_path(os.path.join(d, n))
+        fsync_path(d)
+    write_atomic(os.path.join(tmp, RESTORED), json.dumps(marker, indent=1).encode() + b"\n")
+    os.remove(os.path.join(tmp, RESTORE_INCOMPLETE))
+    fsync_path(tmp)
+
+
+def _move_in(tmp: str, final: str, target_dir: str, force: bool) -> None:
+    """Rename the complete ``tmp`` to ``final``. A non-empty target (``force``: checked before)
+    is held, moved aside, and deleted once the new directory is in its place."""
+    parent = os.path.dirname(final)
+    if force and os.path.isdir(final) and os.listdir(final):
+        try:  # nobody opens it from here on; refused if a server started meanwhile
+            old = datadir.hold(final, "jade restore --force")
+        except datadir.DataDirBusy as exc:
+            raise RestoreError(f"{target_dir} is in use by {datadir.describe(exc.info)}; stop "
+                               "it first") from None
+        aside = f"{final}.replaced-{os.getpid()}-{time.time_ns()}"
+        try:
+            os.rename(final, aside)
+            try:
+                os.rename(tmp, final)
+            except BaseException:
+                os.rename(aside, final)
+                raise
+            fsync_path(parent)
+        finally:
+            old.release()
+        shutil.rmtree(aside, ignore_errors=True)
+        return
+    try:
+        os.rename(tmp, final)  # replaces an empty directory, never a non-empty one
+    except OSError as exc:
+        raise RestoreError(f"cannot move the restored directory to {target_dir}: "
+                           f"{exc.strerror} (nothing restored)") from None
+    fsync_path(parent)
 
 
 def _restore_into(
@@ -381,10 +569,12 @@ def _restore_into(
     for rel in snapshot.read_manifest(snap.path)["files"]:
         dst = os.path.join(target_dir, rel)
         os.makedirs(os.path.dirname(dst), exist_ok=True)
-        shutil.copy2(os.path.join(snap.path, rel), dst)
+        # complete or absent under its name (a killed copy never leaves a truncated file)
+        shutil.copy2(os.path.join(snap.path, rel), dst + ".part")
+        os.replace(dst + ".part", dst)
     ts_settings = target_settings(source, target_dir)
     engine = Engine(ts_settings)
-    engine.open()
+    engine.open(restoring=True)
     replayed = 0
     total = target - snap.lsn
     try:
@@ -410,8 +600,8 @@ def _restore_into(
             "target_time": _iso(engine.log.last_ts),
             "snapshot": snap.name,
             "snapshot_lsn": snap.lsn,
+            "reached_lsn": engine.log.last_lsn,
             "replayed": replayed,
-            "target_dir": target_dir,
         }
     finally:
         engine.close(checkpoint=True)

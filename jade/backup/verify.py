@@ -6,6 +6,8 @@
    reported as skipped).
 3. The indexes: loading each checkpoint and replaying the tail gives exactly the stored vectors
    (same labels; a sample of vectors compared value by value).
+A restored directory's marker is reported: the LSN the restore reached, or, for a restore that
+did not finish (killed: its in-progress marker is still there), a failure.
 Works on a stopped server's directory or a copy; opens the files read-only.
 """
 
@@ -21,6 +23,8 @@ import lmdb
 import numpy as np
 
 from jade.auth.store import SUBS, AuthStore
+from jade.backup.restore import RESTORED, read_marker
+from jade.engine import RESTORE_INCOMPLETE
 from jade.engine.replay import replay
 from jade.indexes.projection import IndexProjection
 from jade.settings import Settings
@@ -68,18 +72,22 @@ DATA_SUBS = (b"dbs", b"vec", b"lbl", b"sys")
 
 def verify_dir(settings: Settings, *, sample: int = 200) -> Report:
     r = Report()
+    restored = read_marker(settings.data_dir)
     if not os.path.exists(settings.db_path):
+        _check_restore(r, settings.data_dir, restored, None)
         r.bad(f"{settings.db_path}: missing")
         return r
     try:
         env = Env(settings.db_path, readonly=True)
     except lmdb.Error as exc:
+        _check_restore(r, settings.data_dir, restored, None)
         r.bad(f"{settings.db_path}: does not open ({exc})")
         return r
     aenv = None
     try:
         log = Log(env)
         r.facts.update(first_lsn=log.first_lsn, last_lsn=log.last_lsn, epoch=log.epoch)
+        _check_restore(r, settings.data_dir, restored, log.last_lsn)
         # 1. the log
         try:
             n = sum(1 for _ in log.iterate(log.first_lsn - 1, verify=True))
@@ -114,6 +122,37 @@ def verify_dir(settings: Settings, *, sample: int = 200) -> Report:
     return r
 
 
+def _check_restore(
+    r: Report, data_dir: str, marker: tuple[str, dict[str, Any]] | None, last_lsn: int | None
+) -> None:
+    """A restored directory: what its completion marker says. An unfinished restore's (its
+    in-progress marker still there): a failure, whatever the rest says, with the LSN its log
+    reached (``last_lsn``, None: no readable log)."""
+    if marker is None:
+        return
+    name, m = marker
+    r.facts["restore"] = {"state": "complete" if name == RESTORED else "in progress", **m}
+    asked: dict[str, Any] = m["asked"] if isinstance(m.get("asked"), dict) else {}
+    if asked.get("latest"):
+        what = "latest"
+    elif asked.get("time"):
+        what = f"time {asked['time']}"
+    elif asked.get("lsn") is not None:
+        what = f"LSN {asked['lsn']}"
+    else:
+        what = "?"
+    snap = f"snapshot {m.get('snapshot', '?')} (LSN {m.get('snapshot_lsn', '?')})"
+    if name == RESTORED:
+        r.good(f"restored to LSN {m.get('reached_lsn', '?')} (asked: {what}) from {snap}, "
+               f"finished {m.get('finished_at', '?')}")
+        return
+    reached = f"LSN ≤ {last_lsn}" if last_lsn is not None else "nothing: no readable data file"
+    r.bad(f"restore did not finish (reached {reached}, of LSN {m.get('target_lsn', '?')} asked "
+          f"as {what}, from {snap}, started {m.get('started_at', '?')}): "
+          f"{os.path.join(data_dir, RESTORE_INCOMPLETE)} is there; do not serve this directory, "
+          "run the restore again")
+
+
 def _check_replay(r: Report, log: Log, env: Env, aenv: Env | None, applied: int) -> None:
     with tempfile.TemporaryDirectory(prefix="jade-verify-") as tmp:
         denv2 = Env(os.path.join(tmp, "data.db"))
@@ -144,7 +183,24 @@ def _check_replay(r: Report, log: Log, env: Env, aenv: Env | None, applied: int)
 def _check_indexes(
     r: Report, settings: Settings, env: Env, log: Log, store: DataStore, sample: int
 ) -> None:
+    from jade.indexes.checkpoints import FORMAT as CHECKPOINT_FORMAT
+
     mgr = IndexProjection(store, settings.index_dir, threads=1)
+    # every file of every checkpoint against its checksum, before anything parses one: a
+    # damaged file is a failure even though a start-up would rebuild that index from the store
+    for db in store.databases():
+        fmt, problems = mgr.files.check(db["id"])
+        for problem in problems:
+            r.bad(f"index checkpoint of {db['id']}: {problem} (a start-up rebuilds this index "
+                  "from the store)")
+        if fmt is None:
+            r.note(f"index checkpoint of {db['id']}: none (a start-up rebuilds this index from "
+                   "the store)")
+        elif fmt != CHECKPOINT_FORMAT:
+            r.note(f"index checkpoint of {db['id']}: format {fmt}, without checksums (a start-up "
+                   "rebuilds this index once)")
+        elif not problems:
+            r.good(f"index checkpoint of {db['id']}: every file matches its checksum")
     try:
         rep = mgr.open(log, remove_orphans=False)  # verifying changes nothing
     except Exception as exc:  # a broken index must be reported, whatever broke

@@ -28,7 +28,7 @@ from jade.auth.store import AuthStore
 from jade.core.decide import Command
 from jade.engine.commit import Writer
 from jade.engine.replay import replay
-from jade.errors import Unavailable
+from jade.errors import RestoreIncomplete, Unavailable
 from jade.indexes.projection import IndexProjection
 from jade.settings import Settings
 from jade.stores.data import DataStore
@@ -41,6 +41,20 @@ log = logging.getLogger(__name__)
 # The LSN of the last record the current request wrote (0: none); the HTTP layer returns it as
 # the ``X-LSN`` header so clients can ask a replica for read-your-writes (``X-Min-LSN``).
 written_lsn: contextvars.ContextVar[int] = contextvars.ContextVar("written_lsn", default=0)
+
+# A restore fills its directory under this marker (``jade.backup.restore``) and replaces it by
+# ``RESTORED`` once complete: a directory still holding it is never opened.
+RESTORE_INCOMPLETE = "RESTORE_INCOMPLETE"
+
+
+def refuse_unfinished_restore(data_dir: str) -> None:
+    """Raise ``RestoreIncomplete`` when ``data_dir`` holds an unfinished restore's marker."""
+    path = os.path.join(data_dir, RESTORE_INCOMPLETE)
+    if os.path.exists(path):
+        raise RestoreIncomplete(
+            f"{data_dir} is an unfinished restore: {path} is there, the restore into it did "
+            "not finish (killed or failed); it must not be served: run the restore again (it "
+            "removes this directory)", data_dir=data_dir)
 
 
 @dataclass(slots=True)
@@ -71,11 +85,14 @@ class Engine:
         self._lock: datadir.DataDirLock | None = None
 
     # -- life cycle -------------------------------------------------------------------------
-    def open(self) -> OpenReport:
+    def open(self, *, restoring: bool = False) -> OpenReport:
+        """``restoring``: only for the restore filling this directory (under its marker)."""
         t0 = time.perf_counter()
         s = self.settings
         self._lock = datadir.hold(s.data_dir, "jade engine")
         try:
+            if not restoring:
+                refuse_unfinished_restore(s.data_dir)
             return self._open(t0)
         except BaseException:
             self._release()
