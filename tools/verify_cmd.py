@@ -18,6 +18,8 @@ from wal.log import Log
 def register(sub: Any) -> None:
     p = sub.add_parser("verify", help="integrity check of a data directory (exit 1 on damage)")
     p.add_argument("dir", nargs="?", help="data directory (default: the configured one)")
+    p.add_argument("--auth-db", help="the auth store's file (default: the configured one for "
+                   "the configured data directory, else DIR/jadevectordb_auth.db)")
     p.add_argument("--json", action="store_true")
     p.set_defaults(run=run_verify)
     w = sub.add_parser("wal", help="the log")
@@ -30,21 +32,24 @@ def register(sub: Any) -> None:
     i.set_defaults(run=run_inspect)
 
 
-def settings_for(d: str | None) -> settings_mod.Settings:
+def settings_for(d: str | None, auth_db: str | None = None) -> settings_mod.Settings:
+    """The configured settings for the configured data directory (its configured file paths,
+    e.g. an auth store kept elsewhere); for another directory, the default paths inside it."""
     s = settings_mod.load()
-    if not d:
-        return s
-    return replace(
+    if not d or os.path.realpath(d) == os.path.realpath(s.data_dir):
+        return replace(s, auth_db_path=auth_db) if auth_db else s
+    s = replace(
         s,
         data_dir=d,
         db_path=os.path.join(d, "jadevectordb.db"),
-        auth_db_path=os.path.join(d, "jadevectordb_auth.db"),
+        auth_db_path=auth_db or os.path.join(d, "jadevectordb_auth.db"),
         index_dir=os.path.join(d, "indexes"),
     )
+    return s
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    s = settings_for(args.dir)
+    s = settings_for(args.dir, args.auth_db)
     report = verify_dir(s)
     unfinished = report.facts.get("restore", {}).get("state") == "in progress"
     verdict = "OK" if report.ok else "UNFINISHED RESTORE" if unfinished else "DAMAGED"

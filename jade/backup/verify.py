@@ -26,6 +26,7 @@ from jade.auth.store import SUBS, AuthStore
 from jade.backup.restore import RESTORED, read_marker
 from jade.engine import RESTORE_INCOMPLETE
 from jade.engine.replay import replay
+from jade.events import AUTH_TYPES
 from jade.indexes.projection import IndexProjection
 from jade.settings import Settings
 from jade.stores.data import STORE_SCHEMA, DataStore
@@ -105,6 +106,15 @@ def verify_dir(settings: Settings, *, sample: int = 200) -> Report:
             r.bad(f"store: applied LSN {applied} != log's last LSN {log.last_lsn}")
         if os.path.exists(settings.auth_db_path):
             aenv = Env(settings.auth_db_path, readonly=True)
+        else:
+            held = sum(1 for rec in log.iterate(log.first_lsn - 1, verify=False)
+                       if rec.type in AUTH_TYPES)
+            if held:  # users, keys... the log says exist: an unchecked auth store is no "OK"
+                r.bad(f"auth store: {settings.auth_db_path} is missing, and the log holds {held} "
+                      "auth records (give its path: JADEVECTORDB_AUTH_DB_PATH or --auth-db)")
+            else:
+                r.note(f"auth store: {settings.auth_db_path} is missing (the log holds no auth "
+                       "record)")
         # 2. projections equal the replay
         if log.first_lsn == 1:
             _check_replay(r, log, env, aenv, applied)
@@ -167,9 +177,7 @@ def _check_replay(r: Report, log: Log, env: Env, aenv: Env | None, applied: int)
                 r.good(f"catalog + vectors equal the replay of the log to LSN {applied}")
             else:
                 r.bad("catalog + vectors differ from the replay of the log")
-            if aenv is None:
-                r.note("auth store: missing file")
-            else:
+            if aenv is not None:
                 skip = {b"applied_lsn"}
                 if _digest_env(aenv, SUBS, skip) == _digest_env(aenv2, SUBS, skip):
                     r.good(f"auth store equals the replay of the log to LSN {auth_applied}")
