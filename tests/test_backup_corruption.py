@@ -18,6 +18,7 @@ import pytest
 
 from jade.backup import archive, snapshot
 from jade.backup.restore import RestoreError, restore, target_settings
+from jade.backup.verify import verify_dir
 from jade.http.keys import BACKUPS, ENGINE
 from jade.settings import Settings
 from tests.conftest import make_settings, running_server
@@ -219,3 +220,29 @@ def test_missing_and_extra_files(built: Built, tmp_path: Any) -> None:
     assert f"{idx}: missing" in problems and "stray.bin: not in the manifest" in problems
     with pytest.raises(RestoreError, match="is damaged"):
         restore(s, str(tmp_path / "r3"), lsn=built.snap.lsn)
+
+
+def test_a_damaged_segment_falls_back_to_the_live_log(built: Built, tmp_path: Any) -> None:
+    """One damaged archive segment does not block a restore the live log can serve; without
+    the live log the refusal names the segment and the records lost (issue 14, item 6)."""
+    work = str(tmp_path / "w")
+    shutil.copytree(built.settings.backup_dir, work)
+    seg = next(x for x in archive.segments(work) if x.first > built.snap.lsn + 1)
+    with open(seg.path, "r+b") as fh:
+        fh.seek(os.path.getsize(seg.path) // 2)
+        byte = fh.read(1)
+        fh.seek(-1, os.SEEK_CUR)
+        fh.write(bytes([byte[0] ^ 0xFF]))
+    last = built.history[-1].lsn
+    # the server's directory, moved aside by the fixture, still holds the whole log
+    live_db = os.path.join(os.path.dirname(built.settings.backup_dir), snapshot.DATA_FILE)
+    assert os.path.exists(live_db)
+    with_log = replace(built.settings, backup_dir=work, db_path=live_db)
+    res = restore(with_log, str(tmp_path / "r1"), lsn=last)
+    assert res["target_lsn"] == last
+    report = verify_dir(target_settings(with_log, str(tmp_path / "r1")))
+    assert report.ok, report.lines
+    archive_only = replace(built.settings, backup_dir=work)
+    with pytest.raises(RestoreError, match=rf"{seg.name} \(LSN {seg.first}\.\.{seg.last}\) is "
+                                           rf"damaged .*records after LSN {seg.first - 1}"):
+        restore(archive_only, str(tmp_path / "r2"), lsn=last)

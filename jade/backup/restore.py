@@ -23,6 +23,7 @@ before anything is applied.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import shutil
@@ -43,6 +44,8 @@ from wal.codec import CodecError, Record
 from wal.files import fsync_path, write_atomic
 from wal.lmdbenv import Env
 from wal.log import Log, LogError
+
+logger = logging.getLogger(__name__)
 
 
 class RestoreError(RuntimeError):
@@ -286,22 +289,38 @@ def _lsn_at_time(settings: Settings, live: _Live, ts: int) -> int:
 
 
 def _records(settings: Settings, after: int, upto: int, log: Log | None = None) -> Iterator[Record]:
-    """Records (after, upto] from the archive, then the live log for the rest."""
+    """Records (after, upto] from the archive, then the live log for the rest. A damaged
+    segment ends the archive's part: the live log serves from there if it still holds those
+    records; if not, the error names the segment and the records lost."""
     nxt = after
-    for rec in archive.records(settings.backup_dir, after, upto):
-        if rec.lsn != nxt + 1:
+    damaged = ""
+    for seg in archive.segments(settings.backup_dir):
+        if seg.last <= nxt or seg.first > upto:
+            continue
+        if seg.first > nxt + 1:
+            break  # a gap in the archive: the live log must serve the rest
+        try:
+            _, recs, _, _ = archive.read(seg)
+        except archive.ArchiveError as exc:
+            damaged = (f"archive segment {seg.name} (LSN {seg.first}..{seg.last}) is damaged "
+                       f"({exc})")
+            logger.warning("%s; reading LSN %d on from the live log", damaged, nxt + 1)
             break
-        nxt = rec.lsn
-        yield rec
-    if nxt >= upto:
-        return
+        for rec in recs:
+            if nxt < rec.lsn <= upto:
+                nxt = rec.lsn
+                yield rec
+        if nxt >= upto:
+            return
     live = _Live(settings.db_path, log)
     try:
+        lost = f"{damaged}: " if damaged else ""
         if live.log is None or live.log.last_lsn < upto:
-            raise RestoreError(f"records after LSN {nxt} are neither archived nor in the log")
+            raise RestoreError(f"{lost}records after LSN {nxt} are neither archived nor in the "
+                               "log")
         if live.log.first_lsn > nxt + 1:
             raise RestoreError(
-                f"records {nxt + 1}..{live.log.first_lsn - 1} are missing: "
+                f"{lost}records {nxt + 1}..{live.log.first_lsn - 1} are missing: "
                 "truncated from the log and not in the archive"
             )
         yield from live.log.iterate(nxt, upto=upto, verify=True)
