@@ -8,7 +8,6 @@ hnswlib releases the GIL in ``knn_query``, so searches from many threads run con
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
 from typing import Any
@@ -37,7 +36,11 @@ class HnswIndex(VectorIndex):
     (``vecs``, normalised for cosine as hnswlib stores them; ``alive`` marks the labels present
     and not deleted). The copy serves exact scans of filtered subsets and ``get`` without
     hnswlib's ``get_items`` (which builds Python lists: ~12 ms per 1,000 vectors); it costs
-    ``dim * 4`` bytes per label, and is rebuilt from hnswlib's own memory on ``load``."""
+    ``dim * 4`` bytes per label, and is rebuilt from hnswlib's own memory on ``load``.
+
+    hnswlib is created (and loaded) with ``allow_replace_deleted``: a new label takes the slot of
+    a deleted element when there is one (hnswlib then forgets the deleted label), so the graph
+    does not grow under delete/re-insert churn; capacity grows only when no slot is free."""
 
     kind = "hnsw"
 
@@ -61,24 +64,29 @@ class HnswIndex(VectorIndex):
         else:
             self.index = hnswlib.Index(space=SPACES[metric], dim=dim)
             self.index.init_index(
-                max_elements=capacity, M=m, ef_construction=ef_construction, random_seed=100
+                max_elements=capacity, M=m, ef_construction=ef_construction, random_seed=100,
+                allow_replace_deleted=True,
             )
         self.index.set_ef(ef_search)
         self.gate = EfGate(self.index, ef_search)
-        self.deleted: set[int] = set()  # labels marked deleted (and not re-added since)
+        # labels marked deleted and not re-added since; may also hold labels whose slot has
+        # since gone to a new label (hnswlib does not say which), pruned in ``_prune_deleted``
+        self.deleted: set[int] = set()
+        self._dead = 0  # hnswlib elements marked deleted (slots a new label can take)
         # (vecs, alive), replaced as one tuple when it grows so readers never see a mismatch
         self._rows: tuple[F32, NDArray[np.bool_]] = (
             np.zeros((0, dim), dtype=np.float32), np.zeros(0, dtype=bool))
 
     @property
     def _live(self) -> int:
-        return int(self.index.element_count) - len(self.deleted)
+        return int(self.index.element_count) - self._dead
 
     def __len__(self) -> int:
         return self._live
 
     def _ensure_capacity(self, extra: int) -> None:
-        need = self.index.element_count + extra
+        """Room for ``extra`` new labels, after the slots of deleted elements are used."""
+        need = self.index.element_count + max(0, extra - self._dead)
         cap = self.index.get_max_elements()
         if need > cap:
             with self.gate.exclusive():
@@ -107,25 +115,60 @@ class HnswIndex(VectorIndex):
         labels = np.asarray(labels, dtype=np.int64)
         if len(labels) == 0:
             return
-        self._ensure_capacity(len(labels))
-        # an existing label is updated in place; a deleted one is revived (hnswlib unmarks it)
-        self.index.add_items(v, labels, num_threads=self.threads if len(labels) > 64 else 1)
+        if len(np.unique(labels)) != len(labels):  # the last vector of a label wins
+            last = len(labels) - 1 - np.unique(labels[::-1], return_index=True)[1]
+            last.sort()
+            labels, v = labels[last], v[last]
         vecs, alive = self._grow_rows(int(labels.max()))
+        # a live label is updated in place, and a deleted one still in hnswlib is revived in
+        # its own slot (unmarked, then updated: with replacement enabled hnswlib refuses to
+        # update a deleted element); only a label hnswlib does not hold takes a deleted slot
+        # (``replace_deleted`` does not look the label up: given a present one it would leave
+        # the old element in the graph under the same label)
+        new = ~alive[labels]
+        for i in np.nonzero(new)[0].tolist():
+            if int(labels[i]) not in self.deleted:
+                continue  # never added, or its slot went to another label (and pruned)
+            try:
+                self.index.unmark_deleted(int(labels[i]))
+            except RuntimeError:
+                continue  # its slot went to another label: hnswlib forgot it
+            self._dead -= 1
+            new[i] = False
+        if not new.all():
+            old = ~new
+            self.index.add_items(v[old], labels[old],
+                                 num_threads=self.threads if int(old.sum()) > 64 else 1)
+        if new.any():
+            fresh = int(new.sum())
+            self._ensure_capacity(fresh)
+            before = int(self.index.element_count)
+            self.index.add_items(v[new], labels[new], replace_deleted=True,
+                                 num_threads=self.threads if fresh > 64 else 1)
+            self._dead -= fresh - (int(self.index.element_count) - before)  # slots reused
         vecs[labels] = self._prep(v)
         alive[labels] = True
         if self.deleted:
             self.deleted.difference_update(labels.tolist())
+            self._prune_deleted()
+
+    def _prune_deleted(self) -> None:
+        """Drop from ``deleted`` the labels hnswlib no longer holds (their slots went to new
+        labels), once they are many: one pass over hnswlib's labels per so many reuses."""
+        if len(self.deleted) - self._dead > max(4096, int(self.index.element_count) // 8):
+            self.deleted.intersection_update(self.index.get_ids_list())
 
     def delete(self, labels: list[int]) -> None:
         alive = self._rows[1]
         for label in labels:
-            if label in self.deleted:
-                continue
+            if not (0 <= label < len(alive) and alive[label]):
+                continue  # unknown or already deleted: nothing to delete
             try:
                 self.index.mark_deleted(label)
             except RuntimeError:
-                continue  # unknown label: nothing to delete
+                continue
             self.deleted.add(label)
+            self._dead += 1
             alive[label] = False
 
     def get(self, labels: I64) -> F32:
@@ -198,7 +241,11 @@ class HnswIndex(VectorIndex):
         """No gate needed: the caller excludes ``add`` (the only resize) and ``delete``, and
         ``__getstate__`` only reads, as concurrent searches do. ~50 ms per 100k vectors of
         dimension 128 (a memory copy, GIL held)."""
-        return HnswCapture(self.index.__getstate__()[0], sorted(self.deleted))
+        state = self.index.__getstate__()[0]
+        mem, dead = _level0(state)
+        loff = int(state["label_offset"])
+        labels = np.ascontiguousarray(mem[dead, loff : loff + 8]).view(np.uint64).ravel()
+        return HnswCapture(state, sorted(labels.astype(np.int64).tolist()))
 
     @classmethod
     def load(
@@ -213,7 +260,7 @@ class HnswIndex(VectorIndex):
         threads: int = 0,
     ) -> HnswIndex:
         raw = hnswlib.Index(space=SPACES[metric], dim=dim)
-        raw.load_index(path)
+        raw.load_index(path, allow_replace_deleted=True)  # also for files written without it
         idx = cls(
             dim,
             metric,
@@ -223,32 +270,22 @@ class HnswIndex(VectorIndex):
             threads=threads,
             _raw=raw,
         )
-        try:
-            with open(path + ".deleted.json") as fh:
-                idx.deleted = set(json.load(fh))
-        except FileNotFoundError:
-            idx.deleted = set()
         idx._load_rows()
         return idx
 
     def _load_rows(self) -> None:
-        """Fill ``vecs``/``alive`` from hnswlib's level-0 memory (one copy, no per-vector
-        Python): each element holds its links, its vector and its label at fixed offsets."""
-        st = self.index.__getstate__()[0]
-        n, size = int(st["cur_element_count"]), int(st["size_data_per_element"])
-        if n == 0:
+        """Fill ``vecs``/``alive`` (and the deleted labels) from hnswlib's level-0 memory (one
+        copy, no per-vector Python). The deletion marks are hnswlib's own, in its file; the
+        ``.deleted.json`` beside it says the same (written for older readers)."""
+        vecs, labels, dead = _elements(self.index.__getstate__()[0], self.dim)
+        self.deleted = set(labels[dead].tolist())
+        self._dead = int(dead.sum())
+        if len(labels) == 0:
             return
-        mem = np.asarray(st["data_level0"]).view(np.uint8)[: n * size].reshape(n, size)
-        off, loff = int(st["offset_data"]), int(st["label_offset"])
-        vecs = np.ascontiguousarray(mem[:, off : off + self.dim * 4]).view(np.float32)
-        labels = np.ascontiguousarray(mem[:, loff : loff + 8]).view(np.uint64).ravel()
-        labels = labels.astype(np.int64)
         rows, alive = self._grow_rows(int(labels.max()))
-        rows[labels] = vecs
-        alive[labels] = True
-        if self.deleted:
-            gone = np.fromiter(self.deleted, dtype=np.int64, count=len(self.deleted))
-            alive[gone[gone < len(alive)]] = False
+        live = labels[~dead]
+        rows[live] = vecs[~dead]
+        alive[live] = True
 
     def memory_bytes(self) -> int:
         # hnswlib: per element the vector, M*2 level-0 links (4 bytes) and bookkeeping; then
@@ -256,3 +293,23 @@ class HnswIndex(VectorIndex):
         per = self.dim * 4 + self.m * 2 * 4 + 8 + 4 + 8
         vecs, alive = self._rows
         return int(self.index.get_max_elements() * per + vecs.nbytes + alive.nbytes)
+
+
+def _level0(state: dict[str, Any]) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
+    """hnswlib's level-0 memory in an ``__getstate__`` state, one row per element (no copy),
+    and the elements' deletion marks: each row holds its link count and flags (``DELETE_MARK``,
+    bit 0 of byte 2), its links, its vector and its label at fixed offsets."""
+    n, size = int(state["cur_element_count"]), int(state["size_data_per_element"])
+    mem = np.asarray(state["data_level0"]).view(np.uint8)[: n * size].reshape(n, size)
+    dead = (mem[:, int(state["offset_level0"]) + 2] & 1).astype(bool)
+    return mem, dead
+
+
+def _elements(state: dict[str, Any], dim: int) -> tuple[F32, I64, NDArray[np.bool_]]:
+    """The vectors, labels and deletion marks of the elements in an hnswlib state."""
+    mem, dead = _level0(state)
+    n = len(mem)
+    off, loff = int(state["offset_data"]), int(state["label_offset"])
+    vecs = np.ascontiguousarray(mem[:, off : off + dim * 4]).view(np.float32).reshape(n, dim)
+    labels = np.ascontiguousarray(mem[:, loff : loff + 8]).view(np.uint64).ravel()
+    return vecs, labels.astype(np.int64), dead
