@@ -334,12 +334,20 @@ def fill_parameters(kind: str, params: dict[str, int], defaults: dict[str, int])
     return {**defaults, **params}
 
 
-def _index_v1(index: dict[str, Any]) -> dict[str, Any]:
-    index = dict(index)
-    index["parameters"] = fill_parameters(
-        str(index.get("kind", "")), dict(index.get("parameters") or {}), V1_HNSW_DEFAULTS
+def upgrade_index(index: dict[str, Any]) -> IndexDef:
+    """An index as schema 1 wrote it (in a record or the catalog) as schema 2 says it: the
+    parameters its kind uses decided (the defaults of the release that wrote it). A schema-2
+    index passes unchanged."""
+    d = dict(index)
+    d["parameters"] = fill_parameters(
+        str(d.get("kind", "")), dict(d.get("parameters") or {}), V1_HNSW_DEFAULTS
     )
-    return index
+    return msgspec.convert(d, IndexDef)
+
+
+def _index_v1(index: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = msgspec.to_builtins(upgrade_index(index))
+    return out
 
 
 def _upgrade_v1(type_: str, body: dict[str, Any]) -> dict[str, Any]:

@@ -412,3 +412,31 @@ def test_a_dimension_history_over_a_checkpoint_survives_sigkill(tmp_path: Path) 
         e.close()
     report = verify_dir(e.settings)
     assert report.ok, report.lines
+
+
+def test_a_failure_the_index_step_could_not_contain_is_repaired(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A bug escaping the index fold after a commit is neither lost nor fatal: the group's
+    databases are taken out of service and rebuilt from the store."""
+    from jade.indexes.projection import IndexProjection
+
+    e = _open(_settings(tmp_path))
+    try:
+        _create(e, "d", dim=2)
+        real = IndexProjection.apply_group
+        calls = {"n": 0}
+
+        def once(self: IndexProjection, entries: Any) -> None:
+            calls["n"] += 1
+            if calls["n"] == 1:
+                raise RuntimeError("a bug in the fold")
+            real(self, entries)
+
+        monkeypatch.setattr(IndexProjection, "apply_group", once)
+        e.submit_sync(upsert("d", [("a", [1.0, 0.0], None)]))  # acknowledged: it is durable
+        assert "index d" in e.projections_behind() or len(e.indexes.get("d") or []) == 1
+        assert _wait(lambda: not e.projections_behind())
+        assert len(e.indexes.get("d")) == 1  # type: ignore[arg-type]
+        assert e.projection_failures()["index"] == 1
+    finally:
+        e.close()

@@ -304,16 +304,26 @@ class Writer:
                 self.log.aborted()
                 self.auth.abort()
                 raise
+        if any(event.is_catalog for _, event in staged):
+            self.e.store.catalog_version += 1  # after the commit: see database_cached
         try:
             if staged:
                 self.auth.commit(staged[0][0].lsn, staged[-1][0].lsn)
             else:
                 self.auth.abort()  # every auth command of the group was refused
-            if any(event.is_catalog for _, event in staged):
-                self.e.store.catalog_version += 1  # after the commit: see database_cached
+        except Exception as exc:  # commit() contains its own failures; a bug must not hide
+            log.exception("auth store step after a commit failed; catching up from the log")
+            self.auth.abort()
+            self.auth.behind = f"{type(exc).__name__}: {exc}"
+            self.auth.applied = self.e.auth.applied_lsn()
+        try:
             self.e.indexes.apply_group(staged)  # 6. project
-        except Exception:  # never: each step contains its own failures; but the tail must move
-            log.exception("projecting a committed group failed")
+        except Exception as exc:  # apply_group contains its own failures; a bug must not hide
+            log.exception("index step after a commit failed; the databases of the group are "
+                          "rebuilt from the store")
+            self.e.indexes.mark_failed({e.db_id for _, e in staged if e.touches_index
+                                        and e.db_id is not None},
+                                       f"{type(exc).__name__}: {exc}")
         elapsed = time.perf_counter() - t0
         self.stats.groups += 1
         self.stats.records += len(staged)

@@ -53,13 +53,7 @@ Entry = tuple[Record, ev.Event]
 def catalog_indexes(db: dict[str, Any]) -> list[ev.IndexDef]:
     """A catalog entry's indexes as events describe them (entries written before schema 2 may
     lack parameters: the defaults of the release that wrote them, as ``events.of`` fills)."""
-    out = []
-    for i in db["indexes"]:
-        params = ev.fill_parameters(str(i["kind"]), dict(i.get("parameters") or {}),
-                                    ev.V1_HNSW_DEFAULTS)
-        out.append(ev.IndexDef(id=i["id"], kind=i["kind"], requested=i.get("requested", ""),
-                               name=i.get("name", ""), parameters=params))
-    return out
+    return [ev.upgrade_index(i) for i in db["indexes"]]
 
 
 def catalog_spec(db: dict[str, Any]) -> IndexSpec:
@@ -223,6 +217,14 @@ class IndexProjection:
         log.warning("index of %s rebuilt from the store at LSN %d (%d vectors) after a failed "
                     "apply", db_id, self.applied_lsn, len(live), extra={"db": db_id})
         return True
+
+    def mark_failed(self, db_ids: set[str], why: str) -> None:
+        """Take ``db_ids`` out of service as failed (rebuilt by ``repair``); for a failure the
+        fold itself could not contain."""
+        with self._lock:
+            for db_id in db_ids:
+                if db_id in self.dbs or db_id in self.failed:
+                    self._failed(db_id, why)
 
     def repair(self) -> int:
         """Try to rebuild every failed database. Called by the writer thread while idle (every

@@ -372,17 +372,10 @@ class DataStore:
 
 
 def _upgrade_index_v1(index: dict[str, Any]) -> dict[str, Any]:
-    params = ev.fill_parameters(str(index["kind"]), dict(index.get("parameters") or {}),
-                                ev.V1_HNSW_DEFAULTS)
-    return {
-        "id": index["id"],
-        "name": index.get("name", ""),
-        "requested": index.get("requested", ""),
-        "kind": index["kind"],
-        "parameters": params,
-        "created_at": index["created_at"],
-        "updated_at": index["updated_at"],
-    }
+    """A schema-1 catalog index as the current fold writes it (same key order, parameters
+    complete), keeping its times."""
+    i = ev.upgrade_index(index)
+    return {**_index_dict(i, 0), "created_at": i.created_at, "updated_at": i.updated_at}
 
 
 def _index_dict(index: ev.IndexDef, now: int) -> dict[str, Any]:
