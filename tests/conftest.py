@@ -34,6 +34,23 @@ def make_settings(tmp_path: Any, **overrides: Any) -> Settings:
     return settings_mod.load(env, **overrides)
 
 
+def cli_env(s: Settings) -> dict[str, str]:
+    """The environment of an operator's ``jade`` command on the data directory of ``s``."""
+    return {
+        **os.environ,
+        "JADEVECTORDB_DATA_DIR": s.data_dir,
+        "JADEVECTORDB_CONFIG_DIR": s.config_dir,
+        "PYTHONPATH": ROOT,
+    }
+
+
+def jade(env: dict[str, str], *args: str, timeout: float = 120
+         ) -> subprocess.CompletedProcess[str]:
+    """``jade ARGS`` as a real subprocess."""
+    return subprocess.run([sys.executable, "-m", "tools", *args], env=env, cwd=ROOT,
+                          capture_output=True, text=True, timeout=timeout)
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

@@ -25,6 +25,8 @@ from tests.conftest import (
     USER_PASSWORD,
     Api,
     ServerProcess,
+    cli_env,
+    jade,
     login,
     make_settings,
     running_server,
@@ -38,32 +40,12 @@ from wal.log import Log
 NEEDLE = "needle-5e1f9c"
 
 
-def jade(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tools", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-
 def jade_many(
     env: dict[str, str], *calls: tuple[str, ...]
 ) -> list[subprocess.CompletedProcess[str]]:
     """Independent invocations side by side (each pays the interpreter start-up)."""
     with ThreadPoolExecutor(len(calls)) as pool:
         return list(pool.map(lambda a: jade(env, *a), calls))
-
-
-def env_for(s: Settings) -> dict[str, str]:
-    return {
-        **os.environ,
-        "JADEVECTORDB_DATA_DIR": s.data_dir,
-        "JADEVECTORDB_CONFIG_DIR": s.config_dir,
-        "PYTHONPATH": ROOT,
-    }
 
 
 def read_log(s: Settings) -> list[Record]:
@@ -88,7 +70,7 @@ def data(tmp_path_factory: Any) -> Data:
     """A stopped server's directory: vectors, one CLI snapshot taken early, more writes."""
     root = tmp_path_factory.mktemp("cli")
     s = make_settings(root, archive_interval_seconds=0, checkpoint_interval_seconds=0)
-    env = env_for(s)
+    env = cli_env(s)
 
     async def first() -> None:
         async with running_server(s) as srv:

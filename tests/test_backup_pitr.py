@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -36,7 +35,7 @@ from jade.events import AUTH_TYPES
 from jade.http.keys import BACKUPS, ENGINE, SCHEDULER
 from jade.settings import Settings
 from jade.stores.data import DataStore
-from tests.conftest import ROOT, make_settings
+from tests.conftest import cli_env, jade, make_settings
 from tests.test_index_checkpoint import create_cmd, upsert_cmd
 from tools.restore_cmd import parse_time
 from wal.codec import Record, decode, pack, unpack
@@ -507,20 +506,7 @@ def upsert_sync(engine: Engine, db_id: str, vecs: list[dict[str, Any]]) -> int:
 
 def jade_cli(s: Settings, *args: str) -> subprocess.CompletedProcess[str]:
     """``jade ARGS`` as an operator runs it, on the data directory of ``s``."""
-    env = {
-        **os.environ,
-        "JADEVECTORDB_DATA_DIR": s.data_dir,
-        "JADEVECTORDB_CONFIG_DIR": s.config_dir,
-        "PYTHONPATH": ROOT,
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "tools", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return jade(cli_env(s), *args)
 
 
 def one_line_failure(r: subprocess.CompletedProcess[str], *wanted: str) -> str:

@@ -33,7 +33,7 @@ from jade.backup.verify import verify_dir
 from jade.datadir import hold
 from jade.engine import Engine
 from jade.settings import Settings
-from tests.conftest import ROOT, free_port, make_settings
+from tests.conftest import ROOT, cli_env, free_port, jade, make_settings
 from tests.test_index_checkpoint import create_cmd, upsert_cmd
 
 INCOMPLETE = "RESTORE_INCOMPLETE"
@@ -76,24 +76,9 @@ def source(tmp_path_factory: Any) -> Source:
     finally:
         engine.close()
     assert last == snap.lsn + RECORDS
-    env = {
-        **os.environ,
-        "JADEVECTORDB_DATA_DIR": s.data_dir,
-        "JADEVECTORDB_CONFIG_DIR": s.config_dir,
-        "PYTHONPATH": ROOT,
-    }
-    return Source(s, env, snap, last)
+    return Source(s, cli_env(s), snap, last)
 
 
-def jade(env: dict[str, str], *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "tools", *args],
-        env=env,
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
 
 
 def leftovers(target: str) -> list[str]:
