@@ -246,3 +246,18 @@ def test_a_damaged_segment_falls_back_to_the_live_log(built: Built, tmp_path: An
     with pytest.raises(RestoreError, match=rf"{seg.name} \(LSN {seg.first}\.\.{seg.last}\) is "
                                            rf"damaged .*records after LSN {seg.first - 1}"):
         restore(archive_only, str(tmp_path / "r2"), lsn=last)
+
+
+def test_a_damaged_manifest_key_is_reported_not_raised(built: Built, tmp_path: Any) -> None:
+    """A flipped byte can turn a manifest key into another one and leave valid JSON: verify
+    names the manifest instead of failing on the missing key (the sweep hit this 1 run in 20)."""
+    work = str(tmp_path / "w")
+    shutil.copytree(built.settings.backup_dir, work)
+    snap_dir = os.path.join(work, "snapshots", built.snap.name)
+    path = os.path.join(snap_dir, snapshot.MANIFEST)
+    with open(path) as fh:
+        text = fh.read()
+    assert '"size"' in text
+    with open(path, "w") as fh:
+        fh.write(text.replace('"size"', '"sizf"', 1))
+    assert snapshot.verify(snap_dir) == [f"{snapshot.MANIFEST}: checksum mismatch (damaged)"]

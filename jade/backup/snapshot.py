@@ -281,6 +281,9 @@ def verify(path: str, *, verify_key: str = "") -> list[str]:
         m = read_manifest(path)
     except SnapshotError as exc:
         return [str(exc)]
+    if m.get("manifest_sha256") != manifest_checksum(m):
+        # nothing in a damaged manifest can be trusted, not even its keys
+        return [f"{MANIFEST}: checksum mismatch (damaged)"]
     listed = set(m["files"])
     present = set()
     for dirpath, _, names in os.walk(path):
@@ -301,8 +304,6 @@ def verify(path: str, *, verify_key: str = "") -> list[str]:
             continue
         if sha256_file(p) != f["sha256"]:
             problems.append(f"{rel}: checksum mismatch (damaged)")
-    if m.get("manifest_sha256") != manifest_checksum(m):
-        problems.append(f"{MANIFEST}: checksum mismatch (damaged)")
     if "signature" in m:
         try:
             key = verify_key or m.get("verify_key", "")
