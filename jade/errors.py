@@ -93,6 +93,27 @@ class RestoreIncomplete(Unavailable):
     code = "restore_incomplete"
 
 
+class InsufficientStorage(JadeError):
+    """A write refused because the data directory's disk is full (or below the reserve kept for
+    checkpoints and snapshots). Nothing of it was written; reads go on. Retry once space is
+    freed (``Retry-After``)."""
+
+    status = 507
+    code = "insufficient_storage"
+
+    def __init__(self, message: str, *, retry_after: int = 10, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.headers["Retry-After"] = str(retry_after)
+
+
+class StorageDamaged(JadeError):
+    """A stored value or file does not match its checksum (or is cut short): it is refused, never
+    served. ``file`` names what is damaged."""
+
+    status = 500
+    code = "data_damaged"
+
+
 class Internal(JadeError):
     status = 500
     code = "internal_error"

@@ -310,6 +310,26 @@ class Metrics:
             registry=r,
         )
         self.checkpoint_damaged_seen = 0
+        self.store_damaged = Counter(
+            P + "store_value_damaged_total",
+            "Stored values (vectors, metadata) refused on read because they did not match "
+            "their checksum",
+            registry=r,
+        )
+        self.store_damaged_seen = 0
+
+        # -- storage (disk) ---------------------------------------------------------------
+        self.disk_free = Gauge(
+            P + "disk_free_bytes", "Free bytes on the data directory's file system", registry=r)
+        self.storage_full = Gauge(
+            P + "storage_full",
+            "1 while writes are refused because the data directory's disk is full or below "
+            "storage.reserve_bytes (reads go on)",
+            registry=r,
+        )
+        self.writes_refused_storage = Counter(
+            P + "writes_refused_insufficient_storage_total",
+            "Writes refused with 507 insufficient_storage", registry=r)
 
         # -- scheduled jobs -----------------------------------------------------------------
         self.job_runs = Counter(P + "scheduler_job_runs_total", "Scheduled job runs",
