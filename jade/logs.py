@@ -14,6 +14,7 @@ Format: JSON lines in production, readable text in development (``logging.format
 from __future__ import annotations
 
 import contextvars
+import errno
 import json
 import logging
 import logging.handlers
@@ -66,7 +67,40 @@ class AuditFormatter(logging.Formatter):
         return record.getMessage()
 
 
-class AccessLog(logging.handlers.RotatingFileHandler):
+class _FileHandler(logging.handlers.RotatingFileHandler):
+    """A log file that a full disk does not turn into a traceback per line: the lines are
+    dropped, one line on stderr says so, and writing resumes once the disk takes them."""
+
+    _dropping = False  # writes fail for want of space (stderr was told, once)
+    _failed = False  # the current write failed
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 (logging's name)
+        exc = sys.exc_info()[1]
+        if isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            self._dropped(exc)
+            return
+        super().handleError(record)
+
+    def _dropped(self, exc: OSError) -> None:
+        self._failed = True
+        if not self._dropping:
+            self._dropping = True
+            print(f"jade: cannot write {self.baseFilename}: {exc.strerror}; its lines are "
+                  "dropped until the disk takes them", file=sys.stderr, flush=True)
+
+    def _resumed(self) -> None:
+        if self._dropping:
+            self._dropping = False
+            print(f"jade: writing {self.baseFilename} again", file=sys.stderr, flush=True)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self._failed = False
+        super().emit(record)  # a failed write calls handleError
+        if not self._failed:
+            self._resumed()
+
+
+class AccessLog(_FileHandler):
     """access.log without the logging machinery on the request path.
 
     The HTTP middleware hands ``request`` the finished fields of each request; they are queued
@@ -142,12 +176,19 @@ class AccessLog(logging.handlers.RotatingFileHandler):
             if not buf or self._closed:
                 return
             text = "\n".join(map(self._line, buf)) + "\n"
-            if self.stream is None:
-                self.stream = self._open()
-            if self.maxBytes > 0 and self.stream.tell() + len(text) >= self.maxBytes:
-                self.doRollover()
-            self.stream.write(text)
-            self.stream.flush()
+            try:
+                if self.stream is None:
+                    self.stream = self._open()
+                if self.maxBytes > 0 and self.stream.tell() + len(text) >= self.maxBytes:
+                    self.doRollover()
+                self.stream.write(text)
+                self.stream.flush()
+            except OSError as exc:
+                if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+                    raise
+                self._dropped(exc)  # the lines are lost, the writer thread lives on
+                return
+            self._resumed()
 
     def close(self) -> None:
         global _access
@@ -223,7 +264,7 @@ def setup(settings: Settings, *, console: bool | None = None) -> str:
     backups = int(opts.get("backup_count", 5))
 
     def file(name: str, formatter: logging.Formatter, lvl: int = logging.NOTSET) -> logging.Handler:
-        h = logging.handlers.RotatingFileHandler(
+        h = _FileHandler(
             os.path.join(log_dir, name),
             maxBytes=max_bytes,
             backupCount=backups,

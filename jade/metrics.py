@@ -330,6 +330,7 @@ class Metrics:
         self.writes_refused_storage = Counter(
             P + "writes_refused_insufficient_storage_total",
             "Writes refused with 507 insufficient_storage", registry=r)
+        self.writes_refused_storage_seen = 0
 
         # -- scheduled jobs -----------------------------------------------------------------
         self.job_runs = Counter(P + "scheduler_job_runs_total", "Scheduled job runs",

@@ -90,6 +90,11 @@ FIELDS: tuple[Spec, ...] = (
          "snapshots and log archive; default <data_dir>/backups"),
     Spec("initial_map_bytes", "storage.initial_map_bytes", P + "INITIAL_MAP_BYTES", int,
          64 * 1024 * 1024, "initial LMDB map size; grows by doubling on demand", check=_positive),
+    Spec("reserve_bytes", "storage.reserve_bytes", P + "STORAGE_RESERVE_BYTES", int,
+         64 * 1024 * 1024, "writes are refused (507 insufficient_storage) while the data "
+         "directory's file system has less free space than this, kept for checkpoints, "
+         "snapshots and the operator; reads go on (0 = only a full disk refuses)",
+         check=_non_negative),
     Spec("max_body_bytes", "server.max_body_bytes", P + "MAX_BODY_BYTES", int,
          32 * 1024 * 1024, "largest accepted request body (413 above)", check=_positive),
     Spec("max_group_records", "wal.max_group_records", P + "MAX_GROUP_RECORDS", int, 1024,
@@ -256,6 +261,7 @@ class Settings:
     index_dir: str = ""
     backup_dir: str = ""
     initial_map_bytes: int = 64 * 1024 * 1024
+    reserve_bytes: int = 64 * 1024 * 1024
     max_body_bytes: int = 32 * 1024 * 1024
     max_group_records: int = 1024
     log_level: str = "info"

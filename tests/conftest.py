@@ -175,8 +175,10 @@ async def api(server: Server) -> Api:
 class ServerProcess:
     """``jade serve`` as a real subprocess (for crash and restart tests)."""
 
-    def __init__(self, data_dir: str, port: int | None = None, env: dict[str, str] | None = None):
+    def __init__(self, data_dir: str, port: int | None = None, env: dict[str, str] | None = None,
+                 log_dir: str | None = None):
         self.data_dir = data_dir
+        self.log_dir = log_dir or os.path.dirname(data_dir)  # the server's output goes here
         self.port = port or free_port()
         self.env = {**os.environ, "JADEVECTORDB_DATA_DIR": data_dir,
                     "JADEVECTORDB_PORT": str(self.port), "JADEVECTORDB_HOST": "127.0.0.1",
@@ -186,8 +188,7 @@ class ServerProcess:
         self.base = f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> None:
-        self.log = open(os.path.join(os.path.dirname(self.data_dir), f"server-{self.port}.log"),
-                        "ab")
+        self.log = open(os.path.join(self.log_dir, f"server-{self.port}.log"), "ab")
         self.proc = subprocess.Popen([sys.executable, "-m", "tools", "serve"], env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + timeout

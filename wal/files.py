@@ -16,12 +16,20 @@ def fsync_path(path: str) -> None:
 
 def write_atomic(path: str, *chunks: bytes) -> None:
     """Replace ``path`` with ``chunks`` durably: written to ``path + ".tmp"``, fsynced, renamed
-    over ``path``, and the directory fsynced, so a crash leaves the old file or the new one."""
+    over ``path``, and the directory fsynced, so a crash leaves the old file or the new one. A
+    failed write removes its tmp file."""
     tmp = path + ".tmp"
-    with open(tmp, "wb") as fh:
-        for chunk in chunks:
-            fh.write(chunk)
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            for chunk in chunks:
+                fh.write(chunk)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:  # a full disk: the partial file must not keep the space
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
     fsync_path(os.path.dirname(os.path.abspath(path)))

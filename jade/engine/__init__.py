@@ -23,10 +23,13 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+import lmdb
+
 from jade import datadir
 from jade.auth.store import AuthStore
 from jade.core.decide import Command
 from jade.engine.commit import Writer
+from jade.engine.disk import Disk
 from jade.engine.replay import replay
 from jade.errors import RestoreIncomplete, Unavailable
 from jade.indexes.projection import IndexProjection
@@ -83,6 +86,8 @@ class Engine:
         self.role = "primary"
         self.started_at = time.time()
         self._lock: datadir.DataDirLock | None = None
+        self.disk = Disk(os.path.dirname(os.path.abspath(settings.db_path)) if settings.db_path
+                         else settings.data_dir, settings.reserve_bytes)
 
     # -- life cycle -------------------------------------------------------------------------
     def open(self, *, restoring: bool = False) -> OpenReport:
@@ -130,13 +135,20 @@ class Engine:
             auth_level = self.writer.auth.level()
             self.writer = None
         if checkpoint and self.env is not None:
-            self.indexes.checkpoint()
+            try:
+                self.indexes.checkpoint()
+            except OSError as exc:  # a full disk: the stop is still clean, the log durable
+                log.warning("index checkpoint at stop failed (%s); the next start replays the "
+                            "log after the previous checkpoint", exc)
         if self.auth_env is not None:
             if auth_level and self.env is not None:
                 # every record up to the tail is folded (the ones since the last auth commit
                 # held nothing of auth): a start-up need not scan them again
                 last = self.log.last_lsn
-                self.auth_env.write(lambda txn: self.auth.set_applied(txn, last))
+                try:
+                    self.auth_env.write(lambda txn: self.auth.set_applied(txn, last))
+                except lmdb.Error as exc:  # a full disk: the next start scans a little more
+                    log.warning("auth store's applied LSN not recorded at stop (%s)", exc)
             self.auth_env.sync()
             self.auth_env.close()
             self.auth_env = None

@@ -49,7 +49,7 @@ from jade import faults
 from jade.auth.decide import decide_auth
 from jade.core.decide import Command, Defaults, decide
 from jade.engine.replay import Entry, replay
-from jade.errors import NotPrimary, ReadOnly, Unavailable
+from jade.errors import JadeError, NotPrimary, ReadOnly, Unavailable
 from wal.codec import Record
 
 if TYPE_CHECKING:
@@ -214,6 +214,7 @@ class Writer:
         self.stats = GroupStats()
         self._on_group = on_group
         self._queue: deque[_Job] = deque()
+        self._free = 0  # free bytes on the disk, measured at the start of the current group
         self._cond = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="wal-writer", daemon=True)
@@ -269,12 +270,17 @@ class Writer:
                 return
             try:
                 self._commit(group)
-            except BaseException as exc:  # a bug in decide/apply, or LMDB failing
-                log.exception("log group failed before its commit; nothing of it is durable")
+            except BaseException as exc:  # a full disk, LMDB failing, or a bug in decide/apply
+                error: BaseException = exc
+                refused = self.e.disk.failed(exc)
+                if refused is not None:
+                    error = refused  # counted and logged once by the disk watch
+                elif not isinstance(exc, JadeError):  # a refusal of the whole group is not
+                    log.exception("log group failed before its commit; nothing of it is durable")
                 self.auth.abort()
                 for job in group:
                     if not job.future.done():
-                        job.future.set_exception(exc)
+                        job.future.set_exception(error)
 
     # -- the pipeline -----------------------------------------------------------------------
     def _commit(self, group: list[_Job]) -> None:
@@ -285,6 +291,7 @@ class Writer:
                 self.e.indexes.repair()
             return
         while True:
+            self._free = self.e.disk.free()  # once per group: the gate weighs each write by it
             self.log.begin()
             txn = self.log.env.env.begin(write=True)
             staged: list[Entry] = []
@@ -293,6 +300,7 @@ class Writer:
                     job.records, job.error = [], None
                     self._one(txn, job, staged)
                 txn.commit()  # 5. commit: one fsync for the group
+                self.e.disk.committed()
                 break
             except lmdb.MapFullError:
                 self.log.aborted()
@@ -352,6 +360,7 @@ class Writer:
             item.removed = self.log.truncate_in_txn(txn, item.lsn)
             return
         if isinstance(item, Replicated):
+            self.e.disk.check(job.size, self._free)  # fails the group: the records go in order
             for rec in item.records:
                 event = ev.of(rec)  # a body that does not fit fails the group, before commit
                 self.log.append_record(txn, rec)  # 3. verified: LSN, epoch, checksum chain
@@ -377,8 +386,12 @@ class Writer:
 
     def _gate(self, txn: lmdb.Transaction[bytes], cmd: Command) -> None:
         cls = ev.EVENTS.get(cmd.type)
-        refuse_writes(self.e.role, self.e.store.mode(txn), cls is not None and cls.readonly_ok,
+        readonly_ok = cls is not None and cls.readonly_ok
+        refuse_writes(self.e.role, self.e.store.mode(txn), readonly_ok,
                       self.e.settings.primary_url)
+        if not readonly_ok:  # administrative records pass the reserve (a few bytes)
+            self.e.disk.check(cmd.size, self._free)
+            self._free -= 2 * cmd.size
 
     def _decide(self, txn: lmdb.Transaction[bytes], cmd: Command) -> list[ev.Event]:
         if cmd.type.startswith("auth."):

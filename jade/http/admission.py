@@ -57,6 +57,7 @@ def admit(request: web.Request) -> Awaitable[None] | None:
             # forgot-password for an unknown name must not differ from one for a known name)
             if route.mutates:
                 refuse_writes(engine.role, engine.mode(), False, None)
+                engine.disk.check(request.content_length or 0)
         return None
     svc.check_blocked(ip)
     principal = svc.authenticate(request.headers)
@@ -92,6 +93,7 @@ def admit(request: web.Request) -> Awaitable[None] | None:
         svc.authorize(principal, access)
     if route.mutates:
         refuse_writes(engine.role, engine.mode(), False, None)
+        engine.disk.check(request.content_length or 0)  # before the body is read
         return None
     raw = request.headers.get("X-Min-LSN") or (request.query_string and
                                                request.query.get("min_lsn"))

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import time
 from typing import Any
 
@@ -23,8 +22,7 @@ from jade.http.keys import (
 from jade.http.middleware import json_response
 from jade.metrics import CONTENT_TYPE
 
-MIN_FREE_BYTES = 64 * 1024 * 1024
-
+LOW_BYTES = 64 * 1024 * 1024  # "low" in /health below this (or the reserve, if larger)
 
 def _check_store(request: web.Request) -> tuple[bool, str]:
     try:
@@ -37,26 +35,29 @@ def _check_store(request: web.Request) -> tuple[bool, str]:
         return False, f"error: {type(exc).__name__}"
 
 
-def _check_disk(request: web.Request) -> tuple[bool, str]:
-    try:
-        free = shutil.disk_usage(request.app[SETTINGS].data_dir).free
-    except OSError as exc:
-        return False, f"error: {exc.strerror}"
-    if free < MIN_FREE_BYTES:
-        return False, f"low: {free} bytes free"
-    return True, "ok"
+def _storage(request: web.Request) -> str:
+    """The disk, for people: "ok", or why writes are (or are about to be) refused. Not part of
+    liveness: a node whose disk is full still serves reads, and restarting it frees nothing."""
+    disk = engine_of(request).disk
+    free = disk.free()
+    if disk.full is not None:
+        return f"full: writes refused ({free} bytes free); reads go on"
+    if free < max(disk.reserve, LOW_BYTES):
+        return f"low: {free} bytes free"
+    return "ok"
 
 
 async def health(request: web.Request) -> web.Response:
+    """Liveness: 503 only when the process cannot read its store (a restart may help then)."""
     db_ok, db_msg = _check_store(request)
-    disk_ok, disk_msg = _check_disk(request)
     net_ok = True
-    healthy = db_ok and disk_ok and net_ok
+    healthy = db_ok and net_ok
     body = {
         "status": "healthy" if healthy else "unhealthy",
         "timestamp": int(time.time() * 1000),
         "version": __version__,
-        "checks": {"database": db_msg, "storage": disk_msg, "network": "ok" if net_ok else "down"},
+        "checks": {"database": db_msg, "storage": _storage(request),
+                   "network": "ok" if net_ok else "down"},
     }
     return json_response(body, status=200 if healthy else 503)
 
@@ -111,6 +112,12 @@ def refresh_gauges(request: web.Request) -> None:
     if damaged > m.checkpoint_damaged_seen:
         m.checkpoint_damaged.inc(damaged - m.checkpoint_damaged_seen)
         m.checkpoint_damaged_seen = damaged
+    disk = engine.disk
+    m.disk_free.set(disk.free())
+    m.storage_full.set(1 if disk.full is not None else 0)
+    if disk.refused > m.writes_refused_storage_seen:
+        m.writes_refused_storage.inc(disk.refused - m.writes_refused_storage_seen)
+        m.writes_refused_storage_seen = disk.refused
     for name, count in engine.projection_failures().items():
         seen = m.projection_failures_seen.get(name, 0)
         if count > seen:
@@ -172,6 +179,7 @@ async def status(request: web.Request) -> web.Response:
         },
         "scheduler": request.app[SCHEDULER].status(),
         "replication": _replication(request),
+        "storage": engine.disk.status(),
         "indexes": {
             "checkpoint_age_seconds": engine.indexes.checkpoint_age_seconds(),
             "replayed_on_start": engine.indexes.replayed_on_start,

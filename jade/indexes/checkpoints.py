@@ -220,6 +220,9 @@ class CheckpointStore:
         except OSError:
             if self.stale(cap):  # its directory went away under the writes
                 return False
+            # a full disk: what this save wrote is named by no index.json, and would eat the
+            # space the operator frees (the previous checkpoint stays as it was)
+            self._discard(base, name)
             raise
         meta = {**cap.doc, "metadata": {"file": md_file, "count": count}, "checksums": sums,
                 "saved_at": time.time()}
@@ -238,6 +241,47 @@ class CheckpointStore:
                 except FileNotFoundError:
                     pass  # the database was deleted meanwhile
         return True
+
+    @staticmethod
+    def _discard(base: str, name: str) -> None:
+        for f in _listdir(base):
+            if f.startswith(name):
+                try:
+                    os.remove(os.path.join(base, f))
+                except OSError:
+                    pass
+
+    def sweep(self, listed: list[str]) -> int:
+        """At start-up: remove what failed or interrupted saves left in the checkpoint
+        directories (temp files, files of a checkpoint no ``index.json`` names). A directory
+        whose ``index.json`` cannot be read is left alone (its database is rebuilt and saved
+        afresh, which then replaces it). Returns the bytes freed."""
+        freed = 0
+        for db_dir in listed:
+            base = os.path.join(self.dir, db_dir)
+            meta_path = os.path.join(base, "index.json")
+            try:
+                with open(meta_path) as fh:
+                    doc = json.load(fh)
+                keep = {str(doc["file"]), str(doc["metadata"]["file"]),
+                        *map(str, doc.get("checksums", {}))}
+            except FileNotFoundError:
+                keep = set()
+            except (OSError, ValueError, KeyError, TypeError):
+                continue
+            for f in _listdir(base):
+                if f.endswith(".tmp") or (f.startswith(_PREFIXES)
+                                          and not any(f.startswith(k) for k in keep)):
+                    path = os.path.join(base, f)
+                    try:
+                        size = os.path.getsize(path)
+                        os.remove(path)
+                    except OSError:
+                        continue
+                    freed += size
+                    log.info("removed %s (%d bytes): left by a checkpoint that did not "
+                             "complete", path, size, extra={"db": db_dir})
+        return freed
 
     def stale(self, cap: Capture) -> bool:
         """Whether the database of ``cap`` was deleted or replaced since the capture; if so,

@@ -261,6 +261,7 @@ class IndexProjection:
         catalog = {db["id"]: db for db in self.store.databases()}
         if remove_orphans:
             self.files.remove_orphans(listed, set(catalog))
+            self.files.sweep([d for d in listed if d in catalog])
         loaded: dict[str, int] = {}
         for db_id in catalog:
             live = self.files.load(db_id, wal.first_lsn, applied, secs)
