@@ -189,11 +189,12 @@ async def _register(base: str, session: aiohttp.ClientSession) -> Api:
 
 
 async def test_stop_and_start_on_a_full_disk(small_disk: str, tmp_path: Any) -> None:
-    """A real server process: the disk fills under it; a stop still exits 0 and leaves no temp
-    files; a start on the full disk serves reads (writes refused), and every acknowledged
-    vector is there; freeing space lets writes in again."""
+    """A real server process: writes fill the disk to the reserve, then the disk fills to its
+    last byte; a stop still exits 0 and leaves no temp files; a start on the full disk serves
+    reads (writes refused), and every acknowledged vector is there; freeing space lets writes
+    in again."""
     data = os.path.join(small_disk, "data")
-    env = {"JADEVECTORDB_STORAGE_RESERVE_BYTES": "0", "JADEVECTORDB_ENV": "development"}
+    env = {"JADEVECTORDB_STORAGE_RESERVE_BYTES": str(4 << 20), "JADEVECTORDB_ENV": "development"}
     sp = ServerProcess(data, env=env, log_dir=str(tmp_path))  # its output: not on the disk
     sp.start()
     timeout = aiohttp.ClientTimeout(total=60)
@@ -201,7 +202,7 @@ async def test_stop_and_start_on_a_full_disk(small_disk: str, tmp_path: Any) -> 
         async with aiohttp.ClientSession(timeout=timeout) as session:
             api = await _register(sp.base, session)
             db = await api.create_db(DIM)
-            fill(small_disk, leave=3 << 20)
+            fill(small_disk, leave=8 << 20)
             n, (status, body), _ = await write_until_refused(api, db, 0)
             assert status == 507, (status, body)
             fill(small_disk)  # not a byte left: the checkpoint at stop cannot be written
@@ -228,3 +229,35 @@ async def test_stop_and_start_on_a_full_disk(small_disk: str, tmp_path: Any) -> 
     finally:
         sp.stop()
     assert sp.proc is not None and sp.proc.returncode == 0
+
+
+def test_a_start_removes_what_failed_checkpoints_left(tmp_path: Any) -> None:
+    """Files of a checkpoint no ``index.json`` names (a save cut short by a full disk or a
+    kill) and tmp files are removed at start-up; the named checkpoint is kept and loaded."""
+    from jade.core.decide import Command
+    from jade.engine import Engine
+    from tests.test_apply import upsert
+    from tests.test_checkpoint_damage import _create
+
+    s = make_settings(tmp_path)
+    engine = Engine(s)
+    engine.open()
+    engine.submit_sync(_create("h", "hnsw"))
+    engine.submit_sync(upsert("h", [(f"v{i}", values(i)[:16], {}) for i in range(50)],
+                              actor="t"))
+    engine.close(checkpoint=True)
+    base = os.path.join(s.index_dir, "h")
+    named = sorted(os.listdir(base))
+    leftovers = ["hnsw-999.bin.tmp", "hnsw-999.bin", "hnsw-999.bin.metadata.msgpack",
+                 "index.json.tmp"]
+    for name in leftovers:
+        with open(os.path.join(base, name), "wb") as fh:
+            fh.write(b"x" * 4096)
+    engine = Engine(s)
+    report = engine.open()
+    try:
+        assert report.index["loaded"] == 1, report
+        assert sorted(os.listdir(base)) == named
+        engine.submit_sync(Command("vec.delete", {"db": "h", "ids": ["v1"]}))
+    finally:
+        engine.close()

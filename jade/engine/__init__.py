@@ -26,10 +26,11 @@ from typing import Any
 import lmdb
 
 from jade import datadir
+from jade import events as ev
 from jade.auth.store import AuthStore
 from jade.core.decide import Command
 from jade.engine.commit import Writer
-from jade.engine.disk import Disk
+from jade.engine.disk import Disk, out_of_space
 from jade.engine.replay import replay
 from jade.errors import RestoreIncomplete, Unavailable
 from jade.indexes.projection import IndexProjection
@@ -108,8 +109,12 @@ class Engine:
         os.makedirs(s.data_dir, exist_ok=True)
         self._marker = s.db_path + ".running"
         self.report.unclean = os.path.exists(self._marker)
-        with open(self._marker, "w") as fh:
-            fh.write(str(os.getpid()))
+        try:
+            with open(self._marker, "w") as fh:
+                fh.write(str(os.getpid()))
+        except OSError as exc:  # a full disk: the next start cannot tell a crash, says so
+            log.warning("%s not written (%s): a crash of this run will not be reported as "
+                        "one at the next start", self._marker, exc)
         self.env = Env(s.db_path, map_size=s.initial_map_bytes)
         self.log = Log(self.env)
         self.store = DataStore(self.env)
@@ -120,13 +125,37 @@ class Engine:
         self.report.store_replayed = replay(self.log, self.store)
         self.auth_env = Env(s.auth_db_path, map_size=min(s.initial_map_bytes, 16 << 20))
         self.auth = AuthStore(self.auth_env)
-        self.report.auth_replayed = replay(self.log, self.auth)
+        auth_behind = self._replay_auth()
         self.indexes = IndexProjection(self.store, s.index_dir, threads=s.index_threads)
         self.report.index = self.indexes.open(self.log)
         self.writer = Writer(self, max_group=s.max_group_records, on_group=self._on_group)
+        if auth_behind is not None:
+            self.writer.auth.behind = auth_behind
+        elif self.writer.auth.applied < self.log.last_lsn:
+            self.writer.auth.applied = self.log.last_lsn  # level in memory (_replay_auth)
         self.report.seconds = time.perf_counter() - t0
         self.report.last_lsn = self.log.last_lsn
         return self.report
+
+    def _replay_auth(self) -> str | None:
+        """Catch the auth store up with the log. On a full disk (its file cannot take the
+        commit) a start still serves: when the records it misses hold nothing of auth (a stop
+        that could not record its applied LSN), the store is exact and only that LSN is
+        stale; it is recorded once the disk takes it. Otherwise the store is behind (returned:
+        why), readiness says so and the writer catches it up once space is freed."""
+        try:
+            self.report.auth_replayed = replay(self.log, self.auth)
+            return None
+        except Exception as exc:
+            if not out_of_space(exc, self.disk.path):
+                raise
+            missing = sum(1 for rec in self.log.iterate(self.auth.applied_lsn())
+                          if rec.type in ev.AUTH_TYPES)
+            log.warning("auth store not caught up with the log at start (%s): %s", exc,
+                        f"{missing} auth record(s) not applied yet" if missing else
+                        "no auth record is missing; its applied LSN is recorded later")
+            self.disk.full = self.disk.full or f"the start could not write: {exc}"
+            return f"{missing} auth record(s) not applied: {exc}" if missing else None
 
     def close(self, checkpoint: bool = True) -> None:
         auth_level = False  # unknown without the writer: start-up scans from the durable LSN
