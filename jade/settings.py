@@ -12,6 +12,7 @@ type, default and a line of documentation (``docs/CONFIG.md`` is checked against
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -39,6 +40,16 @@ class Spec:
 
 def _positive(v: Any) -> str | None:
     return None if v > 0 else "must be > 0"
+
+
+def _networks(v: Any) -> str | None:
+    for part in str(v).split(","):
+        try:
+            if part.strip():
+                ipaddress.ip_network(part.strip(), strict=False)
+        except ValueError:
+            return f"{part.strip()!r} is not an IP address or network"
+    return None
 
 
 def _non_negative(v: Any) -> str | None:
@@ -187,7 +198,8 @@ FIELDS: tuple[Spec, ...] = (
          1000, "authenticated requests per minute per credential (0 = unlimited; development "
          "default 0)", check=_non_negative),
     Spec("trusted_proxies", "security.trusted_proxies", P + "TRUSTED_PROXIES", str, "",
-         "comma-separated peer IPs whose X-Forwarded-For / X-Real-IP are believed"),
+         "comma-separated proxy addresses or networks (10.0.0.0/8): behind them the client "
+         "is the rightmost X-Forwarded-For entry they did not add", check=_networks),
     Spec("user_admin_only", "security.user_admin_only", P + "USER_ADMIN_ONLY", bool, True,
          "user and API-key management is admin-only (development default off: any "
          "authenticated user, as the reference client's tests need)"),

@@ -93,3 +93,17 @@ CHECKS = [
 def test_live_server_conforms(case, live):
     base, headers = live
     case.call_and_validate(base_url=base, headers=headers, checks=CHECKS)
+
+
+def test_operation_ids_are_unique() -> None:
+    """Generators name a client method per operationId: two routes must not share one
+    (``/ui`` and ``/ui/`` did)."""
+    from collections import Counter
+
+    from jade.http.openapi import build
+    from jade.http.routes import ROUTES
+
+    doc = build(ROUTES)
+    ids = Counter(op["operationId"] for item in doc["paths"].values()
+                  for op in item.values() if isinstance(op, dict) and "operationId" in op)
+    assert [k for k, n in ids.items() if n > 1] == []

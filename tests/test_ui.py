@@ -30,6 +30,22 @@ ARGS = [
 ]
 
 
+async def wait_until(page, selector, ok, *, value=False, timeout=10.0):
+    """Poll an element's text (or an input's value) until ``ok`` says yes. Not
+    ``page.wait_for_function``: it evaluates a string in the page, which the console's
+    Content-Security-Policy (no 'unsafe-eval') refuses, as it should."""
+    import asyncio
+    import time
+
+    deadline = time.monotonic() + timeout
+    while True:
+        text = await (page.input_value(selector) if value else page.text_content(selector))
+        if ok(text or ""):
+            return
+        assert time.monotonic() < deadline, f"{selector}: {text!r}"
+        await asyncio.sleep(0.05)
+
+
 async def test_console_end_to_end(server, tmp_path):
     from playwright.async_api import async_playwright
 
@@ -50,20 +66,23 @@ async def test_console_end_to_end(server, tmp_path):
         page = await browser.new_page()
         errors: list[str] = []
         page.on("pageerror", lambda e: errors.append(str(e)))
+        # the console runs under its Content-Security-Policy: nothing of it may be refused
+        page.on("console", lambda m: errors.append(m.text)
+                if "Content Security Policy" in m.text else None)
         await page.goto(server.base + "/ui")
         await page.screenshot(path=str(shots / "01-login.png"))
         # a wrong password is shown, not swallowed
         await page.fill("#username", "admin")
         await page.fill("#password", "wrong")
         await page.click("#login-btn")
-        await page.wait_for_function("document.querySelector('#login-error').textContent != ''")
+        await wait_until(page, "#login-error", lambda t: t != "")
         assert "Invalid" in await page.text_content("#login-error")
         await page.fill("#password", ADMIN_PASSWORD)
         await page.click("#login-btn")
         await page.wait_for_selector("#dbs tbody tr")
         row = await page.text_content("#dbs tbody tr")
         assert db in row and "3" in row and "IVF" in row and "hnsw" in row
-        await page.wait_for_function("document.querySelector('#lsn').textContent != '–'")
+        await wait_until(page, "#lsn", lambda t: t != "–")
         assert await page.text_content("#mode") == "readwrite"
         assert await page.text_content("#role") == "primary"
         assert int(await page.text_content("#lsn")) >= 5
@@ -71,7 +90,7 @@ async def test_console_end_to_end(server, tmp_path):
         await page.select_option("#search-db", db)
         await page.fill("#pick-id", "a")
         await page.click("#pick-btn")
-        await page.wait_for_function("document.querySelector('#query').value.length > 0")
+        await wait_until(page, "#query", lambda t: len(t) > 0, value=True)
         await page.fill("#filters", '{"category": "even"}')
         await page.click("#search-btn")
         await page.wait_for_selector("#results tbody tr")
@@ -80,7 +99,7 @@ async def test_console_end_to_end(server, tmp_path):
         # a bad filter shows the server's message
         await page.fill("#filters", '{"category": {"$bogus": 1}}')
         await page.click("#search-btn")
-        await page.wait_for_function("document.querySelector('#search-error').textContent != ''")
+        await wait_until(page, "#search-error", lambda t: t != "")
         assert "$bogus" in await page.text_content("#search-error")
         # backups and audit panels
         await page.wait_for_selector("#snapshots tbody tr")

@@ -85,13 +85,13 @@ class AuthService:
         if auth:
             scheme, _, value = auth.partition(" ")
             if scheme.lower() in ("bearer", "apikey") and value.strip():
-                return value.strip()
+                return _printable(value.strip())
             raise Unauthorized(
                 "unsupported Authorization header (use Bearer or ApiKey)",
                 code="invalid_credentials",
             )
         key = headers.get("X-API-Key", "")
-        return key.strip() or None
+        return _printable(key.strip()) or None
 
     def authenticate(self, headers: Mapping[str, str]) -> Principal | None:
         """The caller, None when no credential was sent; ``Unauthorized`` for a bad one."""
@@ -133,3 +133,12 @@ class AuthService:
         """Forget cached permission decisions and verified credentials."""
         self.permissions.clear_cache()
         self._principals.clear()
+
+
+def _printable(cred: str) -> str:
+    """Tokens and API keys are printable ASCII: anything else (bytes that are not UTF-8 reach
+    here as surrogates) is a bad credential, not a crash."""
+    if not (cred.isascii() and cred.isprintable()):
+        raise Unauthorized("malformed credential: tokens and API keys are printable ASCII",
+                           code="invalid_credentials")
+    return cred

@@ -4,6 +4,7 @@ read-your-writes (``X-Min-LSN``)."""
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Awaitable
 
 from aiohttp import web
@@ -13,16 +14,51 @@ from jade.engine import Engine
 from jade.engine.commit import refuse_writes
 from jade.errors import (
     Forbidden,
-    InvalidArgument,
     Unauthorized,
     Unavailable,
 )
 from jade.http.keys import ACCESS, ACTOR, AUTH, CLIENT_IP, ENGINE, PRINCIPAL, SETTINGS
 from jade.http.routes import Route
+from jade.http.validate import parse_lsn
 
 PROBES = frozenset({"/health", "/health/db", "/metrics", "/openapi.json", "/docs", "/ui",
-                    "/ui/{name}"})
+                    "/ui/", "/ui/{name}"})
 FORWARDING_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
+
+
+def _loopback_host(host: str) -> bool:
+    """Whether a ``Host`` header names this machine's loopback (with or without a port)."""
+    name = host.strip().lower()
+    if name.startswith("["):  # [::1]:8080
+        name = name[1:].split("]", 1)[0]
+    elif name.count(":") == 1:
+        name = name.split(":", 1)[0]
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def from_a_web_page(request: web.Request) -> str:
+    """Why a token-less request may have been sent by a web page rather than a person at a
+    terminal ('' if nothing says so). A page the developer opens can send requests to
+    127.0.0.1 (a form, ``fetch`` with a "simple" content type, an image), and with DNS
+    rebinding read the answers; curl sends no ``Origin`` and a loopback ``Host``. Refused: a
+    ``Host`` that is not a loopback name (rebinding: the page's own name resolving to
+    127.0.0.1), an ``Origin`` other than this server's own (``null`` included), a
+    ``Sec-Fetch-Site`` other than ``same-origin`` or ``none`` (typed in the address bar)."""
+    host = request.headers.get("Host", "")
+    if not _loopback_host(host):
+        return f"Host {host!r} is not a loopback name: a DNS-rebinding page"
+    origin = request.headers.get("Origin")
+    if origin is not None and origin != f"{request.scheme}://{host}":
+        return f"cross-site Origin {origin!r}"
+    site = request.headers.get("Sec-Fetch-Site")
+    if site is not None and site not in ("same-origin", "none"):
+        return f"Sec-Fetch-Site: {site}"
+    return ""
 
 
 def admit(request: web.Request) -> Awaitable[None] | None:
@@ -69,6 +105,13 @@ def admit(request: web.Request) -> Awaitable[None] | None:
             and svc.is_loopback(request.remote or "")
             and not any(h in request.headers for h in FORWARDING_HEADERS)
         ):
+            why = from_a_web_page(request)
+            if why:
+                raise Unauthorized(
+                    f"token-less admin from loopback is for a person at a terminal, not a "
+                    f"browser page ({why}): send Authorization: Bearer <token or API key>",
+                    code="missing_credentials",
+                )
             principal = LOOPBACK_ADMIN
         else:
             raise Unauthorized(
@@ -103,10 +146,7 @@ def admit(request: web.Request) -> Awaitable[None] | None:
 async def _wait_min_lsn(request: web.Request, engine: Engine, raw: str) -> None:
     """Read-your-writes: a read carrying ``X-Min-LSN`` (or ``?min_lsn=``) waits until this node
     has applied that LSN, up to ``read_wait_seconds``; else 503 with the node's LSN."""
-    try:
-        want = int(raw)
-    except ValueError:
-        raise InvalidArgument("X-Min-LSN / min_lsn must be an integer") from None
+    want = parse_lsn(raw, "X-Min-LSN / min_lsn")
     if not await engine.log.wait_for(want, request.app[SETTINGS].read_wait_seconds):
         raise Unavailable(
             f"this node has applied LSN {engine.log.last_lsn}, not yet {want}",

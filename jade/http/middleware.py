@@ -81,7 +81,9 @@ def request_middleware(admit: Admit, inflight: InFlight) -> Middleware:
         counted = request.path not in long_lived
         if counted:
             inflight.enter()
-        rid = request.headers.get("X-Request-ID", "")[:64] or _next_request_id()
+        rid = request.headers.get("X-Request-ID", "")[:64]
+        if not (rid.isascii() and rid.isprintable()) or not rid:  # it goes into the logs
+            rid = _next_request_id()
         request[REQUEST_ID] = rid
         request_id_var.set(rid)
         written_lsn.set(0)
@@ -130,9 +132,11 @@ def _finish(request: web.Request, resp: web.StreamResponse, rid: str, elapsed: f
     """Response headers, metrics and the access log line."""
     status = resp.status
     resp.headers["X-Request-ID"] = rid
-    lsn = written_lsn.get()
-    if lsn and not resp.prepared:
-        resp.headers["X-LSN"] = str(lsn)
+    if not resp.prepared:  # a stream sent its headers already (it sets its own)
+        resp.headers["X-Content-Type-Options"] = "nosniff"
+        lsn = written_lsn.get()
+        if lsn:
+            resp.headers["X-LSN"] = str(lsn)
     observe = request.app.get(OBSERVE)
     if observe is not None:
         observe(request, status, elapsed)

@@ -427,6 +427,7 @@ op(
 op("GET", "/openapi.json", "This document")
 op("GET", "/docs", "API documentation page", resp=STR, ctype="text/html")
 op("GET", "/ui", "Web console", resp=STR, ctype="text/html")
+op("GET", "/ui/", "Web console (the same page)", resp=STR, ctype="text/html")
 op("GET", "/ui/{name}", "Web console assets", resp=STR,
    ctype="text/html|text/javascript|text/css")
 
@@ -482,7 +483,8 @@ def build(routes: tuple[Any, ...]) -> S:
 
 
 def _slug(path: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "_", path.lower()).strip("_")
+    slug = re.sub(r"[^a-z0-9]+", "_", path.lower()).strip("_")
+    return slug + "_slash" if path.endswith("/") and len(path) > 1 else slug
 
 
 DOCS_PAGE = """<!doctype html>

@@ -24,7 +24,7 @@ from jade.http.backups import stream_snapshot
 from jade.http.keys import BACKUPS, ENGINE, METRICS, REPLICA_STATUS, REPLICAS, SHUTDOWN
 from jade.http.middleware import json_response
 from jade.http.replication_state import ReplicaState
-from jade.http.validate import read_json
+from jade.http.validate import parse_lsn, read_json
 from wal.log import LogError
 from wal.stream import frame
 
@@ -44,12 +44,7 @@ def _replica_id(request: web.Request) -> str:
 async def stream(request: web.Request) -> web.StreamResponse:
     engine = request.app[ENGINE]
     wal = engine.log
-    try:
-        after = int(request.query.get("after", "0"))
-    except ValueError:
-        raise InvalidArgument("'after' must be an integer") from None
-    if after < 0:
-        raise InvalidArgument("'after' must be >= 0")
+    after = parse_lsn(request.query.get("after", "0"), "'after'")
     checksum = request.query.get("checksum", "")
     p = principal_of(request)
     state = request.app[REPLICAS].get(_replica_id(request), request.remote or "", p.user_id)

@@ -65,6 +65,7 @@ ROUTES: tuple[Route, ...] = (
     R("GET", "/openapi.json", openapi.spec_handler, "public"),
     R("GET", "/docs", openapi.docs_handler, "public"),
     R("GET", "/ui", ui_static.index, "public"),
+    R("GET", "/ui/", ui_static.index, "public"),
     R("GET", "/ui/{name}", ui_static.asset, "public"),
     # auth
     R("POST", "/v1/auth/register", auth.register, "public", mutates=True),

@@ -11,6 +11,17 @@ from jade.errors import NotFound
 
 UI_DIR = os.path.join(os.path.dirname(__file__), "ui")
 TYPES = {".html": "text/html", ".js": "text/javascript", ".css": "text/css"}
+# The console loads only its own files and talks only to this server; no page may frame it
+# (clickjacking), and nothing inline runs (an injected string cannot become a script).
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+       "connect-src 'self'; object-src 'none'; base-uri 'none'; form-action 'self'; "
+       "frame-ancestors 'none'")
+HEADERS = {
+    "Cache-Control": "no-cache",
+    "Content-Security-Policy": CSP,
+    "X-Frame-Options": "DENY",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 async def index(request: web.Request) -> web.Response:
@@ -30,6 +41,4 @@ def _file(name: str) -> web.Response:
         raise NotFound("no such file", name=name)
     with open(path, "rb") as fh:
         body = fh.read()
-    return web.Response(
-        body=body, content_type=TYPES[ext], charset="utf-8", headers={"Cache-Control": "no-cache"}
-    )
+    return web.Response(body=body, content_type=TYPES[ext], charset="utf-8", headers=HEADERS)

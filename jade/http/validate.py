@@ -215,3 +215,13 @@ def metadata_value(v: object) -> Any:
     if not isinstance(v, dict):
         raise InvalidArgument("'metadata' must be a JSON object")
     return v
+
+
+MAX_LSN = 2**63 - 1  # LSNs are 64-bit; a wait for one past this could never end
+
+
+def parse_lsn(raw: str, what: str) -> int:
+    """An LSN a caller sent: decimal digits, 0 to ``MAX_LSN`` (400 otherwise, at once)."""
+    if not (raw.isascii() and raw.isdigit()) or len(raw) > 19 or int(raw) > MAX_LSN:
+        raise InvalidArgument(f"{what} must be an integer from 0 to {MAX_LSN}")
+    return int(raw)
