@@ -238,8 +238,16 @@ FIELDS: tuple[Spec, ...] = (
          "how long a read with a minimum LSN waits for this node to reach it",
          check=_non_negative),
     Spec("log_retention_seconds", "backup.log_retention_seconds", P + "LOG_RETENTION_SECONDS",
-         int, 0, "truncate the server's log of records older than this, never past the oldest "
-         "snapshot, an unarchived segment or a replica's position (0 = keep everything)",
+         int, 3600, "the log keeps at least the records of the last this many seconds (like "
+         "PostgreSQL's wal_keep_size); older ones are trimmed once the archive (when on), the "
+         "oldest snapshot (when archiving is off), the replicas and the index checkpoints no "
+         "longer need them; /status 'retention' shows what holds it (0 = keep everything)",
+         check=_non_negative),
+    Spec("replica_max_hold_seconds", "replication.max_hold_seconds",
+         P + "REPLICATION_MAX_HOLD_SECONDS", int, 86400,
+         "a replica's position holds the primary's log for records at most this old (like "
+         "PostgreSQL's max_slot_wal_keep_size): a replica further behind, or gone, no longer "
+         "does, and re-seeds from a snapshot when it comes back (0 = no limit)",
          check=_non_negative),
 )
 
@@ -320,7 +328,8 @@ class Settings:
     snapshot_retention_days: int = 7
     archive_interval_seconds: int = 60
     archive_segment_records: int = 10000
-    log_retention_seconds: int = 0
+    log_retention_seconds: int = 3600
+    replica_max_hold_seconds: int = 86400
     primary_url: str = ""
     replication_key: str = field(default="", repr=False)
     replica_id: str = ""

@@ -104,7 +104,8 @@ async def test_writes_refused_on_a_full_disk_reads_go_on_and_writes_resume(
         small_disk: str, tmp_path: Any) -> None:
     """The failing commit itself (reserve 0): LMDB reports ENOSPC, or EIO for a short write."""
     s = make_settings(tmp_path, data_dir=os.path.join(small_disk, "data"), reserve_bytes=0,
-                      index_dir=str(tmp_path / "indexes"))
+                      index_dir=os.path.join(small_disk, "indexes"),
+                      backup_dir=str(tmp_path / "backups"))  # snapshots go to another disk
     async with running_server(s) as srv:
         api = srv.user
         db = await api.create_db(DIM)
@@ -129,6 +130,11 @@ async def test_writes_refused_on_a_full_disk_reads_go_on_and_writes_resume(
         assert "jadevectordb_writes_refused_insufficient_storage_total 1.0" in text
         st, status_body = await srv.admin.get("/status")
         assert status_body["storage"]["writes_refused"] is True, status_body
+        # a snapshot to another disk goes on (its index checkpoint cannot be written here)
+        fill(small_disk)
+        st, snap = await srv.admin.post("/v1/admin/snapshots")
+        assert st == 201, snap
+        assert no_temp_files(os.path.join(small_disk, "indexes")) == []
         # nothing of the refused batch was written (a smaller write may still fit: LMDB reuses
         # the free pages inside its file)
         for i in (n, n + 99):

@@ -571,13 +571,14 @@ async def test_new_replica_bootstraps_from_snapshot_after_truncation(tmp_path: A
             assert st == 201, snap
             assert await writer(p, dbids, 1, 40, seed=2) == 40
             deadline = time.monotonic() + 20
-            while True:  # truncated up to the snapshot (retention 1 s, archived every second)
+            # truncated past the snapshot (retention 1 s, archived every second: with archiving
+            # on, a snapshot does not hold the log)
+            while True:
                 st, body = await p.get("/status")
                 if body["log"]["first_lsn"] > snap["lsn"]:
                     break
                 assert time.monotonic() < deadline, body["log"]
                 await asyncio.sleep(0.2)
-            assert body["log"]["first_lsn"] == snap["lsn"] + 1, (body["log"], snap)
 
             replica = await Node(root, "fresh", follow=primary.base,
                                  key=creds.repl_key).astart()

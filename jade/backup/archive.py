@@ -22,6 +22,7 @@ that run.
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import time
@@ -32,6 +33,8 @@ from typing import Any
 from wal.codec import Record, decode, pack, unpack
 from wal.files import write_atomic
 from wal.log import Log
+
+logger = logging.getLogger(__name__)
 
 FORMAT = 1
 NAME = re.compile(r"^seg-(\d{16})-(\d{16})-([0-9a-f]{16})\.wal$")
@@ -95,9 +98,16 @@ def archive_new(log: Log, backup_dir: str, max_records: int) -> list[Segment]:
             os.remove(os.path.join(d, name))
     after = last_archived(backup_dir)
     if after < log.first_lsn - 1:
-        raise ArchiveError(
-            f"records {after + 1}..{log.first_lsn - 1} were truncated before being archived"
-        )
+        # records never archived are gone from the log: trimmed while archiving was off, or a
+        # directory that began from a snapshot (a replica, a restore). The archive goes on from
+        # the log's first record; a restore cannot cross the gap (``verify_all`` names it).
+        if after:
+            logger.warning(
+                "log archive: records %d..%d were trimmed from the log without being archived "
+                "(archiving was off); the archive goes on from LSN %d",
+                after + 1, log.first_lsn - 1, log.first_lsn,
+            )
+        after = log.first_lsn - 1
     made = []
     # taken before the tail is read: every record stamped up to this moment is at or before it
     read_at = now_ns()

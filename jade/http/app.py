@@ -148,7 +148,7 @@ def build_app(settings: Settings, engine: Engine | None = None) -> web.Applicati
     app[SCHEDULER] = Scheduler(app[METRICS])
     app[BACKUPS] = Backups(app[ENGINE])
     app[REPLICAS] = Replicas()
-    app[BACKUPS].position_holders.append(app[REPLICAS].min_position)
+    app[BACKUPS].replicas = app[REPLICAS]  # their positions hold log truncation
     svc = AuthService(settings, app[ENGINE], app[METRICS], _dev_secret(settings))
     app[AUTH] = svc
     app[AUDIT] = Audit(os.path.join(settings.log_dir, "audit.log"))

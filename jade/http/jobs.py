@@ -1,5 +1,5 @@
 """The scheduled jobs the server runs (``jade.scheduler``): index checkpoints, snapshots, log
-archiving, pruning expired auth records, and dropping stale rate-limit windows."""
+archiving and trimming, pruning expired auth records, and dropping stale rate-limit windows."""
 
 from __future__ import annotations
 
@@ -11,6 +11,8 @@ from jade.auth.clock import now_ms
 from jade.core.decide import Command
 from jade.http.keys import AUTH, BACKUPS, ENGINE, SETTINGS
 from jade.scheduler import Scheduler
+
+TRUNCATE_INTERVAL_SECONDS = 60  # how often the log is trimmed when archiving is off
 
 
 def add_jobs(app: web.Application, sched: Scheduler) -> None:
@@ -43,8 +45,16 @@ def add_jobs(app: web.Application, sched: Scheduler) -> None:
     async def archive_log() -> dict[str, object]:
         return await asyncio.to_thread(bk.archive_and_truncate)
 
+    async def truncate_log() -> dict[str, object]:
+        return await asyncio.to_thread(bk.truncate)
+
     sched.add("index_checkpoint", settings.checkpoint_interval_seconds, checkpoint)
     sched.add("snapshot", settings.snapshot_interval_seconds, take_snapshot)
-    sched.add("archive", settings.archive_interval_seconds, archive_log)
+    # the log is trimmed by default (``jade.backup.jobs``): after each archive run, or on its
+    # own when archiving is off
+    if settings.archive_interval_seconds > 0:
+        sched.add("archive", settings.archive_interval_seconds, archive_log)
+    else:
+        sched.add("log_truncate", TRUNCATE_INTERVAL_SECONDS, truncate_log)
     sched.add("auth_prune", 300, prune_auth)
     sched.add("rate_limit_cleanup", 60, cleanup_limits)

@@ -12,6 +12,7 @@ from jade import __version__
 from jade.http.databases import engine_of
 from jade.http.keys import (
     AUTH_HEALTH,
+    BACKUPS,
     CONNECTIONS,
     METRICS,
     REPLICA_STATUS,
@@ -180,6 +181,7 @@ async def status(request: web.Request) -> web.Response:
         "scheduler": request.app[SCHEDULER].status(),
         "replication": _replication(request),
         "storage": engine.disk.status(),
+        "retention": request.app[BACKUPS].retention_status(),
         "indexes": {
             "checkpoint_age_seconds": engine.indexes.checkpoint_age_seconds(),
             "replayed_on_start": engine.indexes.replayed_on_start,
