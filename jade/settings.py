@@ -101,6 +101,10 @@ FIELDS: tuple[Spec, ...] = (
          "snapshots and log archive; default <data_dir>/backups"),
     Spec("initial_map_bytes", "storage.initial_map_bytes", P + "INITIAL_MAP_BYTES", int,
          64 * 1024 * 1024, "initial LMDB map size; grows by doubling on demand", check=_positive),
+    Spec("accept_lost_records", "storage.accept_lost_records", P + "ACCEPT_LOST_RECORDS", bool,
+         False, "start even though the log lost records a witness saw (an auth store, an index "
+         "checkpoint or the archive past the log's end: a rolled-back or replaced data file); "
+         "the auth store is rebuilt from the log. Off: such a start is refused (restore instead)"),
     Spec("reserve_bytes", "storage.reserve_bytes", P + "STORAGE_RESERVE_BYTES", int,
          64 * 1024 * 1024, "writes are refused (507 insufficient_storage) while the data "
          "directory's file system has less free space than this, kept for checkpoints, "
@@ -282,6 +286,7 @@ class Settings:
     backup_dir: str = ""
     initial_map_bytes: int = 64 * 1024 * 1024
     reserve_bytes: int = 64 * 1024 * 1024
+    accept_lost_records: bool = False
     max_body_bytes: int = 32 * 1024 * 1024
     max_group_records: int = 1024
     log_level: str = "info"

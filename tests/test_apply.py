@@ -16,6 +16,7 @@ from jade.http.databases import new_index
 from jade.settings import Settings
 from jade.stores.data import lkey, ms, prefix, serving_index
 from wal.codec import Record
+from wal.seal import seal
 
 # -- command builders (the shapes jade/http/databases.py, vectors.py, indexes.py send) ----------
 
@@ -312,7 +313,7 @@ def test_vec_delete(engine: Engine) -> None:
     assert engine.store.vector("d", "a").label == 3  # type: ignore[union-attr]
     with engine.env.read() as txn:  # type: ignore[union-attr]
         assert txn.get(lkey("d", 0), db=engine.store.lbl) is None
-        assert txn.get(lkey("d", 3), db=engine.store.lbl) == b"a"
+        assert txn.get(lkey("d", 3), db=engine.store.lbl) == seal(lkey("d", 3), b"a")
 
 
 # -- indexes ------------------------------------------------------------------------------------

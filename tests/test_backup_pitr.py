@@ -41,6 +41,7 @@ from tools.restore_cmd import parse_time
 from wal.codec import Record, decode, pack, unpack
 from wal.lmdbenv import Env
 from wal.log import Log
+from wal.seal import unseal
 
 DIM = 16
 
@@ -65,7 +66,7 @@ def digest_envs(data_env: Env, auth_env: Env | None) -> dict[str, Any]:
         auth = AuthStore(auth_env)
         users = {u["username"]: u for u in auth.users()}
         with auth_env.read() as txn:
-            grants = {bytes(k): unpack(v) for k, v in txn.cursor(db=auth.db["grants"])}
+            grants = {bytes(k): unpack(unseal(k, v)) for k, v in txn.cursor(db=auth.db["grants"])}
     return {"dbs": dbs, "users": users, "grants": grants}
 
 

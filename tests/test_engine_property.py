@@ -50,6 +50,7 @@ from jade.stores.data import DataStore, prefix, serving_index
 from tests.conftest import make_settings
 from wal.codec import Record, unpack
 from wal.lmdbenv import Env
+from wal.seal import unseal
 
 # -- engine seams -------------------------------------------------------------------------------
 # Every touch of engine internals (the writer, the log, the index manager, LiveDb and the index
@@ -266,9 +267,9 @@ def state_digest(store: DataStore) -> dict[str, Any]:
     """Everything the data projection holds, decoded: catalogs, vectors, labels, system keys."""
     with store.env.read() as txn:
         return {
-            "dbs": {k.decode(): unpack(v) for k, v in txn.cursor(db=store.dbs)},
-            "vec": {k: unpack(v) for k, v in txn.cursor(db=store.vec)},
-            "lbl": dict(txn.cursor(db=store.lbl)),
+            "dbs": {k.decode(): unpack(unseal(k, v)) for k, v in txn.cursor(db=store.dbs)},
+            "vec": {k: unpack(unseal(k, v)) for k, v in txn.cursor(db=store.vec)},
+            "lbl": {k: unseal(k, v) for k, v in txn.cursor(db=store.lbl)},
             "sys": dict(txn.cursor(db=store.sys)),
         }
 

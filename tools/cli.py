@@ -8,8 +8,9 @@ import argparse
 import importlib
 import sys
 
-from jade.errors import RestoreIncomplete
+from jade.errors import RestoreIncomplete, StorageDamaged
 from jade.settings import ConfigError
+from wal.lmdbenv import FileDamaged
 
 # command word -> module in tools/ that registers it
 COMMANDS = {
@@ -42,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except RestoreIncomplete as exc:  # any opener of an unfinished restore's directory
         print(f"jade: {exc}", file=sys.stderr)
+        return 1
+    except (StorageDamaged, FileDamaged) as exc:  # a damaged file: named, one line, no trace
+        print(f"jade: damaged: {exc}", file=sys.stderr)
         return 1
 
 

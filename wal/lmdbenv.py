@@ -6,6 +6,13 @@ resize closes the gate, waits for the (microsecond-long) readers in flight, resi
 Write transactions are owned by one thread (the log writer, or a tool working offline), and a
 write that hits ``MapFullError`` is aborted, the map doubled, and the write retried from scratch
 by ``write()``.
+
+A file that is not whole is refused at open (``FileDamaged``, naming it): LMDB maps the file and
+trusts it, so a page past the end of a truncated file is a SIGBUS at its first read, which kills
+the process with nothing said. ``mdb_env_open`` itself reads only the two meta pages (with
+``pread``), so the check runs after it and before any page is touched through the map. LMDB keeps
+no checksums of its pages: what it notices itself (a page of the wrong type, a page number past
+the end) is raised as ``FileDamaged`` from ``read()`` too.
 """
 
 from __future__ import annotations
@@ -23,6 +30,20 @@ T = TypeVar("T")
 DEFAULT_MAP_SIZE = 64 * 1024 * 1024
 
 
+class FileDamaged(RuntimeError):
+    """An LMDB file that cannot be trusted: cut short, not an LMDB file, or a page LMDB itself
+    found inconsistent. ``path`` names the file; the message says what was found."""
+
+    def __init__(self, path: str, what: str) -> None:
+        super().__init__(f"{path}: {what}")
+        self.path = path
+
+
+# what LMDB raises on a page or header it finds inconsistent (it checks types and bounds only)
+_DAMAGE = (lmdb.CorruptedError, lmdb.PageNotFoundError, lmdb.InvalidError,
+           lmdb.VersionMismatchError)
+
+
 class Env:
     """One LMDB file (``subdir=False``: the data is ``path``, the lock file ``path-lock``)."""
 
@@ -38,28 +59,54 @@ class Env:
         self.path = path
         parent = os.path.dirname(os.path.abspath(path))
         os.makedirs(parent, exist_ok=True)
-        self.env = lmdb.open(
-            path,
-            subdir=False,
-            map_size=map_size,
-            max_dbs=max_dbs,
-            readonly=readonly,
-            sync=sync,
-            metasync=sync,
-            max_readers=512,
-            lock=True,
-        )
+        try:
+            self.env = lmdb.open(
+                path,
+                subdir=False,
+                map_size=map_size,
+                max_dbs=max_dbs,
+                readonly=readonly,
+                sync=sync,
+                metasync=sync,
+                max_readers=512,
+                lock=True,
+            )
+        except _DAMAGE as exc:
+            raise FileDamaged(path, f"not a readable LMDB file ({exc})") from None
+        try:
+            self.check_size()
+        except FileDamaged:
+            self.env.close()
+            raise
         self._dbs: dict[bytes, lmdb._Database] = {}
         self._gate = threading.Condition(threading.Lock())
         self._readers = 0
         self._resizing = False
         self.grow_count = 0
 
+    def check_size(self) -> None:
+        """Raise ``FileDamaged`` when the file is shorter than the pages its header says are in
+        use (``last_pgno``): a truncated file, whose missing pages would be a SIGBUS when read
+        through the map. Reads only the header's figures and the file's size."""
+        need = (int(self.env.info()["last_pgno"]) + 1) * int(self.env.stat()["psize"])
+        try:
+            have = os.path.getsize(self.path)
+        except OSError as exc:
+            raise FileDamaged(self.path, f"cannot be read ({exc})") from None
+        if have < need:
+            raise FileDamaged(
+                self.path, f"truncated: {have} bytes, but its header says {need} bytes of pages "
+                "are in use (the file was cut short)")
+
     # -- sub-databases -------------------------------------------------------------------------
     def db(self, name: bytes, *, integerkey: bool = False) -> lmdb._Database:
         handle = self._dbs.get(name)
         if handle is None:
-            handle = self.env.open_db(name, integerkey=integerkey, create=not self.readonly)
+            try:
+                handle = self.env.open_db(name, integerkey=integerkey,
+                                          create=not self.readonly)
+            except _DAMAGE as exc:
+                raise FileDamaged(self.path, f"a page is damaged ({exc})") from None
             self._dbs[name] = handle
         return handle
 
@@ -78,6 +125,8 @@ class Env:
         try:
             with self.env.begin(buffers=False) as txn:
                 yield txn
+        except _DAMAGE as exc:
+            raise FileDamaged(self.path, f"a page is damaged ({exc})") from None
         finally:
             with self._gate:
                 self._readers -= 1

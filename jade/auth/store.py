@@ -8,13 +8,22 @@ Sub-databases (msgpack values):
   ``sessions`` jti -> session dict           ``revoked``   jti -> expiry (ms)
   ``grants``   db_id NUL user_id -> "read" | "write"
   ``blocks``   ip -> block dict              ``resets``    sha256(token) hex -> reset dict
-  ``sys``      b"applied_lsn"
+  ``sys``      b"applied_lsn"; b"applied_sum" (LSN, checksum) of the last auth record applied;
+               b"schema" (2: values sealed)
+
+Every value but ``sys``'s is sealed (``wal.seal``: followed by the CRC-32 of its key and bytes)
+and checked on every read: a damaged one (a flipped role, a password hash) is refused with
+``StorageDamaged`` naming the file and the record, logged once and counted (``damaged``), never
+used to decide who may do what. ``applied_sum`` is a witness for the start-up checks
+(``jade.engine.integrity``): the log must still hold that record with that checksum, or it lost
+records this store saw (a rolled-back header) or was replaced by another history.
 
 ``apply`` is deterministic: times come from the record's ``ts``, expiries from its event.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -22,8 +31,12 @@ import lmdb
 
 from jade import events as ev
 from jade import faults
+from jade.errors import StorageDamaged
 from wal.codec import Record, pack, unpack
 from wal.lmdbenv import Env
+from wal.seal import seal, unseal
+
+log = logging.getLogger(__name__)
 
 SUBS = (
     b"users",
@@ -37,6 +50,7 @@ SUBS = (
     b"resets",
     b"sys",
 )
+SCHEMA = 2  # 2: every value but sys's sealed with its checksum
 
 
 def ms(ts_ns: int) -> int:
@@ -48,21 +62,77 @@ class AuthStore:
         self.env = env
         self.db = {name.decode(): env.db(name) for name in SUBS}
         self.version = 0  # bumped on every applied auth record (permission cache invalidation)
+        self.damaged = 0  # values refused because they did not match their checksum (metric)
+        self._damaged: set[tuple[str, bytes]] = set()
+        with env.read() as txn:
+            recorded = txn.get(b"schema", db=self.db["sys"]) is not None
+            was = self._schema(txn)
+        self.sealed = was >= SCHEMA
+        if not recorded and not env.readonly:
+            self._upgrade(was)
+
+    # -- sealed values ----------------------------------------------------------------------
+    def _schema(self, txn: lmdb.Transaction[bytes]) -> int:
+        """The store's schema (1: before the seals, when nothing recorded it)."""
+        raw = txn.get(b"schema", db=self.db["sys"])
+        if raw is not None:
+            return int(raw)
+        return SCHEMA if txn.get(b"applied_lsn", db=self.db["sys"]) is None else 1
+
+    def _upgrade(self, was: int) -> None:
+        """Seal every value of a store written before the seals (schema 1); a new store only
+        records its schema."""
+
+        def body(txn: lmdb.Transaction[bytes]) -> None:
+            if was < SCHEMA:
+                for name in SUBS:
+                    if name == b"sys":
+                        continue
+                    for key, raw in list(txn.cursor(db=self.db[name.decode()])):
+                        txn.put(key, seal(key, raw), db=self.db[name.decode()])
+            self.mark_schema(txn)
+
+        self.env.write(body)
+        self.sealed = True
+
+    def mark_schema(self, txn: lmdb.Transaction[bytes]) -> None:
+        txn.put(b"schema", str(SCHEMA).encode(), db=self.db["sys"])
+
+    def _open(self, sub: str, key: bytes, raw: bytes) -> Any:
+        """The value stored under ``key`` in ``sub``, after checking its seal."""
+        if not self.sealed:
+            return unpack(raw)
+        body = unseal(key, raw)
+        if body is None:
+            what = f"{sub} record {key.decode(errors='replace')!r}"
+            msg = (f"{self.env.path}: the stored {what} does not match its checksum (the file is "
+                   "damaged); refused, not used: run `jade verify`, restore from a snapshot")
+            if (sub, key) not in self._damaged:
+                self._damaged.add((sub, key))
+                self.damaged += 1
+                log.error("%s", msg)
+            raise StorageDamaged(msg, file=self.env.path)
+        return unpack(body)
 
     # -- generic reads ----------------------------------------------------------------------
     def _get(self, sub: str, key: str, txn: lmdb.Transaction[bytes] | None = None) -> Any:
         if txn is None:
             with self.env.read() as t:
                 return self._get(sub, key, t)
-        raw = txn.get(key.encode(), db=self.db[sub])
-        return unpack(raw) if raw is not None else None
+        k = key.encode()
+        raw = txn.get(k, db=self.db[sub])
+        return self._open(sub, k, raw) if raw is not None else None
 
     def _all(self, sub: str) -> list[Any]:
         with self.env.read() as txn:
-            return [unpack(v) for _, v in txn.cursor(db=self.db[sub])]
+            return self._each(txn, sub)
+
+    def _each(self, txn: lmdb.Transaction[bytes], sub: str) -> list[Any]:
+        return [self._open(sub, k, v) for k, v in txn.cursor(db=self.db[sub])]
 
     def _put(self, txn: lmdb.Transaction[bytes], sub: str, key: str, value: Any) -> None:
-        txn.put(key.encode(), pack(value), db=self.db[sub])
+        k = key.encode()
+        txn.put(k, seal(k, pack(value)), db=self.db[sub])
 
     def _del(self, txn: lmdb.Transaction[bytes], sub: str, key: str) -> None:
         txn.delete(key.encode(), db=self.db[sub])
@@ -132,7 +202,7 @@ class AuthStore:
                 for k, v in cur:
                     if not k.startswith(pre):
                         break
-                    out[k[len(pre) :].decode()] = unpack(v)
+                    out[k[len(pre) :].decode()] = self._open("grants", k, v)
         return out
 
     def block(self, ip: str) -> dict[str, Any] | None:
@@ -155,6 +225,18 @@ class AuthStore:
         if fn is not None:
             fn(self, txn, rec, event)
         txn.put(b"applied_lsn", rec.lsn.to_bytes(8, "big"), db=self.db["sys"])
+        if fn is not None:
+            self.set_witness(txn, rec)
+
+    def set_witness(self, txn: lmdb.Transaction[bytes], rec: Record) -> None:
+        """Remember ``rec``'s LSN and chain checksum: the log must keep agreeing with them."""
+        txn.put(b"applied_sum", rec.lsn.to_bytes(8, "big") + rec.checksum, db=self.db["sys"])
+
+    def witness(self) -> tuple[int, bytes] | None:
+        """The (LSN, checksum) ``set_witness`` stored last (None: none yet)."""
+        with self.env.read() as txn:
+            raw = txn.get(b"applied_sum", db=self.db["sys"])
+        return (int.from_bytes(raw[:8], "big"), bytes(raw[8:])) if raw and len(raw) > 8 else None
 
     def apply_group(self, entries: list[tuple[Record, ev.Event]]) -> None:
         """Replay: fold ``entries`` (in LSN order, right after ``applied_lsn``) in one write
@@ -166,8 +248,9 @@ class AuthStore:
             for rec, event in entries:
                 self.apply(txn, rec, event)
             if entries:  # non-auth records move the LSN too (apply writes it for auth ones)
-                last = entries[-1][0].lsn
-                txn.put(b"applied_lsn", last.to_bytes(8, "big"), db=self.db["sys"])
+                last = entries[-1][0]
+                txn.put(b"applied_lsn", last.lsn.to_bytes(8, "big"), db=self.db["sys"])
+                self.set_witness(txn, last)
 
         self.env.write(body)
         self.version += 1
@@ -221,7 +304,7 @@ class AuthStore:
         self._put(txn, "users", user["user_id"], user)
 
     def _revoke_user_keys(self, txn: lmdb.Transaction[bytes], user_id: str) -> None:
-        for k in [unpack(v) for _, v in txn.cursor(db=self.db["keys"])]:
+        for k in self._each(txn, "keys"):
             if k["user_id"] == user_id and k["is_active"]:
                 k["is_active"] = False
                 self._put(txn, "keys", k["key_id"], k)
@@ -296,10 +379,10 @@ class AuthStore:
             ("resets", "expires_at"),
         ):
             for k, v in list(txn.cursor(db=self.db[sub])):
-                if unpack(v)[field] <= now:
+                if self._open(sub, k, v)[field] <= now:
                     txn.delete(k, db=self.db[sub])
         for k, v in list(txn.cursor(db=self.db["revoked"])):
-            if unpack(v) <= now:
+            if self._open("revoked", k, v) <= now:
                 txn.delete(k, db=self.db["revoked"])
 
     def _grant_set(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.GrantSet) -> None:

@@ -1,9 +1,14 @@
 """``jade verify DIR``: our ``PRAGMA integrity_check`` for a data directory.
 
-1. The log: every record's checksum and the chain from the first retained record, no gaps.
-2. The projections: the catalog + vector store and the auth store equal a fresh replay of the
-   log up to their applied LSN (when the log still starts at LSN 1; otherwise that check is
-   reported as skipped).
+0. The files: each LMDB file whole (not cut short: ``wal.lmdbenv.FileDamaged``, which a read
+   through the map would turn into a SIGBUS).
+1. The log: every record's checksum and the chain from the first retained record, no gaps; and
+   the witnesses of a lost log tail (``jade.engine.integrity.lost_records``: the auth store's
+   applied LSN and witness, index checkpoints, the archive).
+2. The projections: every stored value against its checksum (``wal.seal``) and the counts
+   (catalog count = vectors = labels); and the catalog + vector store and the auth store equal a
+   fresh replay of the log up to their applied LSN (when the log still starts at LSN 1;
+   otherwise that comparison is reported as skipped, the checksums and counts still run).
 3. The indexes: loading each checkpoint and replaying the tail gives exactly the stored vectors
    (same labels; a sample of vectors compared value by value).
 A restored directory's marker is reported: the LSN the restore reached, or, for a restore that
@@ -24,15 +29,17 @@ import numpy as np
 
 from jade.auth.store import SUBS, AuthStore
 from jade.backup.restore import RESTORED, read_marker
-from jade.engine import RESTORE_INCOMPLETE
+from jade.engine import RESTORE_INCOMPLETE, integrity
 from jade.engine.replay import replay
+from jade.errors import StorageDamaged
 from jade.events import AUTH_TYPES
 from jade.indexes.projection import IndexProjection
 from jade.settings import Settings
-from jade.stores.data import STORE_SCHEMA, DataStore
-from wal.codec import CodecError
-from wal.lmdbenv import Env
+from jade.stores.data import SEP, STORE_SCHEMA, DataStore
+from wal.codec import CodecError, unpack
+from wal.lmdbenv import Env, FileDamaged
 from wal.log import Log, LogError
+from wal.seal import unseal
 
 
 @dataclass
@@ -80,10 +87,25 @@ def verify_dir(settings: Settings, *, sample: int = 200) -> Report:
         return r
     try:
         env = Env(settings.db_path, readonly=True)
+    except FileDamaged as exc:
+        _check_restore(r, settings.data_dir, restored, None)
+        r.bad(f"{exc}")
+        return r
     except lmdb.Error as exc:
         _check_restore(r, settings.data_dir, restored, None)
         r.bad(f"{settings.db_path}: does not open ({exc})")
         return r
+    try:
+        _verify(r, settings, env, restored, sample)
+    except (FileDamaged, StorageDamaged) as exc:  # whatever check met it first: named, no trace
+        r.bad(str(exc))
+    finally:
+        env.close()
+    return r
+
+
+def _verify(r: Report, settings: Settings, env: Env,
+            restored: tuple[str, dict[str, Any]] | None, sample: int) -> None:
     aenv = None
     try:
         log = Log(env)
@@ -94,18 +116,24 @@ def verify_dir(settings: Settings, *, sample: int = 200) -> Report:
             n = sum(1 for _ in log.iterate(log.first_lsn - 1, verify=True))
             r.good(f"log: {n} records {log.first_lsn}..{log.last_lsn}, checksum chain intact")
         except (LogError, CodecError) as exc:
-            r.bad(f"log: {exc}")
-            return r
+            r.bad(f"log: {settings.db_path}: {exc}")
+            return
         store = DataStore(env)
         applied = store.applied_lsn()
         if store.schema() < STORE_SCHEMA:
             r.note(f"store: written by an older release (schema {store.schema()}); the next "
                    "start upgrades it, and verification of the projections waits for that")
-            return r
+            return
         if applied != log.last_lsn:
             r.bad(f"store: applied LSN {applied} != log's last LSN {log.last_lsn}")
+        auth = None
         if os.path.exists(settings.auth_db_path):
-            aenv = Env(settings.auth_db_path, readonly=True)
+            try:
+                aenv = Env(settings.auth_db_path, readonly=True)
+                auth = AuthStore(aenv)
+            except (FileDamaged, lmdb.Error) as exc:
+                r.bad(f"auth store: {exc}" if isinstance(exc, FileDamaged)
+                      else f"auth store: {settings.auth_db_path}: does not open ({exc})")
         else:
             held = sum(1 for rec in log.iterate(log.first_lsn - 1, verify=False)
                        if rec.type in AUTH_TYPES)
@@ -115,21 +143,90 @@ def verify_dir(settings: Settings, *, sample: int = 200) -> Report:
             else:
                 r.note(f"auth store: {settings.auth_db_path} is missing (the log holds no auth "
                        "record)")
-        # 2. projections equal the replay
+        # 1b. what the log should still hold
+        lost = integrity.lost_records(settings, log, auth, store)
+        for text in lost:
+            r.bad(f"log lost records: {text}")
+        if not lost:
+            r.good(f"log: no witness (auth store, index checkpoints, archive) past LSN "
+                   f"{log.last_lsn}")
+        # 2. every value against its checksum, the counts; projections equal the replay
+        whole = _check_values(r, env, store, auth)
         if log.first_lsn == 1:
             _check_replay(r, log, env, aenv, applied)
         else:
             r.note(
-                f"projection replay: the log starts at LSN {log.first_lsn} (truncated); "
-                "restore a snapshot plus archive and verify that instead"
+                f"projection replay: the log starts at LSN {log.first_lsn} (truncated), so the "
+                "projections are checked by their values' checksums and counts only; restore a "
+                "snapshot plus archive and verify that for a comparison with the log"
             )
         # 3. indexes
-        _check_indexes(r, settings, env, log, store, sample)
+        if whole:
+            _check_indexes(r, settings, env, log, store, sample)
+        else:
+            r.note("indexes: not compared with a store holding damaged values")
     finally:
-        env.close()
         if aenv is not None:
             aenv.close()
-    return r
+
+
+def _check_values(r: Report, env: Env, store: DataStore, auth: AuthStore | None) -> bool:
+    """Every sealed value of the data store (and of the auth store) against its checksum, and
+    each database's count against its vectors and labels. False when anything is damaged."""
+    ok = True
+    damaged: list[str] = []
+    vectors: dict[bytes, int] = {}
+    labels: dict[bytes, int] = {}
+    catalog: dict[bytes, Any] = {}
+    with env.read() as txn:
+        for name, sub in ((b"dbs", store.dbs), (b"vec", store.vec), (b"lbl", store.lbl)):
+            for k, v in txn.cursor(db=sub):
+                body = unseal(k, v)
+                if body is None:
+                    damaged.append(f"{name.decode()} {k.decode(errors='replace')!r}")
+                elif name == b"dbs":
+                    catalog[k] = unpack(body)
+                else:
+                    owner = k.split(SEP, 1)[0]
+                    counts = vectors if name == b"vec" else labels
+                    counts[owner] = counts.get(owner, 0) + 1
+    if damaged:
+        ok = False
+        r.bad(f"store: {env.path}: {len(damaged)} stored value(s) do not match their checksum: "
+              + ", ".join(damaged[:10]) + (" ..." if len(damaged) > 10 else ""))
+    else:
+        total = sum(vectors.values())
+        r.good(f"store: every stored value matches its checksum ({len(catalog)} databases, "
+               f"{total} vectors)")
+    for key, db in catalog.items():
+        n, m = vectors.get(key, 0), labels.get(key, 0)
+        if not db["count"] == n == m:
+            ok = False
+            r.bad(f"store: {env.path}: database {key.decode()} counts {db['count']} vectors, "
+                  f"holds {n} vectors and {m} labels")
+    strays = (set(vectors) | set(labels)) - set(catalog)
+    if strays:
+        ok = False
+        r.bad(f"store: {env.path}: vectors or labels of databases not in the catalog: "
+              + ", ".join(sorted(k.decode(errors="replace") for k in strays)))
+    if auth is not None:
+        bad: list[str] = []
+        with auth.env.read() as txn:
+            for name in SUBS:
+                if name == b"sys" or not auth.sealed:
+                    continue
+                for k, v in txn.cursor(db=auth.db[name.decode()]):
+                    if unseal(k, v) is None:
+                        bad.append(f"{name.decode()} {k.decode(errors='replace')!r}")
+        if bad:
+            r.bad(f"auth store: {auth.env.path}: {len(bad)} stored value(s) do not match their "
+                  "checksum: " + ", ".join(bad[:10]) + (" ..." if len(bad) > 10 else ""))
+        elif auth.sealed:
+            r.good("auth store: every stored value matches its checksum")
+        else:
+            r.note("auth store: written by an older release (no checksums); the next start "
+                   "adds them")
+    return ok
 
 
 def _check_restore(
@@ -178,7 +275,7 @@ def _check_replay(r: Report, log: Log, env: Env, aenv: Env | None, applied: int)
             else:
                 r.bad("catalog + vectors differ from the replay of the log")
             if aenv is not None:
-                skip = {b"applied_lsn"}
+                skip = {b"applied_lsn", b"applied_sum"}
                 if _digest_env(aenv, SUBS, skip) == _digest_env(aenv2, SUBS, skip):
                     r.good(f"auth store equals the replay of the log to LSN {auth_applied}")
                 else:

@@ -29,6 +29,7 @@ from jade import datadir
 from jade import events as ev
 from jade.auth.store import AuthStore
 from jade.core.decide import Command
+from jade.engine import integrity
 from jade.engine.commit import Writer
 from jade.engine.disk import Disk, out_of_space
 from jade.engine.replay import replay
@@ -125,6 +126,7 @@ class Engine:
         self.report.store_replayed = replay(self.log, self.store)
         self.auth_env = Env(s.auth_db_path, map_size=min(s.initial_map_bytes, 16 << 20))
         self.auth = AuthStore(self.auth_env)
+        integrity.check_open(s, self.log, self.store, self.auth)  # before anything is served
         auth_behind = self._replay_auth()
         self.indexes = IndexProjection(self.store, s.index_dir, threads=s.index_threads)
         self.report.index = self.indexes.open(self.log)

@@ -113,6 +113,10 @@ def refresh_gauges(request: web.Request) -> None:
     if damaged > m.checkpoint_damaged_seen:
         m.checkpoint_damaged.inc(damaged - m.checkpoint_damaged_seen)
         m.checkpoint_damaged_seen = damaged
+    damaged = engine.store.damaged + engine.auth.damaged
+    if damaged > m.store_damaged_seen:
+        m.store_damaged.inc(damaged - m.store_damaged_seen)
+        m.store_damaged_seen = damaged
     disk = engine.disk
     m.disk_free.set(disk.free())
     m.storage_full.set(1 if disk.full is not None else 0)

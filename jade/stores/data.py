@@ -9,12 +9,23 @@ Layout (sub-databases):
   ``vec``  db_id NUL vector_id -> msgpack [label, float32 bytes, metadata]
   ``lbl``  db_id NUL label (8 bytes BE) -> vector_id
   ``sys``  b"applied_lsn" -> 8 bytes BE; b"mode" -> b"readwrite" | b"readonly"
+  ``meta`` b"schema" -> the fold's version (``STORE_SCHEMA``)
+
+Every value of ``dbs``, ``vec`` and ``lbl`` is sealed (schema 3): followed by the CRC-32 of its
+key and its bytes (4 bytes BE; ``seal``). LMDB keeps no checksum of its pages, and a flipped bit
+in a value was served as a wrong vector, wrong metadata or a 500. Every read checks the seal
+(``_open``): a value that does not match is refused with ``StorageDamaged`` naming the file, the
+database and the vector, logged once and counted (``damaged``, the metric
+``store_value_damaged_total``), never served. A search hit whose stored value is damaged fails
+that request the same way (as PostgreSQL's "invalid page"): a result list silently missing its
+best match would be a wrong answer too.
 
 ``apply`` is deterministic: it reads only the record and the state, never a clock.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -23,11 +34,18 @@ import lmdb
 import numpy as np
 
 from jade import events as ev
+from jade.errors import StorageDamaged
 from wal.codec import Record, pack, unpack
 from wal.lmdbenv import Env
+from wal.seal import seal, unseal
+
+log = logging.getLogger(__name__)
 
 SEP = b"\x00"
-STORE_SCHEMA = 2  # the fold's version (``schema``): 2 is the typed events' (``jade.events``)
+# the fold's version (``schema``): 2 is the typed events' (``jade.events``), 3 seals every value
+STORE_SCHEMA = 3
+SEALED = (b"dbs", b"vec", b"lbl")  # the sub-databases whose values carry their checksum
+
 
 
 def vkey(db_id: str, vec_id: str) -> bytes:
@@ -89,26 +107,72 @@ class DataStore:
         # bumped by the engine after every commit holding a catalog event (``is_catalog``)
         self.catalog_version = 0
         self._cached = VersionedCache(lambda: self.catalog_version)
+        self.damaged = 0  # values refused because they did not match their checksum (metric)
+        self._damaged: set[bytes] = set()  # their keys: each is logged and counted once
+        self.sealed = False  # False: a store of an older release, until upgraded
+        self.sealed = self.schema() >= 3
+        if self.sealed and not env.readonly and self._recorded_schema() is None:
+            self.upgrade()  # a new store records its schema: its values are sealed from now on
+
+    # -- sealed values -------------------------------------------------------------------------
+    def _open(self, key: bytes, raw: bytes, what: str) -> Any:
+        """The value stored under ``key``, after checking its seal (``what`` names it for the
+        error: "vector X of database Y"...)."""
+        if not self.sealed:
+            return unpack(raw)
+        body = unseal(key, raw)
+        if body is None:
+            raise self._refuse(key, what)
+        return unpack(body)
+
+    def _refuse(self, key: bytes, what: str) -> StorageDamaged:
+        msg = (f"{self.env.path}: the stored {what} does not match its checksum (the file is "
+               "damaged); refused, not served: run `jade verify`, restore from a snapshot")
+        if key not in self._damaged:
+            self._damaged.add(key)
+            self.damaged += 1
+            log.error("%s", msg)
+        return StorageDamaged(msg, file=self.env.path)
+
+    def _vec(self, db_id: str, key: bytes, raw: bytes) -> tuple[int, bytes, Any]:
+        """A ``vec`` value: (label, float32 bytes, metadata), its seal checked."""
+        if self.sealed:
+            body = unseal(key, raw)
+            if body is None:
+                vid = key[len(db_id.encode()) + 1 :].decode(errors="replace")
+                raise self._refuse(key, f"vector {vid!r} of database {db_id}")
+            raw = body
+        label, values, metadata = unpack(raw)
+        return label, values, metadata
+
+    def _put(self, txn: lmdb.Transaction[bytes], key: bytes, value: bytes, db: Any) -> None:
+        txn.put(key, seal(key, value), db=db)
 
     # -- the fold's own schema -----------------------------------------------------------------
     def schema(self) -> int:
         """The version of the fold that wrote this store (``STORE_SCHEMA``; 1: before the typed
         events, when nothing recorded it)."""
+        recorded = self._recorded_schema()
+        if recorded is None:
+            return 1 if self.databases() or self.applied_lsn() else STORE_SCHEMA
+        return recorded
+
+    def _recorded_schema(self) -> int | None:
         try:
             meta = self.env.db(b"meta")
         except lmdb.Error:  # a read-only open of a store that never had one
-            return 1 if self.databases() or self.applied_lsn() else STORE_SCHEMA
+            return None
         with self.env.read() as txn:
             raw = txn.get(b"schema", db=meta)
-        if raw is None:
-            return 1 if self.databases() or self.applied_lsn() else STORE_SCHEMA
-        return int(raw)
+        return int(raw) if raw is not None else None
 
     def upgrade(self) -> int:
         """Bring a store written by an older fold to what the current fold of the same records
         gives (so a fresh replay still equals it): schema 1 catalogs kept index parameters
         partial and in another key order. Returns the schema it was at. Idempotent."""
         was = self.schema()
+        if self._recorded_schema() == STORE_SCHEMA:
+            return was  # nothing written: a start-up checks the files before it writes
         meta = self.env.db(b"meta")
 
         def body(txn: lmdb.Transaction[bytes]) -> None:
@@ -117,9 +181,19 @@ class DataStore:
                     db = unpack(raw)
                     db["indexes"] = [_upgrade_index_v1(i) for i in db["indexes"]]
                     txn.put(key, pack(db), db=self.dbs)
+            if was < 3:  # every value sealed with its checksum
+                for sub in (self.dbs, self.vec, self.lbl):
+                    cur = txn.cursor(db=sub)
+                    if cur.first():
+                        while True:
+                            key = cur.key()
+                            cur.put(key, seal(key, cur.value()))
+                            if not cur.next():
+                                break
             txn.put(b"schema", str(STORE_SCHEMA).encode(), db=meta)
 
         self.env.write(body)
+        self.sealed = True
         return was
 
     # -- reads (any thread; each opens a short read transaction unless given one) --------------
@@ -143,8 +217,9 @@ class DataStore:
         if txn is None:
             with self.env.read() as t:
                 return self.database(db_id, t)
-        raw = txn.get(db_id.encode(), db=self.dbs)
-        return unpack(raw) if raw is not None else None
+        key = db_id.encode()
+        raw = txn.get(key, db=self.dbs)
+        return self._open(key, raw, f"catalog entry of database {db_id}") if raw else None
 
     def database_cached(self, db_id: str) -> dict[str, Any] | None:
         """``database`` from memory while no catalog record has committed since it was read.
@@ -157,7 +232,8 @@ class DataStore:
 
     def databases(self) -> list[dict[str, Any]]:
         with self.env.read() as txn:
-            return [unpack(v) for _, v in txn.cursor(db=self.dbs)]
+            return [self._open(k, v, f"catalog entry of database {k.decode(errors='replace')}")
+                    for k, v in txn.cursor(db=self.dbs)]
 
     def vector(
         self, db_id: str, vec_id: str, txn: lmdb.Transaction[bytes] | None = None
@@ -165,10 +241,11 @@ class DataStore:
         if txn is None:
             with self.env.read() as t:
                 return self.vector(db_id, vec_id, t)
-        raw = txn.get(vkey(db_id, vec_id), db=self.vec)
+        key = vkey(db_id, vec_id)
+        raw = txn.get(key, db=self.vec)
         if raw is None:
             return None
-        label, values, metadata = unpack(raw)
+        label, values, metadata = self._vec(db_id, key, raw)
         return StoredVector(vec_id, label, values, metadata)
 
     def vectors(self, db_id: str, ids: list[str]) -> list[StoredVector]:
@@ -195,7 +272,7 @@ class DataStore:
                 if skipped < offset:
                     skipped += 1
                     continue
-                label, values, metadata = unpack(raw)
+                label, values, metadata = self._vec(db_id, key, raw)
                 out.append(StoredVector(key[len(pre) :].decode(), label, values, metadata))
                 if len(out) >= limit:
                     break
@@ -215,7 +292,7 @@ class DataStore:
                 for key, raw in cur:
                     if not key.startswith(pre):
                         break
-                    label, values, metadata = unpack(raw)
+                    label, values, metadata = self._vec(db_id, key, raw)
                     batch.append(StoredVector(key[len(pre) :].decode(), label, values, metadata))
                     if len(batch) >= chunk:
                         start = key + SEP
@@ -228,10 +305,23 @@ class DataStore:
     def ids_for_labels(self, db_id: str, labels: list[int]) -> list[str | None]:
         pre = prefix(db_id)
         lbl = self.lbl
+        keys = [pre + label.to_bytes(8, "big") for label in labels]
         with self.env.read() as txn:
             get = txn.get
-            raws = [get(pre + label.to_bytes(8, "big"), db=lbl) for label in labels]
-        return [raw.decode() if raw is not None else None for raw in raws]
+            raws = [get(key, db=lbl) for key in keys]
+        if not self.sealed:
+            return [raw.decode() if raw is not None else None for raw in raws]
+        out: list[str | None] = []
+        for key, raw in zip(keys, raws, strict=True):
+            if raw is None:
+                out.append(None)
+                continue
+            body = unseal(key, raw)
+            if body is None:
+                label = int.from_bytes(key[len(pre):], "big")
+                raise self._refuse(key, f"id of label {label} of database {db_id}")
+            out.append(body.decode())
+        return out
 
     # -- apply (writer thread, inside the log's transaction) -----------------------------------
     def apply(self, txn: lmdb.Transaction[bytes], rec: Record, event: ev.Event) -> None:
@@ -253,7 +343,7 @@ class DataStore:
         self.env.write(body)
 
     def _put_db(self, txn: lmdb.Transaction[bytes], db: dict[str, Any]) -> None:
-        txn.put(db["id"].encode(), pack(db), db=self.dbs)
+        self._put(txn, db["id"].encode(), pack(db), self.dbs)
 
     def _db_create(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.DbCreate) -> None:
         now = ms(rec.ts)
@@ -317,8 +407,8 @@ class DataStore:
             old = txn.get(key, db=self.vec)
             if old is None:
                 added += 1
-                txn.put(lkey(db_id, label), vid.encode(), db=self.lbl)
-            txn.put(key, pack([label, values[i * row : (i + 1) * row], md]), db=self.vec)
+                self._put(txn, lkey(db_id, label), vid.encode(), self.lbl)
+            self._put(txn, key, pack([label, values[i * row : (i + 1) * row], md]), self.vec)
         db["count"] += added
         db["next_label"] = max(db["next_label"], e.next_label)
         db["updated_at"] = ms(rec.ts)
@@ -335,7 +425,7 @@ class DataStore:
             raw = txn.get(key, db=self.vec)
             if raw is None:
                 continue
-            label = unpack(raw)[0]  # the event's labels say the same; the index uses those
+            label = self._vec(db_id, key, raw)[0]  # the event's labels say the same
             txn.delete(key, db=self.vec)
             txn.delete(lkey(db_id, label), db=self.lbl)
             removed += 1
