@@ -209,7 +209,10 @@ class Metrics:
             P + "user_operations_total", "User operations", ["operation"], registry=r
         )
         self.failed_logins = Counter(P + "failed_logins_total", "Failed logins", registry=r)
-        self.locked_accounts = Counter(P + "locked_accounts_total", "Account lockouts", registry=r)
+        self.locked_accounts = Counter(
+            P + "locked_accounts_total",
+            "Lockouts after repeated failed logins, of any name tried (existing or not: the "
+            "answer must not tell which names exist)", registry=r)
         self.rate_limit_exceeded = Counter(
             P + "rate_limit_exceeded_total",
             "Requests refused by a rate limit",

@@ -205,8 +205,9 @@ FIELDS: tuple[Spec, ...] = (
          "comma-separated proxy addresses or networks (10.0.0.0/8): behind them the client "
          "is the rightmost X-Forwarded-For entry they did not add", check=_networks),
     Spec("user_admin_only", "security.user_admin_only", P + "USER_ADMIN_ONLY", bool, True,
-         "user and API-key management is admin-only (development default off: any "
-         "authenticated user, as the reference client's tests need)"),
+         "managing other users is admin-only; one's own account and API keys stay "
+         "self-service (development default off: any authenticated user manages users, as the "
+         "reference client's tests need)"),
     Spec("require_admin_totp", "security.require_admin_totp", P + "REQUIRE_ADMIN_TOTP", bool,
          True, "admins without TOTP get a token that may only enrol (development default off)"),
     Spec("loopback_admin", "security.loopback_admin", P + "LOOPBACK_ADMIN", bool, False,

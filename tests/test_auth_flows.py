@@ -367,9 +367,10 @@ async def test_scoped_keys(server: Server) -> None:
         status, body = await r.post("/v1/api-keys",
                                     {"user_id": server.user_id, "permissions": perms})
         assert status == 403, (perms, body)
+    # nor any key at all: through a key, minting needs an admin's key (issue 15, class 2)
     status, body = await r.post("/v1/api-keys",
                                 {"user_id": server.user_id, "permissions": ["read"]})
-    assert status == 201, body
+    assert status == 403 and body["error"] == "admin_key_required", body
     # an admin's key scoped to reading is not an admin credential
     admin_ro = await new_key(server.admin, server.admin_id, permissions=["read"])
     a = bearer(server.anon, admin_ro["api_key"])

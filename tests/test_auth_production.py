@@ -105,8 +105,7 @@ async def test_user_management_is_admin_only(prod: Server) -> None:
         ("DELETE", f"/v1/users/{prod.admin_id}", None),
         ("PUT", f"/v1/users/{prod.user_id}", {"is_active": False}),
         ("PUT", f"/v1/users/{prod.user_id}", {"roles": ["developer"]}),
-        ("POST", "/v1/api-keys", {"user_id": prod.user_id}),
-        ("GET", "/v1/api-keys", None),
+        ("POST", "/v1/api-keys", {"user_id": prod.admin_id}),  # someone else's key
     ):
         status, resp = await api.call(method, path, body)
         assert status == 403, (method, path, resp)
@@ -117,6 +116,11 @@ async def test_user_management_is_admin_only(prod: Server) -> None:
     assert status == 200 and body["email"] == "new@example.com"
     status, body = await api.post("/v1/databases", {"name": "mine", "vectorDimension": 3})
     assert status == 201
+    # and one's own API keys (API.md §4; issue 15, class 8e)
+    status, body = await api.post("/v1/api-keys", {"user_id": prod.user_id})
+    assert status == 201, body
+    status, body = await api.get("/v1/api-keys")
+    assert status == 200 and [k["user_id"] for k in body["api_keys"]] == [prod.user_id]
 
 
 async def test_admin_needs_totp(prod: Server) -> None:

@@ -25,13 +25,19 @@ ANY_USER = {
     ("GET", "/v1/replication/status"),
     ("POST", "/v1/databases"),
     ("GET", "/v1/databases"),
+    ("GET", "/v1/api-keys"),  # one's own keys
 }
 # ...and those a user may call on its own account only.
 SELF_ONLY = {
     ("GET", "/v1/users/{uid}"),
     ("PUT", "/v1/users/{uid}"),
     ("PUT", "/v1/users/{uid}/password"),
+    ("POST", "/v1/api-keys"),
+    ("DELETE", "/v1/api-keys/{key_id}"),
 }
+# Self-only routes that answer someone else's resource with 404, not 403 (its existence is not
+# told).
+HIDDEN = {("DELETE", "/v1/api-keys/{key_id}")}
 # Routes a non-admin must never reach, whatever ``user_admin_only`` says, and which would be
 # harmful to call successfully during the walk (they are only ever called to be refused).
 NEVER_CALL_AUTHORIZED = {("POST", "/v1/admin/shutdown"), ("POST", "/admin/shutdown"),
@@ -80,7 +86,9 @@ async def world(srv: Server) -> dict[str, Any]:
     return {"ids": ids, "alice": alice, "alice_id": alice_id, "repl": repl}
 
 
-def body_for(r: Route) -> dict[str, Any]:
+def body_for(r: Route, ids: dict[str, str] | None = None) -> dict[str, Any]:
+    if r.path == "/v1/api-keys" and ids:
+        return {"user_id": ids["uid"]}  # a key for someone else
     if r.path == "/v1/auth/forgot-password":
         return {"username": "nobody_by_that_name"}
     if r.path == "/v1/auth/reset-password":
@@ -143,8 +151,9 @@ async def test_plain_user_is_refused_what_it_lacks(walk_server: Server) -> None:
     assert len(denied) > 40
     failures = []
     for r in denied:
-        status, body = await srv.user.call(r.method, fill(r.path, ids), body_for(r))
-        if status != 403 or not isinstance(body, dict) or not body.get("error"):
+        status, body = await srv.user.call(r.method, fill(r.path, ids), body_for(r, ids))
+        refused = 404 if (r.method, r.path) in HIDDEN else 403
+        if status != refused or not isinstance(body, dict) or not body.get("error"):
             failures.append((route_id(r), status, body))
     assert not failures, failures
     # the same user is let through where it may go (GETs only: no side effects)

@@ -1,8 +1,9 @@
 """Decisions for ``auth.*`` commands, taken on the writer thread against the auth store's write
 transaction of the current group (so two registrations of one name in one group cannot both
-win). Password hashes, ids, random tokens and expiries are decided by the handler before
-submitting and travel in the command body; nothing here reads a clock except to refuse an
-expired reset token, and that refusal writes nothing.
+win, and two admins removing each other in one group cannot leave no admin). Password hashes,
+ids, random tokens and expiries are decided by the handler before submitting and travel in the
+command body; nothing here reads a clock except to refuse an expired reset token, and that
+refusal writes nothing.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import lmdb
 import msgspec
 
 from jade import events as ev
+from jade.auth.principal import ADMIN
 from jade.auth.store import AuthStore
 from jade.core.decide import Command
 from jade.errors import Conflict, InvalidArgument, NotFound
@@ -43,6 +45,31 @@ def _user(auth: AuthStore, atxn: lmdb.Transaction[bytes], user_id: str) -> dict[
     return user
 
 
+def _active_admin(user: dict[str, Any]) -> bool:
+    return bool(user.get("is_active")) and ADMIN in user.get("roles", ())
+
+
+def _keep_an_admin(
+    auth: AuthStore, atxn: lmdb.Transaction[bytes], user: dict[str, Any],
+    after: dict[str, Any] | None,
+) -> None:
+    """Refuse to delete (``after`` None), deactivate or demote the last active admin: nobody
+    could manage users, reset passwords or leave readonly mode again. Decided here, in the
+    group's write transaction (which holds every earlier command of the group), so two
+    concurrent removals cannot both see "another admin is left"."""
+    if not _active_admin(user) or (after is not None and _active_admin(after)):
+        return
+    # AuthStore has no public ``users(txn)``; ``_each`` reads the users of this transaction
+    for other in auth._each(atxn, "users"):
+        if other["user_id"] != user["user_id"] and _active_admin(other):
+            return
+    raise Conflict(
+        "this is the last active admin: make another user an admin first",
+        code="last_admin",
+        user_id=user["user_id"],
+    )
+
+
 def _user_create(
     auth: AuthStore, atxn: lmdb.Transaction[bytes], cmd: Command, data: DataStore,
     dtxn: lmdb.Transaction[bytes],
@@ -63,10 +90,13 @@ def _user_update(
     dtxn: lmdb.Transaction[bytes],
 ) -> Events:
     user = _user(auth, atxn, cmd.body["user_id"])
-    new_name = cmd.body["changes"].get("username")
+    changes = cmd.body["changes"]
+    new_name = changes.get("username")
     if new_name and new_name.lower() != user["username"].lower():
         if auth.user_by_name(new_name, atxn) is not None:
             raise Conflict("Username already exists", code="username_exists")
+    if "roles" in changes or "is_active" in changes:
+        _keep_an_admin(auth, atxn, user, {**user, **changes})
     return [_event(cmd.type, cmd.body)]
 
 
@@ -82,7 +112,7 @@ def _user_delete(
     auth: AuthStore, atxn: lmdb.Transaction[bytes], cmd: Command, data: DataStore,
     dtxn: lmdb.Transaction[bytes],
 ) -> Events:
-    _user(auth, atxn, cmd.body["user_id"])
+    _keep_an_admin(auth, atxn, _user(auth, atxn, cmd.body["user_id"]), None)
     return [_event(cmd.type, cmd.body)]
 
 

@@ -1,7 +1,8 @@
 """May they: the one permission check (``authorize``) for every route, behind a bounded TTL
 cache keyed by the auth store's version, so a grant, revocation or role change takes effect at
 once. The decision reads roles and key scopes from the ``Principal``, and database ownership
-and grants from the stores."""
+and grants from the stores. ``check_key`` applies the route table's key rule to a caller
+through an API key (what a key may never do, whatever its scopes)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from jade.auth.principal import ADMIN, Principal
+from jade.auth.principal import ADMIN, Principal, implied
 from jade.auth.store import AuthStore
 from jade.errors import Forbidden
 from jade.metrics import Metrics
@@ -85,13 +86,8 @@ class Permissions:
             )
         if p.is_replicator_only:
             return False
-        if (
-            p.scopes
-            and action in ("read", "write", "create")
-            and action not in p.scopes
-            and not ("write" in p.scopes and action in ("read", "create"))
-        ):
-            return False  # a key restricted by scopes
+        if p.scopes and action in ("read", "write", "create") and action not in implied(p.scopes):
+            return False  # a key restricted by scopes ("admin" and "write" imply the narrower)
         if p.is_admin:
             return True
         if action in ("create", "list"):
@@ -107,6 +103,33 @@ class Permissions:
             return True
         grant = self._store().grant(db_id, p.user_id)
         return grant == "write" or (grant == "read" and action == "read")
+
+    def check_key(self, p: Principal, rule: str, target_user: str | None = None) -> None:
+        """The route's key rule (``jade.http.routes.KEY_RULES``) for ``p``; a login token (or the
+        loopback) passes every rule. Through an API key: "any" passes; "none" is refused
+        (``token_required``: the account's password, 2FA); "admin" needs a key with admin
+        authority (the admin role and the "admin" scope, or no scopes:
+        ``admin_key_required``), and never acts on the key's own account (``target_user``, the
+        route's ``{uid}``: ``token_required``). A leaked key, even a read-only one, must not be
+        able to take the account over or hand it to someone else."""
+        if p.via != "key" or rule == "any":
+            return
+        if rule == "none" or (target_user is not None and target_user == p.user_id):
+            self._denied.inc()
+            raise Forbidden(
+                "this route changes the account's own security (password, two-factor, name, "
+                "email, roles, activation): it needs a login token, not an API key",
+                code="token_required",
+            )
+        if rule != "admin":
+            raise ValueError(f"unknown key rule {rule!r}")
+        if not p.is_admin:
+            self._denied.inc()
+            raise Forbidden(
+                "through an API key this route needs an admin's key with the 'admin' scope; "
+                "or use a login token",
+                code="admin_key_required",
+            )
 
     def visible(self, p: Principal, dbs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if p.is_admin:

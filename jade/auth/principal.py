@@ -1,5 +1,6 @@
-"""Who is calling: a ``Principal`` (a user, through a token, an API key or the loopback), and
-the two roles the checks know by name (``ADMIN``, ``REPLICATOR``)."""
+"""Who is calling: a ``Principal`` (a user, through a token, an API key or the loopback), the
+two roles the checks know by name (``ADMIN``, ``REPLICATOR``), and what an API key's scopes
+imply (``implied``)."""
 
 from __future__ import annotations
 
@@ -8,13 +9,25 @@ from dataclasses import dataclass
 ADMIN = "admin"
 REPLICATOR = "replicator"
 
+# A key's scope stands for the narrower ones too: "admin" can write, "write" can read and create
+# databases. "replicate" stands alone.
+_IMPLIES = {ADMIN: ("write", "read", "create"), "write": ("read", "create")}
+
+
+def implied(scopes: tuple[str, ...] | list[str]) -> frozenset[str]:
+    """The scopes ``scopes`` stand for, the narrower ones included."""
+    out = set(scopes)
+    for s in scopes:
+        out.update(_IMPLIES.get(s, ()))
+    return frozenset(out)
+
 
 @dataclass(frozen=True, slots=True)
 class Principal:
     user_id: str
     username: str
     roles: tuple[str, ...]
-    via: str  # "token" | "key" | "loopback"
+    via: str  # "token" | "key" | "loopback" (an API key: see ``jade.http.routes`` KEY_RULES)
     jti: str | None = None
     key_id: str | None = None
     scopes: tuple[str, ...] = ()

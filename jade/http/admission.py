@@ -126,6 +126,8 @@ def admit(request: web.Request) -> Awaitable[None] | None:
         )
     if principal.is_replicator_only and route.access != "replicate":
         raise Forbidden("the replicator role may only stream the log", code="permission_denied")
+    if route.keys != "any" and principal.via == "key":  # the route table's key rule
+        svc.permissions.check_key(principal, route.keys, request.match_info.get("uid"))
     svc.limit(svc.api_limit, principal.key_id or principal.user_id, "api")
     request[PRINCIPAL] = principal
     request[ACTOR] = principal.user_id

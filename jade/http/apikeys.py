@@ -1,4 +1,7 @@
-"""/v1/api-keys (API.md §4): the raw key is shown once; only its SHA-256 is stored."""
+"""/v1/api-keys (API.md §4): the raw key is shown once; only its SHA-256 is stored. Anyone
+manages their own keys, in production too; only an admin someone else's (a non-admin asking
+for another's key is told it does not exist). Through an API key (the route table's key
+rule): minting needs an admin key; a key may revoke itself, and only an admin key another."""
 
 from __future__ import annotations
 
@@ -10,12 +13,12 @@ from aiohttp import web
 
 from jade.auth.apikeys import KEY_PREFIX, digest
 from jade.auth.clock import now_ms
+from jade.auth.principal import implied
 from jade.core.decide import Command
 from jade.errors import Forbidden, InvalidArgument, NotFound
-from jade.http.auth import audit, iso_ms, svc_of
+from jade.http.auth import audit, iso_ms, principal_of, svc_of
 from jade.http.databases import engine_of
 from jade.http.middleware import json_response
-from jade.http.users import require_manager
 from jade.http.validate import opt_int, opt_str, read_json
 
 SCOPES = {"read", "write", "create", "admin", "replicate"}
@@ -38,7 +41,7 @@ def key_json(k: dict[str, Any], usage: tuple[int, int] | None) -> dict[str, Any]
 
 
 async def create(request: web.Request) -> web.Response:
-    p = require_manager(request)
+    p = principal_of(request)
     body = await read_json(request)
     uid = body.get("user_id")
     if not isinstance(uid, str) or not uid:
@@ -60,7 +63,7 @@ async def create(request: web.Request) -> web.Response:
         raise InvalidArgument(f"unknown permissions {sorted(unknown)}; use {sorted(SCOPES)}")
     if ("admin" in perms or "replicate" in perms) and not p.is_admin:
         raise Forbidden("only an admin may create admin or replicate keys", code="admin_required")
-    if p.scopes and (not perms or not set(perms) <= set(p.scopes)):
+    if p.scopes and (not perms or not set(perms) <= implied(p.scopes)):
         # a restricted key may only mint keys as restricted as itself
         raise Forbidden(
             f"this API key is limited to {sorted(p.scopes)}; it cannot create a key beyond that",
@@ -104,7 +107,7 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def list_(request: web.Request) -> web.Response:
-    p = require_manager(request)
+    p = principal_of(request)
     svc = svc_of(request)
     uid = request.query.get("user_id")
     keys = svc.store.keys()
@@ -118,11 +121,15 @@ async def list_(request: web.Request) -> web.Response:
 
 
 async def delete(request: web.Request) -> web.Response:
-    p = require_manager(request)
+    p = principal_of(request)
     kid = request.match_info["key_id"]
     k = svc_of(request).store.key(kid)
     if k is None or (k["user_id"] != p.user_id and not p.is_admin):
         raise NotFound("API key not found", key_id=kid)
+    if p.via == "key" and kid != p.key_id and not p.is_admin:
+        # a leaked key must not take its owner's other keys away
+        raise Forbidden("an API key may revoke itself only; revoke other keys with a login "
+                        "token", code="token_required")
     await engine_of(request).submit(Command("auth.key.revoke", {"key_id": kid}, p.user_id))
     audit(request, "ADMIN_OPERATION", operation="api_key_revoke", resource=f"api-keys/{kid}")
     return json_response({"key_id": kid, "message": "API key revoked"})

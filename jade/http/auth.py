@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import re
 import secrets
+import time
 import uuid
 from datetime import UTC, datetime
 from typing import Any
@@ -177,6 +178,10 @@ async def register(request: web.Request) -> web.Response:
 
 
 async def login(request: web.Request) -> web.Response:
+    """A token for a user name and password (and TOTP code). Every refusal costs the same: one
+    password verification, whether the name exists, is locked, inactive or the password wrong;
+    a name that names nobody is counted and locked like one that does (``Limits.lock_name``),
+    so neither the answers nor their timing tell which user names exist."""
     svc = svc_of(request)
     settings = request.app[SETTINGS]
     ip = request[CLIENT_IP]
@@ -187,6 +192,7 @@ async def login(request: web.Request) -> web.Response:
     if not isinstance(body.get("password"), str) or not body.get("password"):
         raise InvalidArgument("missing required field 'password'", code="missing_field")
     username, password = body["username"], body["password"]
+    name = username[:256]  # the key of failure counts and locks (a longer name names nobody)
     user = svc.store.user_by_name(username) if len(username) <= 64 else None
     engine = engine_of(request)
     audit(
@@ -196,12 +202,16 @@ async def login(request: web.Request) -> web.Response:
         operation="login",
         details=f"username={username[:64]}",
     )
-    if user is not None and user.get("locked_until", 0) > now_ms():
-        retry = max(1, (user["locked_until"] - now_ms()) // 1000)
+    locked_until = (
+        user.get("locked_until", 0) if user is not None else svc.limits.name_locked_until(name)
+    )
+    if locked_until > now_ms():
+        await asyncio.to_thread(svc.waste_verify, password)  # as long as any other refusal
+        retry = max(1, (locked_until - now_ms()) // 1000)
         audit(
             request,
             "AUTHENTICATION_FAILURE",
-            user_id=user["user_id"],
+            user_id=user["user_id"] if user else None,
             success=False,
             operation="login",
             details="account locked",
@@ -223,18 +233,24 @@ async def login(request: web.Request) -> web.Response:
         ):
             ok = False
     if not ok:
-        lock_until, block_until = svc.note_failure(user, ip)
-        if lock_until and user is not None:
-            await engine.submit(
-                Command("auth.user.lock", {"user_id": user["user_id"], "until": lock_until})
-            )
+        lock_until, block_until = svc.note_failure(name, ip)
+        if lock_until:
+            if user is not None:
+                t0 = time.perf_counter()
+                await engine.submit(
+                    Command("auth.user.lock", {"user_id": user["user_id"], "until": lock_until})
+                )
+                svc.limits.note_lock_seconds(time.perf_counter() - t0)
+            else:  # held in memory, after as long as recording a user's lock takes
+                svc.limits.lock_name(name, lock_until)
+                await asyncio.sleep(svc.limits.lock_seconds)
             audit(
                 request,
                 "SECURITY_POLICY_VIOLATION",
-                user_id=user["user_id"],
+                user_id=user["user_id"] if user else None,
                 success=False,
                 operation="lockout",
-                details="account locked",
+                details="account locked" if user else f"unknown user name {username[:64]!r} locked",
             )
         if block_until:
             await engine.submit(
@@ -276,7 +292,7 @@ async def login(request: web.Request) -> web.Response:
             user["user_id"],
         )
     )
-    svc.note_success(user["user_id"], ip)
+    svc.note_success(name, ip)
     audit(
         request,
         "AUTHENTICATION_SUCCESS",

@@ -456,6 +456,8 @@ def build(routes: tuple[Any, ...]) -> S:
             "operationId": f"{r.method.lower()}_{_slug(r.path)}",
             "responses": responses,
             "x-access": r.access,
+            # through an API key: any | admin (an admin's key, never its own account) | none
+            "x-keys": r.keys,
         }
         if params:
             entry["parameters"] = params
@@ -494,14 +496,14 @@ code{background:#f3f3f3;padding:0 .3em}td,th{padding:.2em .6em;text-align:left}
 tr:nth-child(even){background:#fafafa}</style></head>
 <body><h1>JadeVectorDB API</h1><p>The machine-readable description:
 <a href="/openapi.json">/openapi.json</a>.</p><table id="ops"><thead><tr><th>method</th>
-<th>path</th><th>access</th><th>summary</th></tr></thead><tbody></tbody></table>
+<th>path</th><th>access</th><th>API keys</th><th>summary</th></tr></thead><tbody></tbody></table>
 <script>
 fetch('/openapi.json').then(r => r.json()).then(spec => {
   const tb = document.querySelector('#ops tbody');
   for (const [path, ops] of Object.entries(spec.paths)) {
     for (const [m, op] of Object.entries(ops)) {
       const tr = document.createElement('tr');
-      for (const t of [m.toUpperCase(), path, op['x-access'], op.summary]) {
+      for (const t of [m.toUpperCase(), path, op['x-access'], op['x-keys'], op.summary]) {
         const td = document.createElement('td'); td.textContent = t; tr.appendChild(td);
       }
       tb.appendChild(tr);

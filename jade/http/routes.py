@@ -4,9 +4,11 @@
   ``read``    reads a database (GET and search-like POSTs)
   ``write``   changes state: refused in readonly mode and on replicas
   ``admin``   administration
+and its key rule (``keys``: what a caller through an API key may do there, whatever the key's
+scopes; see ``KEY_RULES``).
 The router, admission (``admission.py``) and the OpenAPI description (``openapi.py``) are built
-from it. Tests walk this table (auth and readonly route walks), so a new route cannot escape the
-checks.
+from it. Tests walk this table (auth, readonly and API-key route walks), so a new route cannot
+escape the checks.
 """
 
 from __future__ import annotations
@@ -44,12 +46,26 @@ class Route:
     mutates: bool = False  # refused (503 read_only) in readonly mode
     records: bool = False  # appends to the log even in readonly mode (login...): primary only
     enroll_ok: bool = False  # usable with an enrol-only token (admin without TOTP)
+    keys: str = "any"  # see KEY_RULES
+
+
+# What a caller through an API key may do on a route (applied in ``admission.admit`` by
+# ``Permissions.check_key``; a login token passes every rule). Like GitHub's and GitLab's tokens,
+# a key never changes the security of its own account: a leaked key, even a read-only one,
+# must not lock the owner out (password, 2FA) or let someone else in (name, email, keys).
+#   any    the access class and the key's scopes decide (data routes, reads, admin routes:
+#          ``is_admin`` already requires the "admin" scope of a scoped key)
+#   admin  an admin's key with the "admin" scope (or no scopes), and never on the key's own
+#          account (the path's ``{uid}``): managing other users, minting API keys
+#   none   a login token only: the account's own password and two-factor authentication
+KEY_RULES = ("any", "admin", "none")
 
 
 # public: no credential. auth: any valid credential. replicate: the replicator role (or admin).
 # create/list: any user (not a replicator). read/write: a database, checked against ownership
 # and grants. users: user management (admin only when ``user_admin_only``; handlers allow
-# self-service). admin: the admin role.
+# self-service). admin: the admin role. A route of the class "auth" whose handler acts on an
+# account (users, API keys) lets anyone act on their own, and only an admin on someone else's.
 ACCESS_CLASSES = (
     "public", "auth", "create", "list", "read", "write", "users", "admin", "replicate",
 )
@@ -73,21 +89,25 @@ ROUTES: tuple[Route, ...] = (
     R("POST", "/v1/auth/logout", auth.logout, "auth", records=True, enroll_ok=True),
     R("POST", "/v1/auth/forgot-password", auth.forgot_password, "public", mutates=True),
     R("POST", "/v1/auth/reset-password", auth.reset_password, "public", mutates=True),
-    R("POST", "/v1/auth/2fa/enroll", auth.totp_enroll, "auth", mutates=True, enroll_ok=True),
-    R("POST", "/v1/auth/2fa/confirm", auth.totp_confirm, "auth", mutates=True, enroll_ok=True),
+    R("POST", "/v1/auth/2fa/enroll", auth.totp_enroll, "auth", mutates=True, enroll_ok=True,
+      keys="none"),
+    R("POST", "/v1/auth/2fa/confirm", auth.totp_confirm, "auth", mutates=True, enroll_ok=True,
+      keys="none"),
     # users and keys
-    R("POST", "/v1/users", users.create, "users", mutates=True),
+    R("POST", "/v1/users", users.create, "users", mutates=True, keys="admin"),
     R("GET", "/v1/users", users.list_, "users"),
     R("GET", "/v1/users/{uid}", users.get, "auth"),
-    R("PUT", "/v1/users/{uid}", users.update, "auth", mutates=True),
-    R("DELETE", "/v1/users/{uid}", users.delete, "users", mutates=True),
-    R("PUT", "/v1/users/{uid}/password", users.change_password, "auth", mutates=True),
+    R("PUT", "/v1/users/{uid}", users.update, "auth", mutates=True, keys="admin"),
+    R("DELETE", "/v1/users/{uid}", users.delete, "users", mutates=True, keys="admin"),
+    R("PUT", "/v1/users/{uid}/password", users.change_password, "auth", mutates=True,
+      keys="none"),
     R(
         "PUT",
         "/v1/admin/users/{uid}/reset-password",
         users.admin_reset_password,
         "admin",
         mutates=True,
+        keys="admin",
     ),
     R(
         "POST",
@@ -95,10 +115,13 @@ ROUTES: tuple[Route, ...] = (
         users.admin_reset_password,
         "admin",
         mutates=True,
+        keys="admin",
     ),
-    R("POST", "/v1/api-keys", apikeys.create, "users", mutates=True),
-    R("GET", "/v1/api-keys", apikeys.list_, "users"),
-    R("DELETE", "/v1/api-keys/{key_id}", apikeys.delete, "users", mutates=True),
+    # anyone manages their own keys (API.md §4), production included; someone else's: admin
+    R("POST", "/v1/api-keys", apikeys.create, "auth", mutates=True, keys="admin"),
+    R("GET", "/v1/api-keys", apikeys.list_, "auth"),
+    # through a key: that key itself (or any, with an admin key); see apikeys.delete
+    R("DELETE", "/v1/api-keys/{key_id}", apikeys.delete, "auth", mutates=True),
     # security and administration
     R("GET", "/v1/security/audit-log", security.audit_log, "auth"),
     R("GET", "/v1/security/sessions", security.sessions, "auth"),
@@ -133,8 +156,9 @@ ROUTES: tuple[Route, ...] = (
     R("PUT", DB, databases.update, "write", mutates=True),
     R("DELETE", DB, databases.delete, "write", mutates=True),
     R("GET", DB + "/grants", admin.grants_list, "read"),
-    R("POST", DB + "/grants", admin.grants_set, "read", mutates=True),
-    R("DELETE", DB + "/grants/{uid}", admin.grants_delete, "read", mutates=True),
+    # who else may reach the database: write authority (and the handler: owner or admin)
+    R("POST", DB + "/grants", admin.grants_set, "write", mutates=True),
+    R("DELETE", DB + "/grants/{uid}", admin.grants_delete, "write", mutates=True),
     R("POST", DB + "/vectors", vectors.store, "write", mutates=True),
     R("POST", DB + "/vectors/batch", vectors.batch, "write", mutates=True),
     R("POST", DB + "/vectors/batch-get", vectors.batch_get, "read"),
