@@ -149,6 +149,17 @@ FIELDS: tuple[Spec, ...] = (
          int, 20, "accepted for runbook compatibility; LMDB needs no pool", check=_positive),
     Spec("query_timeout_seconds", "database.query_timeout_seconds", P + "QUERY_TIMEOUT_SECONDS",
          int, 30, "upper bound on one request's work", check=_positive),
+    # the work and the answer of one request (issue 15): a search's deadline is the one above
+    Spec("max_results_per_request", "server.max_results_per_request",
+         P + "MAX_RESULTS_PER_REQUEST", int, 100_000,
+         "most results one request may ask for: a batch search's queries x topK, a search's "
+         "topK, a list page's limit, a batch-get's ids (400 too_many_results beyond)",
+         check=_positive),
+    Spec("max_response_bytes", "server.max_response_bytes", P + "MAX_RESPONSE_BYTES", int,
+         64 * 1024 * 1024,
+         "most bytes of JSON one answer may hold (vector values and metadata included): a "
+         "search, batch search, list page or batch-get that would answer more is refused with "
+         "413 response_too_large; the export streams and is not bounded", check=_positive),
     Spec("max_retries", "database.max_retries", P + "MAX_RETRIES", int, 3,
          "accepted for runbook compatibility", check=_non_negative),
     Spec("permission_cache_size", "cache.permission_cache_size", P + "PERMISSION_CACHE_SIZE",
@@ -304,6 +315,8 @@ class Settings:
     filter_cache_size: int = 256
     connection_pool_size: int = 20
     query_timeout_seconds: int = 30
+    max_results_per_request: int = 100_000
+    max_response_bytes: int = 64 * 1024 * 1024
     max_retries: int = 3
     permission_cache_size: int = 100000
     permission_cache_ttl_seconds: int = 300

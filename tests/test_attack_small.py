@@ -69,3 +69,33 @@ async def test_every_answer_says_nosniff(server: Server) -> None:
     for path in ("/health", "/v1/databases", "/no-such-route"):
         async with server.anon.session.get(server.base + path) as resp:
             assert resp.headers.get("X-Content-Type-Options") == "nosniff", (path, resp.status)
+
+
+@pytest.mark.parametrize("ctype", [None, "text/plain", "text/plain;charset=UTF-8",
+                                   "application/x-www-form-urlencoded", "multipart/form-data",
+                                   "application/octet-stream"])
+async def test_a_json_route_takes_only_json(server: Server, ctype: str | None) -> None:
+    """A web page on another site can send text/plain, a form, or a body with no type at all
+    without a CORS preflight: a JSON route refuses them (415), whatever the bytes."""
+    db = await server.user.create_db(4)
+    body = b'{"id": "planted", "values": [1, 0, 0, 0]}'
+    headers = dict(server.user.headers)
+    if ctype is not None:
+        headers["Content-Type"] = ctype
+    async with server.anon.session.post(f"{server.base}/v1/databases/{db}/vectors", data=body,
+                                        headers=headers, skip_auto_headers=["Content-Type"]
+                                        ) as resp:
+        assert resp.status == 415, (ctype, resp.status, await resp.text())
+        assert (await resp.json())["error"] == "unsupported_media_type"
+    st, _ = await server.user.get(f"/v1/databases/{db}/vectors/planted")
+    assert st == 404
+    # JSON, and the JSON family, still work; an empty body needs no type
+    for good in ("application/json", "application/json; charset=utf-8",
+                 "application/merge-patch+json"):
+        st, got = await server.user.post(f"/v1/databases/{db}/vectors",
+                                         {"id": "ok", "values": [1, 0, 0, 0]},
+                                         headers={"Content-Type": good})
+        assert st == 201, (good, got)
+    async with server.anon.session.post(f"{server.base}/v1/auth/logout",
+                                        headers=server.user.headers) as resp:
+        assert resp.status == 200, await resp.text()

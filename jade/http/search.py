@@ -1,4 +1,12 @@
-"""/v1/databases/{db}/search and /search/advanced (API.md §7.1, filters §7.2)."""
+"""/v1/databases/{db}/search and /search/advanced (API.md §7.1, filters §7.2).
+
+Bounds on one search (issue 15): ``topK`` at most the ``max_results_per_request`` setting, the
+answer at most ``max_response_bytes`` (413), and its work at most ``query_timeout_seconds``: a
+filter's scan of the metadata checks the deadline as it goes and stops there (``LiveDb.search``),
+answered with 503 ``query_timeout``. 503, not 504: no gateway timed out, this server refused to
+go on, as it does with its other 503s (not loaded, read-only); the code tells them apart. No
+Retry-After: the same search would take as long again.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+import orjson
 from aiohttp import web
 
 from jade.core.filters import Filter, FilterError, parse_filter
@@ -15,7 +24,18 @@ from jade.errors import InvalidArgument, Unavailable
 from jade.http.databases import engine_of, get_db
 from jade.http.keys import METRICS, SETTINGS
 from jade.http.middleware import json_response
-from jade.http.validate import opt_bool, opt_int, opt_number, read_json, vector_values
+from jade.http.validate import (
+    check_results,
+    opt_bool,
+    opt_int,
+    opt_number,
+    read_json,
+    vector_values,
+)
+from jade.http.vectors import Budget, encode_vector, encoded_vectors
+from jade.indexes.live import QueryTimeout
+from jade.settings import Settings
+from jade.stores.data import StoredVector
 
 MAX_TOP_K = 10000
 T = TypeVar("T")
@@ -40,6 +60,20 @@ async def run_search(fn: Callable[..., T], *args: Any, bounded: bool, offload: s
     return await loop.run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
 
+def deadline_of(settings: Settings) -> float:
+    """When a search starting now must stop (``time.monotonic()``)."""
+    return time.monotonic() + settings.query_timeout_seconds
+
+
+def query_timeout(settings: Settings) -> Unavailable:
+    return Unavailable(
+        f"the search was stopped after {settings.query_timeout_seconds} s (the "
+        "query_timeout_seconds setting): narrow the filter (equality conditions use the "
+        "index, regexes and ranges scan every vector) or ask for fewer queries",
+        code="query_timeout", limit_seconds=settings.query_timeout_seconds,
+    )
+
+
 def parse_filters(body: dict[str, Any]) -> Filter | None:
     raw = body.get("filters")
     if raw is None:
@@ -52,31 +86,37 @@ def parse_filters(body: dict[str, Any]) -> Filter | None:
 
 
 def _with_vectors(engine: Any, db_id: str, ids: list[str | None],
-                  pairs: list[tuple[int, float]], include_meta: bool, include_values: bool
-                  ) -> list[dict[str, Any]]:
-    stored = {v.id: v for v in engine.store.vectors(db_id, [i for i in ids if i])}
+                  pairs: list[tuple[int, float]], include_meta: bool, include_values: bool,
+                  budget: Budget) -> list[dict[str, Any]]:
+    wanted = [i for i in ids if i]
+
+    def fetch(pos: int, n: int) -> tuple[list[StoredVector], int]:
+        return engine.store.vectors(db_id, wanted[pos : pos + n]), n
+
+    def encode(v: StoredVector) -> bytes:
+        return encode_vector(v, values=include_values, metadata=include_meta)
+
+    stored = dict(encoded_vectors(fetch, len(wanted), budget, encode))
     results: list[dict[str, Any]] = []
     for vid, (_, score) in zip(ids, pairs, strict=True):
-        v = stored.get(vid) if vid is not None else None
-        if v is None:
+        b = stored.get(vid) if vid is not None else None
+        if b is None:
             continue  # deleted between the index answer and the lookup
-        vec: dict[str, Any] = {"id": vid}
-        if include_values:
-            vec["values"] = v.array()
-        if include_meta:
-            vec["metadata"] = v.metadata if v.metadata is not None else {}
-        results.append({"vectorId": vid, "score": score, "vector": vec})
+        results.append({"vectorId": vid, "score": score, "vector": orjson.Fragment(b)})
     return results
 
 
 async def search(request: web.Request) -> web.Response:
     t0 = time.perf_counter()
+    settings = request.app[SETTINGS]
+    deadline = deadline_of(settings)
     db = get_db(request, fresh=False)
     body = await read_json(request)
     if "queryVector" not in body:
         raise InvalidArgument("missing required field 'queryVector'", code="missing_field")
     q = vector_values(body["queryVector"], db["dimension"], "queryVector")
     k = opt_int(body, "topK", 10, lo=1, hi=MAX_TOP_K)
+    check_results(k, settings, f"topK={k}")
     threshold = opt_number(body, "threshold", 0.0, lo=-1.0, hi=1.0)
     include_meta = opt_bool(body, "includeMetadata", False)
     include_values = opt_bool(body, "includeValues", False) or opt_bool(
@@ -90,7 +130,6 @@ async def search(request: web.Request) -> web.Response:
     live = engine.indexes.get(db["id"])
     if live is None:
         raise Unavailable("the index of this database is not loaded yet")
-    settings = request.app[SETTINGS]
     metrics = request.app[METRICS]
     metrics.searches_in_flight += 1
     try:
@@ -98,15 +137,18 @@ async def search(request: web.Request) -> web.Response:
             live.search, q, k, f, ef=ef, bounded=f is None, offload=settings.search_offload,
             exact_scan_max=settings.exact_scan_max,
             cache_size=settings.filter_cache_size if settings.enable_query_cache else 0,
-            overfetch_percent=settings.filter_overfetch_percent,
+            overfetch_percent=settings.filter_overfetch_percent, deadline=deadline,
         )
+    except QueryTimeout:
+        raise query_timeout(settings) from None
     finally:
         metrics.searches_in_flight -= 1
     pairs = [(x, sc) for x, sc in zip(labels.tolist(), scores.tolist(), strict=True)
              if sc >= threshold]
     ids = live.ids_for([x for x, _ in pairs], engine.store)
     if include_meta or include_values:
-        results = _with_vectors(engine, db["id"], ids, pairs, include_meta, include_values)
+        results = _with_vectors(engine, db["id"], ids, pairs, include_meta, include_values,
+                                Budget(settings.max_response_bytes))
     else:  # deleted between the index answer and the lookup: left out
         results = [{"vectorId": vid, "score": sc}
                    for vid, (_, sc) in zip(ids, pairs, strict=True) if vid is not None]

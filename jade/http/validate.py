@@ -1,5 +1,11 @@
 """Request parsing and validation: every malformed input becomes an ``InvalidArgument`` (400)
-or ``PayloadTooLarge`` (413) with a message naming the field — never a 500."""
+or ``PayloadTooLarge`` (413) with a message naming the field — never a 500.
+
+What is accepted must be servable: a value stored is one every read can answer with. Metadata
+nested deeper than ``MAX_METADATA_DEPTH`` is refused at write time (orjson, which writes every
+answer, stops at 255 levels: such a vector made every read of its database a 500), and a request
+asking for more results than the ``max_results_per_request`` setting is refused before any work.
+"""
 
 from __future__ import annotations
 
@@ -13,6 +19,7 @@ from aiohttp import web
 
 from jade.errors import InvalidArgument, NotFound, PayloadTooLarge, UnsupportedMediaType
 from jade.http.keys import SETTINGS
+from jade.settings import Settings
 
 # LMDB keys are at most 511 bytes and a vector key is ``db_id NUL vector_id``: 256 leaves room
 # for any database id we mint (29 bytes) with margin.
@@ -20,6 +27,16 @@ MAX_ID_BYTES = 256
 NUMBER = (int, float)
 _NUMBER_TYPES = frozenset(NUMBER)
 F32_MAX = float(np.finfo(np.float32).max)
+# Levels of objects and arrays in one vector's metadata, the metadata object itself being level
+# 1. The reference client sends flat metadata (every value str()-ed); Elasticsearch's mapping
+# depth limit is 20, MongoDB's 100; filters index nested objects down to 64 levels
+# (jade/core/filters.py), so every level accepted here is also filterable.
+MAX_METADATA_DEPTH = 32
+
+
+def _json_type(ctype: str) -> bool:
+    return ctype == "application/json" or (ctype.startswith("application/")
+                                           and ctype.endswith("+json"))
 
 
 async def read_json(request: web.Request, *, required: bool = True) -> dict[str, Any]:
@@ -27,9 +44,6 @@ async def read_json(request: web.Request, *, required: bool = True) -> dict[str,
     limit = request.app[SETTINGS].max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise PayloadTooLarge(f"request body exceeds {limit} bytes")
-    ctype = request.content_type
-    if ctype not in ("application/json", "application/octet-stream", "text/plain", ""):
-        raise UnsupportedMediaType(f"expected application/json, got {ctype}")
     if request.content_length is not None:  # aiohttp's client_max_size is the same limit
         raw = await request.read()
     else:
@@ -38,6 +52,12 @@ async def read_json(request: web.Request, *, required: bool = True) -> dict[str,
         if required:
             raise InvalidArgument("request body must be a JSON object", code="invalid_json")
         return {}
+    # a body is JSON by its Content-Type, not by its bytes: text/plain, a form or no type at all
+    # are what a web page on another site can send without a CORS preflight
+    ctype = request.content_type if "Content-Type" in request.headers else ""
+    if not _json_type(ctype):
+        raise UnsupportedMediaType(
+            f"expected Content-Type: application/json, got {ctype or 'none'}")
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
@@ -209,12 +229,45 @@ def vector_rows(rows: list[Any], dim: int, what: str) -> np.ndarray:
     raise AssertionError("unreachable: a bad batch has a bad row")
 
 
-def metadata_value(v: object) -> Any:
+def metadata_value(v: object, where: str = "metadata") -> Any:
+    """A vector's metadata: None, or a JSON object at most ``MAX_METADATA_DEPTH`` levels deep.
+    (Keys are strings and numbers finite: orjson parsed the body and allows nothing else.)"""
     if v is None:
         return None
     if not isinstance(v, dict):
-        raise InvalidArgument("'metadata' must be a JSON object")
+        raise InvalidArgument(f"'{where}' must be a JSON object")
+    if _depth_over(v, MAX_METADATA_DEPTH):
+        raise InvalidArgument(
+            f"'{where}' is nested deeper than {MAX_METADATA_DEPTH} levels of objects and arrays",
+            code="metadata_too_deep", limit=MAX_METADATA_DEPTH,
+        )
     return v
+
+
+def _depth_over(root: dict[str, Any] | list[Any], limit: int) -> bool:
+    """Whether ``root`` holds containers nested more than ``limit`` levels (``root`` is level
+    1). Iterative, and it stops at the first container past the limit."""
+    stack: list[tuple[dict[str, Any] | list[Any], int]] = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        for x in node.values() if isinstance(node, dict) else node:
+            if isinstance(x, (dict, list)):
+                if depth >= limit:
+                    return True
+                stack.append((x, depth + 1))
+    return False
+
+
+def check_results(asked: int, settings: Settings, what: str) -> None:
+    """Refuse (400 ``too_many_results``) a request asking for more than the
+    ``max_results_per_request`` setting's results; ``what`` says how it asked."""
+    limit = settings.max_results_per_request
+    if asked > limit:
+        raise InvalidArgument(
+            f"{what} asks for {asked} results; one request may ask for at most {limit} (the "
+            "max_results_per_request setting): split it into several requests",
+            code="too_many_results", limit=limit,
+        )
 
 
 MAX_LSN = 2**63 - 1  # LSNs are 64-bit; a wait for one past this could never end
