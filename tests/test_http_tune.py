@@ -161,3 +161,24 @@ def test_exact_truth_is_brute_force(metric: str) -> None:
         else:
             score = data @ q
         assert row.tolist() == labels[np.argsort(-score)[:5]].tolist()
+
+
+def test_tuning_stops_at_its_deadline() -> None:
+    """One tune request (a write-grant holder's) runs exact search over the whole database and
+    many searches: it takes the request's deadline (query_timeout_seconds) and stops there."""
+    import time
+
+    from jade.indexes.hnsw import HnswIndex
+    from jade.indexes.live import QueryTimeout
+    from jade.indexes.tune import tune_ef
+
+    data = clustered(2000, 5)
+    index = HnswIndex(DIM, "cosine", m=4, ef_construction=16, ef_search=10)
+    index.add(np.arange(len(data), dtype=np.int64), data)
+    queries = clustered(50, 6)
+    ok = tune_ef(index, "cosine", range(len(data)), queries, 0.9, K,
+                 deadline=time.monotonic() + 60)
+    assert ok.ef is not None
+    with pytest.raises(QueryTimeout):
+        tune_ef(index, "cosine", range(len(data)), queries, 0.9, K,
+                deadline=time.monotonic() - 1)

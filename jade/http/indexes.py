@@ -22,8 +22,11 @@ from jade.http.databases import (
     index_type,
     new_index,
 )
+from jade.http.keys import SETTINGS
 from jade.http.middleware import json_response
+from jade.http.search import deadline_of, query_timeout
 from jade.http.validate import opt_bool, opt_int, opt_number, opt_str, read_json, vector_rows
+from jade.indexes.live import QueryTimeout
 from jade.indexes.projection import catalog_spec
 from jade.indexes.tune import tune_ef
 from jade.stores.data import serving_index
@@ -167,8 +170,13 @@ async def tune(request: web.Request) -> web.Response:
                               f"{len(live)}", code="not_enough_vectors")
     before = catalog_spec(db).ef_search
     t0 = time.perf_counter()
-    result = await asyncio.get_running_loop().run_in_executor(
-        None, tune_ef, live.index, live.metric, live.meta, queries, target, k)
+    settings = request.app[SETTINGS]
+    try:
+        result = await asyncio.get_running_loop().run_in_executor(
+            None, tune_ef, live.index, live.metric, live.meta, queries, target, k,
+            deadline_of(settings))
+    except QueryTimeout:
+        raise query_timeout(settings) from None
     applied = False
     if apply and result.ef is not None and result.ef != before:
         await engine_of(request).submit(Command(

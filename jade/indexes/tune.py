@@ -20,6 +20,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from jade.indexes.base import VectorIndex
+from jade.indexes.live import QueryTimeout
 
 I64 = NDArray[np.int64]
 F32 = NDArray[np.float32]
@@ -42,12 +43,20 @@ class Tuning:
     queries: int
 
 
-def exact_truth(metric: str, data: F32, labels: I64, queries: F32, k: int) -> I64:
+def _check(deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise QueryTimeout("tuning passed its deadline")
+
+
+def exact_truth(metric: str, data: F32, labels: I64, queries: F32, k: int,
+                deadline: float | None = None) -> I64:
     """Exact top-``k`` labels per query over ``data`` (rows ``labels``), ordered as the index
-    orders them. ``data`` is as the index keeps it (unit rows for cosine)."""
+    orders them. ``data`` is as the index keeps it (unit rows for cosine). ``deadline``
+    (``time.monotonic()``): checked between chunks of queries (``QueryTimeout``)."""
     out = np.empty((len(queries), k), dtype=np.int64)
     sq = np.einsum("ij,ij->i", data, data) if metric == "euclidean" else None
     for s in range(0, len(queries), QUERY_CHUNK):
+        _check(deadline)
         q = queries[s : s + QUERY_CHUNK]
         scores = q @ data.T  # (chunk, n)
         if sq is not None:  # -|q - v|^2 up to a per-query constant
@@ -59,17 +68,19 @@ def exact_truth(metric: str, data: F32, labels: I64, queries: F32, k: int) -> I6
 
 
 def tune_ef(index: VectorIndex, metric: str, live: Iterable[int], queries: F32, target: float,
-            k: int) -> Tuning:
+            k: int, deadline: float | None = None) -> Tuning:
     """The smallest efSearch whose mean recall@``k`` over ``queries`` reaches ``target``.
     ``live``: the live labels (``LiveDb.meta``: copied here, off the event loop, by one
     ``list()``, atomic against the writer thread). Needs at least ``k`` live vectors (the
-    caller checks)."""
+    caller checks). ``deadline``: the request's (``query_timeout_seconds``), checked between
+    the steps (``QueryTimeout``): one request of a write-grant holder cannot hold the cores."""
     labels, data = index.get_present(np.fromiter(list(live), dtype=np.int64))
     k = min(k, len(labels))
-    truth = exact_truth(metric, data, labels, queries, k)
+    truth = exact_truth(metric, data, labels, queries, k, deadline)
     tried: dict[int, Point] = {}
 
     def measure(ef: int) -> float:
+        _check(deadline)
         t0 = time.perf_counter()
         found, _ = index.search_batch(queries, k, ef=max(ef, k))
         secs = time.perf_counter() - t0
