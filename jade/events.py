@@ -194,7 +194,10 @@ class UserUpdate(Event, frozen=True, kw_only=True):
     type: ClassVar[str] = "auth.user.update"
     is_auth: ClassVar[bool] = True
     user_id: str
-    changes: dict[str, Any]  # user fields; ``revoke_tokens``: kill tokens and keys issued before
+    # user fields, plus two instructions to the fold: ``revoke_tokens`` kills the tokens (and,
+    # unless ``keep_keys``, the API keys) issued before; ``totp_last_step``: a TOTP code's time
+    # step was used (a confirmation), no code of that step or before is good again
+    changes: dict[str, Any]
 
 
 class UserLock(Event, frozen=True, kw_only=True):
@@ -239,6 +242,7 @@ class SessionCreate(Event, frozen=True, kw_only=True):
     user_id: str
     ip: str = ""
     expires_at: int
+    totp_step: int = 0  # the TOTP time step the login's code was for (0: none): used up
 
 
 class SessionRevoke(Event, frozen=True, kw_only=True):

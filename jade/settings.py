@@ -173,7 +173,8 @@ FIELDS: tuple[Spec, ...] = (
          "HS256 secret for tokens (production: 32+ characters; development: a random secret "
          "kept in <data_dir>/jwt_secret when unset)", secret=True),
     Spec("jwt_secret_previous", "security.jwt_secret_previous", "JWT_SECRET_PREVIOUS", str, "",
-         "the secret before a rotation: still verifies tokens, never signs", secret=True),
+         "the secret before a rotation: still verifies tokens, never signs (production: "
+         "32+ characters, like JWT_SECRET)", secret=True),
     Spec("token_ttl_seconds", "security.token_ttl_seconds", P + "TOKEN_TTL_SECONDS", int, 3600,
          "lifetime of a login token", check=_positive),
     Spec("password_min_length", "security.password_min_length", P + "PASSWORD_MIN_LENGTH", int,
@@ -464,6 +465,13 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
         raise ConfigError(
             "JWT_SECRET: production needs a secret of at least 32 characters "
             f"(got {len(s.jwt_secret)})"
+        )
+    # the previous secret verifies tokens as well as the current one: whoever guesses it signs
+    # tokens the server accepts, so it is held to the same length
+    if s.production and s.jwt_secret_previous and len(s.jwt_secret_previous) < 32:
+        raise ConfigError(
+            "JWT_SECRET_PREVIOUS: production needs a secret of at least 32 characters, like "
+            f"JWT_SECRET (got {len(s.jwt_secret_previous)}); unset it once the rotation is over"
         )
     return _derive(s)
 

@@ -6,6 +6,7 @@ byte for byte."""
 from __future__ import annotations
 
 import hashlib
+import time
 from typing import Any
 
 import aiohttp
@@ -134,10 +135,14 @@ async def observe(c: Client, s: dict[str, Any]) -> dict[str, Any]:
                           for u in body["users"])
     st, body = await c.call("GET", "/v1/api-keys", None, s["admin"])
     out["keys"] = sorted((k["description"], k["is_active"]) for k in body["api_keys"])
-    st, body = await c.call("POST", "/v1/auth/login", {"username": "bob", "password": PW,
-                                                       "totp_code": pyotp.TOTP(s["totp"]).now()})
-    out["bob with code"] = st
     return out
+
+
+async def login_with_code(c: Client, s: dict[str, Any], code: str) -> tuple[int, Any]:
+    """bob's login with a TOTP code (this does change the state: the code is used up)."""
+    st, body = await c.call("POST", "/v1/auth/login", {"username": "bob", "password": PW,
+                                                       "totp_code": code})
+    return st, body.get("error") if isinstance(body, dict) else None
 
 
 EXPECTED = {
@@ -146,7 +151,7 @@ EXPECTED = {
     "bob writes": (403, "permission_denied"), "bob lists": 1,
     "dave token": (401, "user_inactive"), "dave key": (401, "invalid_api_key"),
     "carol": (401, "account_locked"), "bob without code": (401, "totp_required"),
-    "attacker": (403, "ip_blocked"), "blocks": [(ATTACKER, 5)], "bob with code": 200,
+    "attacker": (403, "ip_blocked"), "blocks": [(ATTACKER, 5)],
     "keys": [("", False), ("kept", True), ("revoked", False)],
 }
 
@@ -164,10 +169,13 @@ async def test_auth_state_survives_kill_9_and_replays_identically(tmp_path: Any)
             before = await observe(c, state)
             for k, v in EXPECTED.items():
                 assert before[k] == v, (k, before[k])
+            code = pyotp.TOTP(state["totp"]).at(time.time() + 30)  # confirm used this step's
+            assert await login_with_code(c, state, code) == (200, None)
             sp.kill()  # SIGKILL: no clean close, no checkpoint
             sp.start()
             after = await observe(c, state)
             assert after == before
+            assert await login_with_code(c, state, code) == (401, "totp_reused")  # still used
         sp.kill()
     finally:
         if sp.proc is not None and sp.proc.poll() is None:

@@ -19,7 +19,7 @@ from jade import events as ev
 from jade.auth.principal import ADMIN
 from jade.auth.store import AuthStore
 from jade.core.decide import Command
-from jade.errors import Conflict, InvalidArgument, NotFound
+from jade.errors import Conflict, InvalidArgument, NotFound, Unauthorized
 from jade.stores.data import DataStore
 
 Events = list[ev.Event]
@@ -70,6 +70,21 @@ def _keep_an_admin(
     )
 
 
+def _end_access(
+    auth: AuthStore, atxn: lmdb.Transaction[bytes], user_id: str, *, but: str = ""
+) -> Events:
+    """What ends with a user's credentials (a password change or reset, a deactivation, a
+    deletion): every session of the user, and every reset token not used yet (``but`` the one
+    being used). Explicit records, decided in the group's transaction, so the log says which
+    sessions ended and a replica folds exactly that."""
+    out: Events = [
+        ev.SessionRevoke(jti=s["session_id"], expires_at=int(s["expires_at"]))
+        for s in auth.sessions_of(user_id, atxn)
+    ]
+    out += [ev.ResetUse(hash=h) for h, _ in auth.resets_of(user_id, atxn) if h != but]
+    return out
+
+
 def _user_create(
     auth: AuthStore, atxn: lmdb.Transaction[bytes], cmd: Command, data: DataStore,
     dtxn: lmdb.Transaction[bytes],
@@ -97,7 +112,14 @@ def _user_update(
             raise Conflict("Username already exists", code="username_exists")
     if "roles" in changes or "is_active" in changes:
         _keep_an_admin(auth, atxn, user, {**user, **changes})
-    return [_event(cmd.type, cmd.body)]
+    step = changes.get("totp_last_step")
+    if step is not None and int(step) <= user.get("totp_last_step", 0):
+        raise InvalidArgument("this TOTP code was already used: wait for the next one",
+                              code="totp_reused")
+    out = [_event(cmd.type, cmd.body)]
+    if changes.get("is_active") is False or changes.get("revoke_tokens"):
+        out += _end_access(auth, atxn, user["user_id"])
+    return out
 
 
 def _user_lock(
@@ -113,7 +135,7 @@ def _user_delete(
     dtxn: lmdb.Transaction[bytes],
 ) -> Events:
     _keep_an_admin(auth, atxn, _user(auth, atxn, cmd.body["user_id"]), None)
-    return [_event(cmd.type, cmd.body)]
+    return [_event(cmd.type, cmd.body), *_end_access(auth, atxn, cmd.body["user_id"])]
 
 
 def _key_create(
@@ -139,10 +161,40 @@ def _session_create(
     auth: AuthStore, atxn: lmdb.Transaction[bytes], cmd: Command, data: DataStore,
     dtxn: lmdb.Transaction[bytes],
 ) -> Events:
-    user = _user(auth, atxn, cmd.body["user_id"])
+    """A login's session, refused when what the login verified no longer holds by the time it
+    commits: the user's tokens were revoked since the login read the user (a password changed
+    while the login checked the old one: ``valid_after``, the user's ``tokens_valid_after`` as
+    the login saw it, travels in the command only), or the TOTP code's time step was used
+    already (two logins with one code in flight: one wins)."""
+    b = dict(cmd.body)
+    seen = b.pop("valid_after", None)
+    user = _user(auth, atxn, b["user_id"])
     if not user["is_active"]:
         raise InvalidArgument("the user is inactive")
-    return [_event(cmd.type, cmd.body)]
+    if seen is not None and user["tokens_valid_after"] > int(seen):
+        raise Unauthorized("the account's credentials changed during the login: log in again",
+                           code="token_revoked")
+    step = int(b.get("totp_step") or 0)
+    if step and step <= user.get("totp_last_step", 0):
+        raise Unauthorized("this TOTP code was already used: wait for the next one",
+                           code="totp_reused")
+    return [_event(cmd.type, b)]
+
+
+def _session_revoke(
+    auth: AuthStore, atxn: lmdb.Transaction[bytes], cmd: Command, data: DataStore,
+    dtxn: lmdb.Transaction[bytes],
+) -> Events:
+    """One session (a logout), or with ``all_of`` every session of that user as well (a logout
+    everywhere): the sessions of this transaction, so one committed earlier in the group ends
+    too."""
+    b = dict(cmd.body)
+    user_id = b.pop("all_of", None)
+    out: Events = [_event(cmd.type, b)]
+    if user_id is not None:
+        out += [ev.SessionRevoke(jti=s["session_id"], expires_at=int(s["expires_at"]))
+                for s in auth.sessions_of(str(user_id), atxn) if s["session_id"] != b["jti"]]
+    return out
 
 
 def _grant_set(
@@ -163,7 +215,11 @@ def _reset_use(
     reset = auth.reset(b["hash"], atxn)
     if reset is None or reset["used"] or reset["expires_at"] < time.time() * 1000:
         raise InvalidArgument("invalid or expired reset token", code="invalid_reset_token")
-    user = _user(auth, atxn, reset["user_id"])
+    user = auth.user(reset["user_id"], atxn)
+    # an inactive user's token resets nothing (a deactivation ends them, but a log written
+    # before that rule may still hold some)
+    if user is None or not user["is_active"]:
+        raise InvalidArgument("invalid or expired reset token", code="invalid_reset_token")
     change = {
         "password_hash": b["password_hash"],
         "must_change_password": False,
@@ -173,6 +229,7 @@ def _reset_use(
     return [
         ev.ResetUse(hash=b["hash"]),
         ev.UserUpdate(user_id=user["user_id"], changes=change),
+        *_end_access(auth, atxn, user["user_id"], but=b["hash"]),
     ]
 
 
@@ -205,7 +262,7 @@ _DECIDE: dict[str, _Fn] = {
     ev.KeyCreate.type: _key_create,
     ev.KeyRevoke.type: _key_revoke,
     ev.SessionCreate.type: _session_create,
-    ev.SessionRevoke.type: _passthrough,
+    ev.SessionRevoke.type: _session_revoke,
     ev.Prune.type: _passthrough,
     ev.GrantSet.type: _grant_set,
     ev.BlockSet.type: _passthrough,

@@ -31,7 +31,8 @@ class Principal:
     jti: str | None = None
     key_id: str | None = None
     scopes: tuple[str, ...] = ()
-    enroll_only: bool = False
+    enroll_only: bool = False  # an admin without TOTP where admins need it: may only enrol
+    must_change_password: bool = False  # a token of a user with a temporary password
     expires_ms: int | None = None  # when the credential stops being valid (None: never)
 
     @property

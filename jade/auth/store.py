@@ -18,7 +18,11 @@ used to decide who may do what. ``applied_sum`` is a witness for the start-up ch
 (``jade.engine.integrity``): the log must still hold that record with that checksum, or it lost
 records this store saw (a rolled-back header) or was replaced by another history.
 
-``apply`` is deterministic: times come from the record's ``ts``, expiries from its event.
+``apply`` is deterministic: times come from the record's ``ts``, expiries from its event, the
+TOTP time step a login used up (``totp_last_step`` of the user, absent until one is) from its
+``auth.session.create`` event. Which sessions end with a password change, a deactivation or a
+deletion is decided before the append (``jade.auth.decide``) and logged as one
+``auth.session.revoke`` per session: the fold of ``auth.user.update`` ends none by itself.
 """
 
 from __future__ import annotations
@@ -187,6 +191,10 @@ class AuthStore:
     def sessions(self) -> list[dict[str, Any]]:
         return self._all("sessions")
 
+    def sessions_of(self, user_id: str, txn: lmdb.Transaction[bytes]) -> list[dict[str, Any]]:
+        """The live sessions of one user, in ``txn`` (a scan: sessions are pruned at expiry)."""
+        return [s for s in self._each(txn, "sessions") if s["user_id"] == user_id]
+
     def is_revoked(self, jti: str) -> bool:
         return self._get("revoked", jti) is not None
 
@@ -215,6 +223,17 @@ class AuthStore:
         self, digest: str, txn: lmdb.Transaction[bytes] | None = None
     ) -> dict[str, Any] | None:
         return self._get("resets", digest, txn)  # type: ignore[no-any-return]
+
+    def resets_of(
+        self, user_id: str, txn: lmdb.Transaction[bytes]
+    ) -> list[tuple[str, dict[str, Any]]]:
+        """(digest, reset) of one user's reset tokens not used yet, in ``txn``."""
+        out = []
+        for k, v in txn.cursor(db=self.db["resets"]):
+            reset = self._open("resets", k, v)
+            if reset["user_id"] == user_id and not reset["used"]:
+                out.append((k.decode(), reset))
+        return out
 
     # -- apply --------------------------------------------------------------------------------
     def apply(self, txn: lmdb.Transaction[bytes], rec: Record, event: ev.Event) -> None:
@@ -295,10 +314,15 @@ class AuthStore:
         if "username" in changes and changes["username"].lower() != user["username"].lower():
             self._del(txn, "usernames", user["username"].lower())
             self._put(txn, "usernames", changes["username"].lower(), user["user_id"])
-        if changes.get("is_active") is False or changes.pop("revoke_tokens", False):
-            # deactivation and password changes kill every token and key issued before now
+        revoke = changes.pop("revoke_tokens", False)
+        keep_keys = changes.pop("keep_keys", False)
+        if changes.get("is_active") is False or revoke:
+            # deactivation and password changes kill every token issued before now, and the
+            # API keys unless a password change kept them (the sessions themselves are ended by
+            # the SessionRevoke events decided with this one)
             changes["tokens_valid_after"] = now
-            self._revoke_user_keys(txn, user["user_id"])
+            if not keep_keys or changes.get("is_active") is False:
+                self._revoke_user_keys(txn, user["user_id"])
         user.update(changes)
         user["updated_at"] = now
         self._put(txn, "users", user["user_id"], user)
@@ -360,6 +384,8 @@ class AuthStore:
         if user is not None:
             user["last_login"] = now
             user["locked_until"] = 0
+            if e.totp_step:  # the code is used up: no login with it, or an older one, again
+                user["totp_last_step"] = max(user.get("totp_last_step", 0), e.totp_step)
             self._put(txn, "users", user["user_id"], user)
 
     def _session_revoke(

@@ -1,6 +1,9 @@
 """Tokens: JWT HS256 signed with ``JWT_SECRET``; ``JWT_SECRET_PREVIOUS`` still verifies during a
-rotation. A token is alive while its session exists in the auth store (logout revokes it) and
-it was issued after the user's ``tokens_valid_after`` (deactivation, password change)."""
+rotation. The signature only says the token was made with a secret; the auth store says whether
+it is alive: its session (the ``jti``) must exist, belong to the token's subject and not have
+expired (so someone who learns a secret cannot make a session theirs or longer), and the token
+and session must be newer than the user's ``tokens_valid_after`` (deactivation, password
+change)."""
 
 from __future__ import annotations
 
@@ -11,7 +14,7 @@ from typing import Any
 import jwt
 
 from jade.auth.clock import now_ms
-from jade.auth.principal import Principal
+from jade.auth.principal import ADMIN, Principal
 from jade.auth.store import AuthStore
 from jade.errors import Unauthorized
 from jade.settings import Settings
@@ -26,8 +29,11 @@ class Tokens:
     def issue_token(
         self, user: dict[str, Any], *, enroll_only: bool = False
     ) -> tuple[str, str, int]:
+        """(token, jti, expiry ms). Issued no earlier than the user's ``tokens_valid_after``,
+        so a token issued right after a revocation (the one a password change hands back) is
+        never older than it, whatever the clock did."""
         jti = secrets.token_hex(16)
-        iat = now_ms()
+        iat = max(now_ms(), int(user.get("tokens_valid_after", 0)))
         exp = iat + self.settings.token_ttl_seconds * 1000
         claims = {
             "sub": user["user_id"],
@@ -61,19 +67,35 @@ class Tokens:
         """The caller a token names; ``Unauthorized`` unless it is valid and alive."""
         claims = self._decode(token)
         jti = str(claims["jti"])
-        if self._store().session(jti) is None:
+        session = self._store().session(jti)
+        if session is None or session["user_id"] != str(claims["sub"]):
+            if session is None:  # ended with its user's deactivation or deletion: say so
+                owner = self._store().user(str(claims["sub"]))
+                if owner is None or not owner["is_active"]:
+                    raise Unauthorized("user inactive or deleted", code="user_inactive")
             raise Unauthorized("token revoked or unknown", code="token_revoked")
-        user = self._store().user(str(claims["sub"]))
+        if session["expires_at"] <= now_ms():
+            raise Unauthorized("token expired", code="token_expired")
+        user = self._store().user(session["user_id"])
         if user is None or not user["is_active"]:
             raise Unauthorized("user inactive or deleted", code="user_inactive")
-        if int(claims.get("iat_ms", 0)) < user["tokens_valid_after"]:
+        valid_after = user["tokens_valid_after"]
+        if int(claims.get("iat_ms", 0)) < valid_after or session["created_at"] < valid_after:
             raise Unauthorized("token revoked", code="token_revoked")
+        # an admin without TOTP where admins need it may only enrol, whether the token was
+        # issued so or the admin role came after the login
+        enroll_only = claims.get("scope") == "totp_enroll" or (
+            self.settings.require_admin_totp
+            and ADMIN in user["roles"]
+            and not user.get("totp_enabled")
+        )
         return Principal(
             user["user_id"],
             user["username"],
             tuple(user["roles"]),
             "token",
             jti=jti,
-            enroll_only=claims.get("scope") == "totp_enroll",
-            expires_ms=int(claims["exp"]) * 1000,
+            enroll_only=enroll_only,
+            must_change_password=bool(user.get("must_change_password")),
+            expires_ms=min(int(claims["exp"]) * 1000, int(session["expires_at"])),
         )

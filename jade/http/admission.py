@@ -85,8 +85,10 @@ def admit(request: web.Request) -> Awaitable[None] | None:
                 principal = svc.authenticate(request.headers)
             except Unauthorized:
                 principal = None
-            # an enrol-only token (admin without TOTP) carries no admin powers anywhere
-            if principal is not None and not principal.enroll_only:
+            # an enrol-only token (admin without TOTP) carries no admin powers anywhere, nor
+            # does the token of a temporary password
+            if (principal is not None and not principal.enroll_only
+                    and not principal.must_change_password):
                 request[PRINCIPAL] = principal
                 request[ACTOR] = principal.user_id
             # refused before the handler runs, so the answer cannot depend on the input (a
@@ -123,6 +125,16 @@ def admit(request: web.Request) -> Awaitable[None] | None:
             "admin accounts must enrol in two-factor authentication first "
             "(POST /v1/auth/2fa/enroll)",
             code="totp_enrollment_required",
+        )
+    if principal.must_change_password and not principal.enroll_only and not (
+        route.must_change_ok and request.match_info.get("uid", principal.user_id)
+        == principal.user_id
+    ):  # an admin without TOTP enrols first, then changes the password with a full login
+        raise Forbidden(
+            "the password is temporary (set by an admin or at installation): change it first "
+            f"with PUT /v1/users/{principal.user_id}/password; this token may do nothing else "
+            "but log out",
+            code="password_change_required",
         )
     if principal.is_replicator_only and route.access != "replicate":
         raise Forbidden("the replicator role may only stream the log", code="permission_denied")

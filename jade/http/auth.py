@@ -13,6 +13,7 @@ from typing import Any
 import pyotp
 from aiohttp import web
 
+from jade.auth import totp
 from jade.auth.apikeys import digest
 from jade.auth.clock import now_ms
 from jade.auth.principal import ADMIN, Principal
@@ -22,7 +23,7 @@ from jade.errors import Conflict, Forbidden, InvalidArgument, Unauthorized
 from jade.http.databases import engine_of
 from jade.http.keys import AUDIT, AUTH, CLIENT_IP, PRINCIPAL, REQUEST_ID, SETTINGS
 from jade.http.middleware import json_response
-from jade.http.validate import opt_str, read_json
+from jade.http.validate import opt_bool, opt_str, read_json
 
 USERNAME = re.compile(r"^[A-Za-z0-9_.@+-]{1,64}$")
 RESET_TTL_MS = 15 * 60 * 1000
@@ -220,18 +221,23 @@ async def login(request: web.Request) -> web.Response:
             "account locked after repeated failed logins", code="account_locked", retry_after=retry
         )
     ok = False
+    refusal = ("Invalid username or password", "invalid_credentials")
     if user is not None and user["is_active"]:
         ok = await asyncio.to_thread(svc.verify_password, user["password_hash"], password)
     else:
         await asyncio.to_thread(svc.waste_verify, password)
+    step = 0
     if ok and user is not None and user.get("totp_enabled"):
         code = body.get("totp_code")
         if code is None or code == "":
             raise Unauthorized("a TOTP code is required: send 'totp_code'", code="totp_required")
-        if not (
-            isinstance(code, str) and pyotp.TOTP(user["totp_secret"]).verify(code, valid_window=1)
-        ):
+        found = totp.step_of(user["totp_secret"], code, time.time())
+        if found is None:
             ok = False
+        elif found <= user.get("totp_last_step", 0):  # the session record re-checks
+            ok, refusal = False, TOTP_REUSED
+        else:
+            step = found
     if not ok:
         lock_until, block_until = svc.note_failure(name, ip)
         if lock_until:
@@ -277,30 +283,67 @@ async def login(request: web.Request) -> web.Response:
             user_id=user["user_id"] if user else None,
             success=False,
             operation="login",
-            details="invalid credentials",
+            details="invalid credentials" if refusal[1] == "invalid_credentials" else refusal[1],
         )
-        raise Unauthorized("Invalid username or password", code="invalid_credentials")
+        raise Unauthorized(refusal[0], code=refusal[1])
     assert user is not None
-    enroll_only = (
-        settings.require_admin_totp and ADMIN in user["roles"] and not user.get("totp_enabled")
-    )
-    token, jti, exp = svc.issue_token(user, enroll_only=enroll_only)
-    await engine.submit(
-        Command(
-            "auth.session.create",
-            {"jti": jti, "user_id": user["user_id"], "ip": ip, "expires_at": exp},
-            user["user_id"],
-        )
-    )
+    try:
+        out = await start_session(request, user, totp_step=step)
+    except Unauthorized as exc:  # a revocation or the same TOTP code committed meanwhile
+        audit(request, "AUTHENTICATION_FAILURE", user_id=user["user_id"], success=False,
+              operation="login", details=exc.code)
+        raise
     svc.note_success(name, ip)
     audit(
         request,
         "AUTHENTICATION_SUCCESS",
         user_id=user["user_id"],
         operation="login",
-        session_id=jti,
+        session_id=out["session_id"],
     )
-    out = {
+    del out["session_id"]
+    out["message"] = "Login successful"
+    if out.get("totp_enrollment_required"):
+        out["message"] = (
+            "Admin accounts need two-factor authentication: this token may only "
+            "enrol (POST /v1/auth/2fa/enroll, then /v1/auth/2fa/confirm)"
+        )
+    elif out["must_change_password"]:
+        out["message"] = (
+            "Login successful; the password is temporary: this token may only change it "
+            f"(PUT /v1/users/{user['user_id']}/password) or log out"
+        )
+    return json_response(out)
+
+
+TOTP_REUSED = ("this TOTP code was already used: wait for the next one", "totp_reused")
+
+
+async def start_session(
+    request: web.Request, user: dict[str, Any], *, totp_step: int = 0
+) -> dict[str, Any]:
+    """A new session of ``user`` (a login, or the session a password change hands back): a
+    token, and its session record committed. The record is refused in the group commit if
+    the user's tokens were revoked since ``user`` was read (a password changed while this
+    login checked the old one) or if ``totp_step`` was used meanwhile. Returns the reply's
+    fields and ``session_id``."""
+    svc = svc_of(request)
+    settings = request.app[SETTINGS]
+    enroll_only = bool(
+        settings.require_admin_totp and ADMIN in user["roles"] and not user.get("totp_enabled")
+    )
+    token, jti, exp = svc.issue_token(user, enroll_only=enroll_only)
+    body: dict[str, Any] = {
+        "jti": jti,
+        "user_id": user["user_id"],
+        "ip": request.get(CLIENT_IP, ""),
+        "expires_at": exp,
+        "valid_after": user["tokens_valid_after"],
+    }
+    if totp_step:
+        body["totp_step"] = totp_step
+    await engine_of(request).submit(Command("auth.session.create", body, user["user_id"]))
+    out: dict[str, Any] = {
         "token": token,
         "user_id": user["user_id"],
         "username": user["username"],
@@ -308,27 +351,32 @@ async def login(request: web.Request) -> web.Response:
         "expires_at": iso_ms(exp),
         "token_type": "Bearer",
         "must_change_password": user.get("must_change_password", False),
-        "message": "Login successful",
+        "session_id": jti,
     }
     if enroll_only:
-        out["message"] = (
-            "Admin accounts need two-factor authentication: this token may only "
-            "enrol (POST /v1/auth/2fa/enroll, then /v1/auth/2fa/confirm)"
-        )
         out["totp_enrollment_required"] = True
-    return json_response(out)
+    return out
 
 
 async def logout(request: web.Request) -> web.Response:
+    """Ends the calling token's session; with ``{"all": true}`` every session of the user (a
+    stolen token somewhere, a lost laptop). API keys are not sessions: they are revoked one by
+    one (DELETE /v1/api-keys/{key_id}), or all at once by a password change."""
     p = principal_of(request)
     if p.jti is None:
         raise InvalidArgument(
             "logout needs a login token (API keys are revoked with DELETE /v1/api-keys/{key_id})",
             code="not_a_token",
         )
-    await engine_of(request).submit(Command("auth.session.revoke", {"jti": p.jti}, p.user_id))
-    audit(request, "AUTHENTICATION_SUCCESS", operation="logout", session_id=p.jti)
-    return json_response({"message": "Logged out successfully", "user_id": p.user_id})
+    everywhere = opt_bool(await read_json(request, required=False), "all", False)
+    body: dict[str, Any] = {"jti": p.jti}
+    if everywhere:
+        body["all_of"] = p.user_id
+    records = await engine_of(request).submit(Command("auth.session.revoke", body, p.user_id))
+    audit(request, "AUTHENTICATION_SUCCESS", operation="logout_all" if everywhere else "logout",
+          session_id=p.jti)
+    return json_response({"message": "Logged out successfully", "user_id": p.user_id,
+                          "sessions_ended": len(records)})
 
 
 async def forgot_password(request: web.Request) -> web.Response:
@@ -420,17 +468,22 @@ async def totp_confirm(request: web.Request) -> web.Response:
     user = svc_of(request).store.user(p.user_id)
     if user is None or not user.get("totp_secret"):
         raise InvalidArgument("enrol first: POST /v1/auth/2fa/enroll", code="totp_not_enrolled")
-    if not isinstance(code, str) or not pyotp.TOTP(user["totp_secret"]).verify(
-        code, valid_window=1
-    ):
+    step = totp.step_of(user["totp_secret"], code, time.time())
+    if step is None:
         audit(request, "AUTHENTICATION_FAILURE", success=False, operation="totp_confirm")
         raise InvalidArgument("invalid TOTP code", code="invalid_totp")
+    # the confirming code is used up like a login's (RFC 6238 5.2): the next login needs the
+    # next code
     await engine_of(request).submit(
         Command(
             "auth.user.update",
             {
                 "user_id": p.user_id,
-                "changes": {"totp_enabled": True, "revoke_tokens": p.enroll_only},
+                "changes": {
+                    "totp_enabled": True,
+                    "totp_last_step": step,
+                    "revoke_tokens": p.enroll_only,
+                },
             },
             p.user_id,
         )
@@ -438,5 +491,5 @@ async def totp_confirm(request: web.Request) -> web.Response:
     audit(request, "CONFIGURATION_CHANGE", operation="totp_confirm")
     msg = "Two-factor authentication is on"
     if p.enroll_only:
-        msg += "; log in again with 'totp_code' for a full token"
+        msg += "; log in again with the next code as 'totp_code' for a full token"
     return json_response({"message": msg, "totp_enabled": True})

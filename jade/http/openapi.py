@@ -137,7 +137,13 @@ op(
         {"token": STR, "user_id": STR, "expires_at": STR, "token_type": STR}, ("token", "user_id")
     ),
 )
-op("POST", "/v1/auth/logout", "Revoke the calling token")
+op(
+    "POST",
+    "/v1/auth/logout",
+    "End the calling token's session (all: every session of the user)",
+    obj({"all": BOOL}),
+    resp=obj({"message": STR, "user_id": STR, "sessions_ended": INT}, ("message", "user_id")),
+)
 op(
     "POST",
     "/v1/auth/forgot-password",
@@ -183,8 +189,17 @@ op("DELETE", "/v1/users/{uid}", "Delete a user")
 op(
     "PUT",
     "/v1/users/{uid}/password",
-    "Change a password",
-    obj({"old_password": STR, "new_password": STR}, ("old_password", "new_password")),
+    "Change a password: ends every session (the caller gets a new token) and, unless "
+    "keep_api_keys, the API keys",
+    obj(
+        {"old_password": STR, "new_password": STR, "keep_api_keys": BOOL},
+        ("old_password", "new_password"),
+    ),
+    resp=obj(
+        {"success": BOOL, "message": STR, "api_keys_revoked": INT, "token": STR,
+         "expires_at": STR, "token_type": STR},
+        ("success", "message"),
+    ),
 )
 for m in ("PUT", "POST"):
     op(

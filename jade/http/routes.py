@@ -46,6 +46,7 @@ class Route:
     mutates: bool = False  # refused (503 read_only) in readonly mode
     records: bool = False  # appends to the log even in readonly mode (login...): primary only
     enroll_ok: bool = False  # usable with an enrol-only token (admin without TOTP)
+    must_change_ok: bool = False  # usable with a token of a user whose password is temporary
     keys: str = "any"  # see KEY_RULES
 
 
@@ -86,7 +87,8 @@ ROUTES: tuple[Route, ...] = (
     # auth
     R("POST", "/v1/auth/register", auth.register, "public", mutates=True),
     R("POST", "/v1/auth/login", auth.login, "public", records=True),
-    R("POST", "/v1/auth/logout", auth.logout, "auth", records=True, enroll_ok=True),
+    R("POST", "/v1/auth/logout", auth.logout, "auth", records=True, enroll_ok=True,
+      must_change_ok=True),
     R("POST", "/v1/auth/forgot-password", auth.forgot_password, "public", mutates=True),
     R("POST", "/v1/auth/reset-password", auth.reset_password, "public", mutates=True),
     R("POST", "/v1/auth/2fa/enroll", auth.totp_enroll, "auth", mutates=True, enroll_ok=True,
@@ -100,7 +102,7 @@ ROUTES: tuple[Route, ...] = (
     R("PUT", "/v1/users/{uid}", users.update, "auth", mutates=True, keys="admin"),
     R("DELETE", "/v1/users/{uid}", users.delete, "users", mutates=True, keys="admin"),
     R("PUT", "/v1/users/{uid}/password", users.change_password, "auth", mutates=True,
-      keys="none"),
+      keys="none", must_change_ok=True),
     R(
         "PUT",
         "/v1/admin/users/{uid}/reset-password",

@@ -18,6 +18,7 @@ from jade.http.auth import (
     create_user,
     principal_of,
     roles_of,
+    start_session,
     svc_of,
     user_json,
     username_of,
@@ -25,7 +26,7 @@ from jade.http.auth import (
 from jade.http.databases import engine_of
 from jade.http.keys import SETTINGS
 from jade.http.middleware import json_response
-from jade.http.validate import opt_str, read_json
+from jade.http.validate import opt_bool, opt_str, read_json
 
 PRIVILEGED = {ADMIN, REPLICATOR}
 
@@ -161,6 +162,10 @@ async def delete(request: web.Request) -> web.Response:
 
 
 async def change_password(request: web.Request) -> web.Response:
+    """A new password ends what the old one let in: every session of the user (the caller's
+    own too: a thief holding a copy of that token must not stay in; the caller gets a fresh
+    token in the reply), every reset token not used yet, and the user's API keys, unless the
+    body says ``keep_api_keys: true`` (a routine rotation that must not stop automation)."""
     uid = request.match_info["uid"]
     p = principal_of(request)
     if p.user_id != uid and not p.is_admin:
@@ -171,20 +176,37 @@ async def change_password(request: web.Request) -> web.Response:
     if not isinstance(old, str) or not old:
         raise InvalidArgument("missing required field 'old_password'", code="missing_field")
     new = svc.check_strength(body.get("new_password"), "new_password")
+    keep_keys = opt_bool(body, "keep_api_keys", False)
     user = _user(request)
     if not await asyncio.to_thread(svc.verify_password, user["password_hash"], old):
         audit(request, "AUTHENTICATION_FAILURE", success=False, operation="change_password")
         raise Unauthorized("old password is wrong", code="invalid_credentials")
     hashed = await asyncio.to_thread(svc.hash_password, new)
+    changes: dict[str, Any] = {
+        "password_hash": hashed,
+        "must_change_password": False,
+        "revoke_tokens": True,
+    }
+    if keep_keys:
+        changes["keep_keys"] = True
+    keys = 0 if keep_keys else sum(
+        1 for k in svc.store.keys() if k["user_id"] == uid and k["is_active"])
     await engine_of(request).submit(
-        Command(
-            "auth.user.update",
-            {"user_id": uid, "changes": {"password_hash": hashed, "must_change_password": False}},
-            p.user_id,
-        )
+        Command("auth.user.update", {"user_id": uid, "changes": changes}, p.user_id)
     )
-    audit(request, "CONFIGURATION_CHANGE", operation="change_password", resource=f"users/{uid}")
-    return json_response({"success": True, "message": "Password changed successfully"})
+    audit(request, "CONFIGURATION_CHANGE", operation="change_password", resource=f"users/{uid}",
+          details=f"sessions ended; api keys {'kept' if keep_keys else 'revoked'}")
+    out: dict[str, Any] = {
+        "success": True,
+        "message": "Password changed successfully; every session of the account has ended"
+                   + ("" if keep_keys else " and its API keys are revoked"),
+        "api_keys_revoked": keys,
+    }
+    if p.jti is not None and p.user_id == uid:  # the caller's session goes on as a new one
+        session = await start_session(request, _user(request))
+        out.update({k: session[k] for k in ("token", "expires_at", "token_type")})
+        out["message"] += "; use the new token in this reply"
+    return json_response(out)
 
 
 async def admin_reset_password(request: web.Request) -> web.Response:
@@ -218,7 +240,8 @@ async def admin_reset_password(request: web.Request) -> web.Response:
     return json_response(
         {
             "success": True,
-            "message": "Password reset; the user must change it at next login",
+            "message": "Password reset: the user's sessions and API keys have ended, and "
+                       "the user must change the password at next login",
             "must_change_password": True,
         }
     )
