@@ -427,3 +427,22 @@ async def test_a_replica_ends_what_the_primary_ended(tmp_path: Any) -> None:
     finally:
         for n in nodes:
             n.stop()
+
+
+async def test_the_session_list_says_which_sessions_are_alive(tmp_path: Any) -> None:
+    """/v1/security/sessions said every listed session was active; one the server no longer
+    accepts (expired, not yet pruned) is listed as inactive."""
+    async with running_server(make_settings(tmp_path, token_ttl_seconds=3)) as srv:
+        st, key = await srv.admin.post("/v1/api-keys", {"user_id": srv.admin_id,
+                                                        "description": "lister"})
+        assert st == 201, key
+        lister = Api(srv.base, srv.anon.session, {"Authorization": f"Bearer {key['api_key']}"})
+        url = f"/v1/security/sessions?user_id={srv.user_id}"
+        st, body = await lister.get(url)
+        assert st == 200 and body["count"] >= 1 and all(s["is_active"] for s in body["sessions"])
+        await asyncio.sleep(3.2)
+        st, _ = await srv.user.get("/status")
+        assert st == 401  # the server no longer accepts it
+        st, body = await lister.get(url)
+        assert st == 200 and body["count"] >= 1, body
+        assert not any(s["is_active"] for s in body["sessions"]), body

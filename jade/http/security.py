@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from jade.auth.audit import EVENT_TYPES
+from jade.auth.clock import now_ms
 from jade.errors import Forbidden, InvalidArgument
 from jade.http.auth import iso_ms, principal_of, svc_of
 from jade.http.keys import AUDIT
@@ -32,15 +35,24 @@ async def sessions(request: web.Request) -> web.Response:
         raise InvalidArgument("missing required query parameter 'user_id'", code="missing_field")
     if uid != p.user_id and not p.is_admin:
         raise Forbidden("you may only list your own sessions", code="permission_denied")
-    rows = [s for s in svc_of(request).store.sessions() if s["user_id"] == uid]
+    store = svc_of(request).store
+    rows = [s for s in store.sessions() if s["user_id"] == uid]
     rows.sort(key=lambda s: s["created_at"], reverse=True)
+    user = store.user(uid)
+    now = now_ms()
+    valid_after = user["tokens_valid_after"] if user is not None else now
+    alive = user is not None and bool(user["is_active"])
+
+    def active(s: dict[str, Any]) -> bool:  # what ``Tokens.principal`` would accept
+        return alive and s["expires_at"] > now and s["created_at"] >= valid_after
+
     out = [
         {
             "session_id": s["session_id"],
             "user_id": s["user_id"],
             "token_id": s["token_id"],
             "ip_address": s["ip_address"],
-            "is_active": True,
+            "is_active": active(s),
             "created_at": iso_ms(s["created_at"]),
             "last_activity": iso_ms(s["created_at"]),
             "expires_at": iso_ms(s["expires_at"]),
