@@ -6,6 +6,7 @@ The benchmarks print tables and never assert: they measure, a person judges.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import os
 import platform
@@ -253,6 +254,16 @@ def batch_bodies(data: F32, size: int, prefix: str = "v") -> Iterator[tuple[int,
         body = {
             "vectors": [{"id": f"{prefix}{s + i}", "values": row} for i, row in enumerate(chunk)]
         }
+        yield len(chunk), dumps(body)
+
+
+def batch_bodies_b64(data: F32, size: int, prefix: str = "v") -> Iterator[tuple[int, bytes]]:
+    """As ``batch_bodies``, the values as ``valuesB64`` (base64 of little-endian float32)."""
+    for s in range(0, len(data), size):
+        chunk = np.ascontiguousarray(data[s : s + size], dtype="<f4")
+        body = {"vectors": [{"id": f"{prefix}{s + i}",
+                             "valuesB64": base64.b64encode(row.tobytes()).decode()}
+                            for i, row in enumerate(chunk)]}
         yield len(chunk), dumps(body)
 
 

@@ -327,3 +327,34 @@ async def test_vectors_are_isolated_per_database(strict: Strict) -> None:
     await strict.expect(200, "DELETE", f"/v1/databases/{b}")
     st, got = await strict.get(f"/v1/databases/{a}/vectors/x")
     assert st == 200 and got["values"] == [1.0, 2.0]
+
+
+async def test_values_may_come_as_base64_float32(strict: Strict) -> None:
+    """'valuesB64' (base64 of little-endian float32, as batch search's queriesB64 and import's
+    lines take) stores exactly what the JSON numbers would, with no JSON floats to parse; bad
+    input is a 400 and writes nothing."""
+    import base64
+
+    db = await strict.create_db(3)
+    rows = np.array([[0.1, -2.5, 3e-5], [1.0, 0.0, 7.25]], dtype="<f4")
+    b64 = [base64.b64encode(r.tobytes()).decode() for r in rows]
+    st, body = await strict.post(f"/v1/databases/{db}/vectors/batch", {"vectors": [
+        {"id": "a", "valuesB64": b64[0], "metadata": {"k": 1}},
+        {"id": "b", "values": rows[1].tolist()}]})
+    assert st == 201, body
+    st, body = await strict.post(f"/v1/databases/{db}/vectors", {"id": "c", "valuesB64": b64[1]})
+    assert st == 201, body
+    for vid, row in (("a", rows[0]), ("b", rows[1]), ("c", rows[1])):
+        st, got = await strict.get(f"/v1/databases/{db}/vectors/{vid}")
+        assert st == 200 and np.array_equal(np.array(got["values"], dtype="<f4"), row), got
+    two_rows = base64.b64encode(rows.tobytes()).decode()
+    nan = base64.b64encode(np.array([np.nan, 0, 0], dtype="<f4").tobytes()).decode()
+    for bad, code in ((two_rows, "dimension_mismatch"), (b64[0][:-4], None), ("%%%", None),
+                      (nan, None), (17, None)):
+        st, body = await strict.post(f"/v1/databases/{db}/vectors/batch", {"vectors": [
+            {"id": "x", "values": [0, 0, 1]}, {"id": "y", "valuesB64": bad}]})
+        assert st == 400, (bad, body)
+        if code:
+            assert body["error"] == code, body
+    st, _ = await strict.get(f"/v1/databases/{db}/vectors/x")
+    assert st == 404  # all or nothing

@@ -21,8 +21,6 @@ as the dimension grows) and waits for the client to take each one.
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
 import logging
 import time
 from typing import Any
@@ -37,6 +35,7 @@ from jade.http.keys import METRICS, SETTINGS
 from jade.http.middleware import json_response
 from jade.http.search import deadline_of, query_timeout, run_search
 from jade.http.validate import (
+    b64_rows,
     check_results,
     opt_bool,
     opt_int,
@@ -53,25 +52,6 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH_QUERIES = 10_000
 EXPORT_CHUNK_BYTES = 4 << 20  # of float32 values per chunk read
-
-
-def b64_rows(value: object, dim: int, what: str) -> np.ndarray:
-    """Base64 of little-endian float32 → (n, dim) array, finite values only."""
-    if not isinstance(value, str):
-        raise InvalidArgument(f"'{what}' must be a base64 string of float32 values")
-    try:
-        raw = base64.b64decode(value, validate=True)
-    except (binascii.Error, ValueError):
-        raise InvalidArgument(f"'{what}' is not valid base64") from None
-    if len(raw) == 0 or len(raw) % (4 * dim):
-        raise InvalidArgument(
-            f"dimension mismatch: '{what}' holds {len(raw) // 4} floats, not a multiple of {dim}",
-            code="dimension_mismatch",
-        )
-    arr = np.frombuffer(raw, dtype="<f4").reshape(-1, dim)
-    if not np.isfinite(arr).all():
-        raise InvalidArgument(f"'{what}' must contain only finite numbers")
-    return arr
 
 
 def _search_slices(index: VectorIndex, qs: np.ndarray, k: int, ef: int | None, deadline: float

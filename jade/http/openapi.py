@@ -32,6 +32,8 @@ def obj(props: dict[str, S] | None = None, required: tuple[str, ...] = ()) -> S:
 
 ERROR = obj({"error": STR, "message": STR}, ("error", "message"))
 VECTOR = obj({"id": STR, "values": VEC, "metadata": OBJ}, ("id",))
+# what a write takes: the values as JSON numbers, or as base64 of little-endian float32
+VECTOR_IN = obj({"id": STR, "values": VEC, "valuesB64": STR, "metadata": OBJ}, ("id",))
 RESULT = obj(
     {"vectorId": STR, "score": NUM, "vector": obj({"id": STR, "values": VEC, "metadata": OBJ})},
     ("vectorId", "score"),
@@ -349,16 +351,16 @@ op("DELETE", DB + "/grants/{uid}", "Remove a grant")
 op(
     "POST",
     DB + "/vectors",
-    "Store (upsert) a vector",
-    obj({"id": STR, "values": VEC, "metadata": OBJ}, ("id", "values")),
+    "Store (upsert) a vector ('values', or 'valuesB64': base64 of little-endian float32)",
+    VECTOR_IN,
     201,
     obj({"status": STR, "vectorId": STR}, ("vectorId",)),
 )
 op(
     "POST",
     DB + "/vectors/batch",
-    "Store many vectors: one record, all or nothing",
-    obj({"vectors": {"type": "array", "items": VECTOR, "minItems": 1}}, ("vectors",)),
+    "Store many vectors: one record, all or nothing ('values' or 'valuesB64' per vector)",
+    obj({"vectors": {"type": "array", "items": VECTOR_IN, "minItems": 1}}, ("vectors",)),
     201,
     obj({"status": STR, "count": INT}, ("count",)),
 )

@@ -9,6 +9,8 @@ asking for more results than the ``max_results_per_request`` setting is refused 
 
 from __future__ import annotations
 
+import base64
+import binascii
 import itertools
 import math
 from typing import Any
@@ -210,6 +212,25 @@ def vector_values(v: object, dim: int, what: str = "values") -> np.ndarray:
             raise InvalidArgument(f"'{what}' must contain only finite numbers (no NaN/Infinity)")
         raise InvalidArgument(f"'{what}' has values outside the float32 range")  # cast → inf
     return arr.astype(np.float32)
+
+
+def b64_rows(value: object, dim: int, what: str) -> np.ndarray:
+    """Base64 of little-endian float32 → (n, dim) array, finite values only."""
+    if not isinstance(value, str):
+        raise InvalidArgument(f"'{what}' must be a base64 string of float32 values")
+    try:
+        raw = base64.b64decode(value, validate=True)
+    except (binascii.Error, ValueError):
+        raise InvalidArgument(f"'{what}' is not valid base64") from None
+    if len(raw) == 0 or len(raw) % (4 * dim):
+        raise InvalidArgument(
+            f"dimension mismatch: '{what}' holds {len(raw) // 4} floats, not a multiple of {dim}",
+            code="dimension_mismatch",
+        )
+    arr = np.frombuffer(raw, dtype="<f4").reshape(-1, dim)
+    if not np.isfinite(arr).all():
+        raise InvalidArgument(f"'{what}' must contain only finite numbers")
+    return arr
 
 
 def vector_rows(rows: list[Any], dim: int, what: str) -> np.ndarray:

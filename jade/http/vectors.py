@@ -21,6 +21,7 @@ from jade.http.databases import actor_of, engine_of, get_db
 from jade.http.keys import SETTINGS
 from jade.http.middleware import json_response
 from jade.http.validate import (
+    b64_rows,
     check_id,
     check_results,
     metadata_value,
@@ -120,9 +121,18 @@ def _upsert_command(
         if not isinstance(item, dict):
             raise InvalidArgument(f"{where} must be an object with id and values")
         ids.append(check_id(item.get("id"), "id"))
-        if "values" not in item:
-            raise InvalidArgument(f"{where}: missing required field 'values'", code="missing_field")
-        values[i] = vector_values(item["values"], dim)
+        if "values" in item:
+            values[i] = vector_values(item["values"], dim)
+        elif "valuesB64" in item:  # base64 of dim little-endian float32: no JSON floats to parse
+            row = b64_rows(item["valuesB64"], dim, "valuesB64")
+            if len(row) != 1:
+                raise InvalidArgument(
+                    f"dimension mismatch: {where}: 'valuesB64' holds {row.size} floats, the "
+                    f"database expects {dim}", code="dimension_mismatch")
+            values[i] = row[0]
+        else:
+            raise InvalidArgument(f"{where}: missing required field 'values' (or 'valuesB64')",
+                                  code="missing_field")
         if "metadata" in item:
             metas.append(metadata_value(item["metadata"]))
         else:
