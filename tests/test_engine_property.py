@@ -485,6 +485,10 @@ def check_indexes_match_store(engine: Engine, settings_: Settings) -> None:
         assert {k: labels[k].metadata for k in labels} == live.meta
         assert len(live.index) == len(stored)
         assert live.dim == db["dimension"] and live.metric == db["metric"]
+        # the projection's own list of indexes is the catalog's (after the serving one is
+        # deleted, the one before it serves: a stale list shows only then)
+        assert [(i.id, i.kind, dict(i.parameters)) for i in live.indexes] == [
+            (i["id"], i["kind"], i["parameters"]) for i in db["indexes"]], db_id
         idx = serving_index(db)
         assert live.index.kind == (idx["kind"] if idx else "flat")
         if idx is not None and idx["kind"] == "hnsw":
@@ -1127,6 +1131,36 @@ def test_restart_without_any_checkpoint_rebuilds(tmp_path: Path) -> None:
         check_indexes_match_store(engine, s)
     finally:
         engine.close()
+
+
+def test_a_checkpoint_moved_forward_holds_the_index_list_of_its_lsn(tmp_path: Path) -> None:
+    """Regression (the state machine once failed with 'hnsw' == 'flat'): an index that does
+    not serve is deleted after a checkpoint, and nothing else of the database changes. The
+    next checkpoint used to find the database clean and move its ``index.json`` to the new
+    LSN with the list of the save before: a restart held the deleted index, and when the
+    index after it was deleted, it served (hnsw) where the catalog has a flat index."""
+    s = make_settings(tmp_path)
+    engine, _ = open_engine(s)
+    try:
+        engine.submit_sync(create_cmd("d", 3, "euclidean", "flat", {}))
+        engine.submit_sync(upsert_cmd("d", [("a", [1.0, 2.0, 3.0], None)]))
+        flat = engine.store.database("d")["indexes"][0]  # type: ignore[index]
+        hnsw, last = new_index("HNSW", "hnsw", {}), new_index("HNSW", "hnsw", {"M": 8})
+        for idx in (hnsw, last):  # [flat, hnsw, last]: last serves
+            engine.submit_sync(Command("index.create", {"db": "d", "index": idx}, "prop"))
+        checkpoint(engine)
+        engine.submit_sync(Command("index.delete", {"db": "d", "index_id": hnsw["id"]}, "prop"))
+        checkpoint(engine)
+        close_engine(engine, checkpoint=False)
+        engine, report = open_engine(s)
+        assert report.index["loaded"] == 1  # the checkpoint is used (nothing disagrees)
+        check_indexes_match_store(engine, s)
+        engine.submit_sync(Command("index.delete", {"db": "d", "index_id": last["id"]}, "prop"))
+        assert engine.store.database("d")["indexes"] == [flat]  # type: ignore[index]
+        check_indexes_match_store(engine, s)  # flat serves, as the catalog says
+        assert_indexes_hold_store(engine, s, "after the serving index was deleted")
+    finally:
+        dispose(engine)
 
 
 # -- dimension histories (regressions) ----------------------------------------------------------

@@ -171,11 +171,18 @@ class IndexProjection:
 
     def _reindex(self, live: LiveDb, indexes: list[ev.IndexDef]) -> LiveDb:
         """Adopt a new list of indexes: a new efSearch in place, a rebuild from the
-        projection's own vectors on anything else that changes the serving index."""
+        projection's own vectors on anything else that changes the serving index. A change in
+        place (efSearch, or an index that does not serve: updated or deleted) makes the
+        database dirty: a checkpoint's ``index.json`` carries the list, and a clean database's
+        checkpoint is only moved forward (``advance``), which would carry the old list to the
+        new LSN (a restart then holds an index the catalog deleted, which serves once the
+        indexes after it are deleted)."""
         spec = spec_of(indexes[-1] if indexes else None)
         if spec.build_key() == live.spec.build_key():
             if spec.ef_search != live.spec.ef_search:
                 live.index.set_ef(spec.ef_search)
+            if spec != live.spec or list(indexes) != live.indexes:
+                live.dirty = True
             live.spec, live.indexes = spec, list(indexes)
             return live
         new = live.rebuilt(indexes)
