@@ -4,18 +4,21 @@ else 503 "starting"; then the real server takes over on the same port."""
 
 from __future__ import annotations
 
+import asyncio
 import http.client
 import os
 import shutil
+import socket
 import time
 from typing import Any
 
 import numpy as np
 import orjson
 import pytest
+from aiohttp import web
 
 from tests.conftest import ServerProcess
-from tools.serve import STARTING, serving
+from tools.serve import STARTING, _hand_over, _retire, listen, serving, starting_app
 
 
 def _get(port: int, path: str) -> tuple[int, Any]:
@@ -148,3 +151,52 @@ def test_a_keep_alive_client_is_answered_across_the_hand_over(slow_to_open: str,
     finally:
         conn.close()
         sp.stop()
+
+
+@pytest.mark.parametrize("turns", range(6))
+async def test_a_connection_accepted_as_the_stand_in_stops_is_answered(turns: int) -> None:
+    """The hand-over, in process, with a request already sent when it starts: the loop
+    accepts the connection within a few turns, and the hand-over runs after ``turns`` of them,
+    so one of these runs hands over in the turn between the stand-in's accept and the creation
+    of the connection's transport (a task one turn later). Closing the stand-in's server there
+    lost the connection, never read nor closed (CPython gh-109564): the client waited for its
+    timeout (1 in 6 full runs under load). Every run: the request is answered, by either app."""
+    loop = asyncio.get_running_loop()
+    socks = listen("127.0.0.1", 0)
+    port = socks[0].getsockname()[1]
+    stand_in_socks = [sock.dup() for sock in socks]
+    starting = web.AppRunner(starting_app(), access_log=None, handle_signals=False)
+    await starting.setup()
+    for sock in stand_in_socks:
+        await web.SockSite(starting, sock).start()
+
+    async def health(request: web.Request) -> web.Response:
+        return web.json_response({"status": "healthy"})
+
+    real = web.Application()
+    real.router.add_get("/health", health)
+    runner = web.AppRunner(real, access_log=None, handle_signals=False)
+    await runner.setup()
+    client = socket.create_connection(("127.0.0.1", port))  # loopback: complete at once
+    try:
+        client.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        client.setblocking(False)
+        for _ in range(turns):
+            await asyncio.sleep(0)
+        await _hand_over(stand_in_socks, runner, socks)
+        retired = asyncio.create_task(_retire(starting, timeout=10))
+        answer = b""
+        while b"\r\n\r\n" not in answer:
+            try:
+                chunk = await asyncio.wait_for(loop.sock_recv(client, 4096), 10)
+            except TimeoutError:
+                pytest.fail(f"not answered in 10 s (the connection was lost in the hand-over); "
+                            f"got {answer!r}")
+            assert chunk, f"closed unanswered after {answer!r}"
+            answer += chunk
+        assert answer.startswith(b"HTTP/1.1 200 "), answer
+        await asyncio.wait_for(retired, 15)
+    finally:
+        client.close()
+        await starting.cleanup()
+        await runner.cleanup()

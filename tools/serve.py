@@ -91,24 +91,22 @@ async def _serve(app: web.Application, host: str, port: int) -> None:
     # listening sockets are bound once and handed from the stand-in to the real app, so the
     # port never stops listening: a connection made during the hand-over waits in the backlog.
     socks = listen(host, port)
+    stand_in_socks = [sock.dup() for sock in socks]  # closing the stand-in closes only these
     starting = web.AppRunner(starting_app(), access_log=None, handle_signals=False)
     try:
         await starting.setup()
-        for sock in socks:  # a duplicate: stopping the stand-in's site closes only that
-            await web.SockSite(starting, sock.dup()).start()
+        for sock in stand_in_socks:
+            await web.SockSite(starting, sock).start()
         log.info("opening the data directory; http://%s:%d answers 503 \"starting\" meanwhile",
                  host, port)
         await runner.setup()  # opens the engine (replaying what the last run left)
     except BaseException:
         await starting.cleanup()
-        for sock in socks:
+        for sock in socks + stand_in_socks:
             sock.close()
         raise
     _report_unclean_start(app)
-    for stand_in in list(starting.sites):  # it stops accepting; the port still listens
-        await stand_in.stop()
-    for sock in socks:
-        await web.SockSite(runner, sock).start()
+    await _hand_over(stand_in_socks, runner, socks)
     log.info("JadeVectorDB listening on http://%s:%d", host, port)
     print(f"JadeVectorDB listening on http://{host}:{port}", flush=True)
     await _retire(starting)
@@ -160,9 +158,29 @@ def listen(host: str, port: int, backlog: int = 128) -> list[socket.socket]:
     return socks
 
 
+async def _hand_over(stand_in_socks: list[socket.socket], runner: web.AppRunner,
+                     socks: list[socket.socket]) -> None:
+    """Give the port to the real app: the stand-in stops accepting, the real app accepts on
+    the listening sockets (the port listens throughout; a connection made meanwhile waits in
+    the backlog). The stand-in's server is left open for ``_retire`` to close.
+
+    The stand-in stops accepting by taking its sockets out of the loop, not by closing its
+    server (``BaseSite.stop``): asyncio makes the transport of an accepted connection in a task
+    that runs a loop turn after the accept, and if ``Server.close()`` runs in between, that task
+    fails silently (CPython gh-109564): the connection, already accepted, is never read and
+    never closed, and its client waits until it times out. Closed turns later by ``_retire``,
+    the server has a transport for every connection it accepted."""
+    loop = asyncio.get_running_loop()
+    for sock in stand_in_socks:
+        loop.remove_reader(sock.fileno())  # no accept from now on; the server stays open
+    for sock in socks:
+        await web.SockSite(runner, sock).start()
+
+
 async def _retire(starting: web.AppRunner, timeout: float = HANDOVER_SECONDS) -> None:
-    """Close the stand-in once it stopped accepting: its connections end by themselves (each
-    answer says ``Connection: close``), so wait for those still on a request, then clean up.
+    """Close the stand-in once it stopped accepting (``_hand_over``): its connections end by
+    themselves (each answer says ``Connection: close``), so wait for those still on a request,
+    then clean up (which closes its server and its sockets).
     aiohttp's cleanup closes idle keep-alive connections, and a client may be sending on one
     at that moment: with no keep-alive on the stand-in there is none to close."""
     loop = asyncio.get_running_loop()
