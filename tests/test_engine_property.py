@@ -1241,3 +1241,19 @@ def test_dimension_history_3_4_3_replicated_in_one_group(tmp_path: Path, kind: s
     finally:
         dispose(replica)
         dispose(primary)
+
+
+def test_an_empty_database_loads_from_its_checkpoint(tmp_path: Path) -> None:
+    """An empty database's checkpoint is used at start (an empty LiveDb is falsy: the open
+    took it for no checkpoint, rebuilt it and warned 'no checkpoint')."""
+    s = make_settings(tmp_path)
+    engine, _ = open_engine(s)
+    try:
+        engine.submit_sync(create_cmd("e", 3, "cosine", "hnsw", {}))
+        checkpoint(engine)
+        close_engine(engine, checkpoint=False)
+        engine, report = open_engine(s)
+        assert (report.index["loaded"], report.index["rebuilt"]) == (1, 0), report.index
+        check_indexes_match_store(engine, s)
+    finally:
+        dispose(engine)

@@ -282,7 +282,8 @@ class IndexProjection:
         secs["replay"] = time.perf_counter() - t
         for db_id, db in catalog.items():
             live = self.dbs.get(db_id)
-            why = tail.broken.get(db_id) or (_disagrees(live, db) if live else "no checkpoint")
+            why = tail.broken.get(db_id) or (_disagrees(live, db) if live is not None
+                                               else "no checkpoint")
             if why:
                 if live is not None:
                     log.warning("index of %s: %s; rebuilding from the store", db_id, why,
