@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any
 
@@ -185,7 +186,8 @@ async def status(request: web.Request) -> web.Response:
         "scheduler": request.app[SCHEDULER].status(),
         "replication": _replication(request),
         "storage": engine.disk.status(),
-        "retention": request.app[BACKUPS].retention_status(),
+        # reads the snapshot and archive listings and the log: off the event loop
+        "retention": await asyncio.to_thread(request.app[BACKUPS].retention_status),
         "indexes": {
             "checkpoint_age_seconds": engine.indexes.checkpoint_age_seconds(),
             "replayed_on_start": engine.indexes.replayed_on_start,
