@@ -78,6 +78,18 @@ class Unavailable(JadeError):
     code = "unavailable"
 
 
+class IndexBehind(Unavailable):
+    """A vector write refused while the search index's graphs are too far behind the log (the
+    ``index.lag_max_vectors`` setting) and did not catch up within ``index.lag_wait_seconds``.
+    Nothing was written; retry (``Retry-After``)."""
+
+    code = "index_behind"
+
+    def __init__(self, message: str, *, retry_after: int = 1, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        self.headers["Retry-After"] = str(retry_after)
+
+
 class ReadOnly(Unavailable):
     code = "read_only"
 

@@ -335,6 +335,24 @@ class Metrics:
             "Writes refused with 507 insufficient_storage", registry=r)
         self.writes_refused_storage_seen = 0
 
+        # -- the index follower (graphs behind the acknowledged writes) --------------------
+        self.index_lag_records = Gauge(
+            P + "index_lag_records",
+            "Log records since the oldest vector write the HNSW graphs have not taken yet "
+            "(searches scan those exactly); 0 when level", registry=r)
+        self.index_lag_seconds = Gauge(
+            P + "index_lag_seconds",
+            "Age of the oldest vector write the HNSW graphs have not taken yet", registry=r)
+        self.index_lag_vectors = Gauge(
+            P + "index_lag_vectors",
+            "Vectors written and not in an HNSW graph yet (writes wait beyond "
+            "index.lag_max_vectors)", registry=r)
+        self.writes_refused_index_behind = Counter(
+            P + "writes_refused_index_behind_total",
+            "Vector writes refused with 503 index_behind (the graphs stayed too far behind)",
+            registry=r)
+        self.writes_refused_index_behind_seen = 0
+
         # -- scheduled jobs -----------------------------------------------------------------
         self.job_runs = Counter(P + "scheduler_job_runs_total", "Scheduled job runs",
                                 ["job", "outcome"], registry=r)

@@ -127,6 +127,14 @@ FIELDS: tuple[Spec, ...] = (
          "default HNSW efSearch", check=_positive),
     Spec("index_threads", "index.threads", P + "INDEX_THREADS", int, 0,
          "threads for index building (0 = all cores)", check=_non_negative),
+    Spec("index_lag_max_vectors", "index.lag_max_vectors", P + "INDEX_LAG_MAX_VECTORS", int,
+         20000, "a vector write is acknowledged once it is in the log and the stores; HNSW "
+         "graphs take it behind (searches scan what they have not taken exactly). Writes wait "
+         "while more than this many vectors are not in a graph yet (0 = no lag: every write "
+         "waits for its graph insertion)", check=_non_negative),
+    Spec("index_lag_wait_seconds", "index.lag_wait_seconds", P + "INDEX_LAG_WAIT_SECONDS",
+         int, 10, "how long a write waits for the graphs to catch up before it is refused "
+         "(503 index_behind, Retry-After)", check=_non_negative),
     Spec("checkpoint_interval_seconds", "index.checkpoint_interval_seconds",
          P + "CHECKPOINT_INTERVAL_SECONDS", int, 300,
          "how often dirty indexes are checkpointed (0 = only on shutdown)", check=_non_negative),
@@ -309,6 +317,8 @@ class Settings:
     hnsw_ef_construction: int = 200
     hnsw_ef_search: int = 64
     index_threads: int = 0
+    index_lag_max_vectors: int = 20000
+    index_lag_wait_seconds: int = 10
     checkpoint_interval_seconds: int = 300
     exact_scan_max: int = 20000
     filter_overfetch_percent: int = 5

@@ -213,6 +213,7 @@ class Follower:
                 max(self.primary_lsn, recs[-1].lsn), max(self.primary_ts, recs[-1].ts)
             )
             assert self.engine.writer is not None
+            await self.engine.index_room(wait=-1)  # the graphs behind: the stream waits
             try:
                 await self.engine.writer.submit_async(Replicated(recs))
             except LogError as exc:  # continuity, epoch or chain: never apply garbage

@@ -6,6 +6,7 @@ needs (so tests say what they test, not how they log in) and returns (status, js
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import subprocess
@@ -87,6 +88,18 @@ class Api:
 
     async def delete(self, path: str, **kw: Any) -> tuple[int, Any]:
         return await self.call("DELETE", path, **kw)
+
+    async def indexed(self, timeout: float = 30.0) -> None:
+        """Wait until the HNSW graphs hold every acknowledged write (``/status`` index lag 0):
+        for tests that compare approximate answers, which are exact while the graph lags."""
+        deadline = time.monotonic() + timeout
+        while True:
+            status, body = await self.get("/status")
+            assert status == 200, body
+            if body["indexes"]["lag"]["vectors"] == 0:
+                return
+            assert time.monotonic() < deadline, body["indexes"]
+            await asyncio.sleep(0.01)
 
     async def create_db(self, dim: int = 4, **extra: Any) -> str:
         status, body = await self.post("/v1/databases",
@@ -176,8 +189,10 @@ class ServerProcess:
     """``jade serve`` as a real subprocess (for crash and restart tests)."""
 
     def __init__(self, data_dir: str, port: int | None = None, env: dict[str, str] | None = None,
-                 log_dir: str | None = None):
+                 log_dir: str | None = None, argv: list[str] | None = None):
         self.data_dir = data_dir
+        # a test's own entry point (a fixture that sets a test hook before serving)
+        self.argv = argv or [sys.executable, "-m", "tools", "serve"]
         self.log_dir = log_dir or os.path.dirname(data_dir)  # the server's output goes here
         self.port = port or free_port()
         self.env = {**os.environ, "JADEVECTORDB_DATA_DIR": data_dir,
@@ -189,7 +204,7 @@ class ServerProcess:
 
     def start(self, timeout: float = 30.0) -> None:
         self.log = open(os.path.join(self.log_dir, f"server-{self.port}.log"), "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "tools", "serve"], env=self.env,
+        self.proc = subprocess.Popen(self.argv, env=self.env,
                                      stdout=self.log, stderr=subprocess.STDOUT, cwd=ROOT)
         deadline = time.monotonic() + timeout
         while timeout and time.monotonic() < deadline:

@@ -65,7 +65,9 @@ async def test_churn_keeps_the_index_and_the_log_bounded(tmp_path: Path, archivi
             )]
             appended += sum(len(r.encoded()) for f in futs for r in f.result())
             rounds += 1
-            # every slot of a deleted vector is taken again by its re-insert
+            # every slot of a deleted vector is taken again by its re-insert (once the index
+            # follower has folded them into the graph)
+            live.index.settle()
             assert int(hnsw.get_current_count()) == N and len(live) == N
             if time.monotonic() >= next_jobs:
                 next_jobs += JOBS_EVERY

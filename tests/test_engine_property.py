@@ -203,6 +203,7 @@ def index_digest(engine: Engine, db_id: str) -> dict[str, Any] | None:
     if live is None:
         return None
     idx = live.index
+    idx.settle()  # the graph as the index follower leaves it once it has caught up
     bad: list[str] = []
     if idx.dim != live.dim or idx.metric != live.metric:
         bad.append(f"index is {idx.dim}/{idx.metric}, LiveDb {live.dim}/{live.metric}")

@@ -602,6 +602,7 @@ def _restore_into(
         for rec in _records(source, snap.lsn, target, source_log):
             batch.append(rec)
             if len(batch) >= 512:
+                engine.index_room_sync()
                 engine.writer.submit(Replicated(batch)).result()
                 replayed += len(batch)
                 batch = []

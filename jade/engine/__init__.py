@@ -7,7 +7,10 @@ Projections, each a fold of the log's events with the LSN it has applied:
   - ``store``   catalog + vectors (``jade.stores.data``), in the log's LMDB file and
                 transaction: always level with the log after a commit;
   - ``auth``    users, keys, sessions, grants, blocks (``jade.auth.store``), its own file;
-  - ``indexes`` the in-memory indexes (``jade.indexes.projection``), with checkpoints.
+  - ``indexes`` the in-memory indexes (``jade.indexes.projection``), with checkpoints; the
+                HNSW graphs take vector writes behind the acknowledgement (the index
+                follower, ``jade.indexes.follow``), searches stay exact about them, and
+                writes wait while too many are not in a graph yet (``index_room``).
 On open, each catches up from its own applied LSN through ``replay.replay``.
 
 One process owns a data directory: ``open`` takes its lock (``jade.datadir``), so a second
@@ -16,6 +19,7 @@ server or an offline tool that writes is refused while this one runs.
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import logging
 import os
@@ -33,7 +37,7 @@ from jade.engine import integrity
 from jade.engine.commit import Writer
 from jade.engine.disk import Disk, out_of_space
 from jade.engine.replay import replay
-from jade.errors import RestoreIncomplete, Unavailable
+from jade.errors import IndexBehind, RestoreIncomplete, Unavailable
 from jade.indexes.projection import IndexProjection
 from jade.settings import Settings
 from jade.stores.data import DataStore
@@ -42,6 +46,9 @@ from wal.lmdbenv import Env
 from wal.log import Log
 
 log = logging.getLogger(__name__)
+
+# commands whose records stage vectors for the index follower: they wait for room (index_room)
+VECTOR_WRITES = frozenset({ev.VecUpsert.type, ev.VecDelete.type})
 
 # The LSN of the last record the current request wrote (0: none); the HTTP layer returns it as
 # the ``X-LSN`` header so clients can ask a replica for read-your-writes (``X-Min-LSN``).
@@ -87,6 +94,7 @@ class Engine:
         # "primary", or "replica" while following settings.primary_url (set by the follower)
         self.role = "primary"
         self.started_at = time.time()
+        self.refused_index_behind = 0  # writes refused while the graphs were too far behind
         self._lock: datadir.DataDirLock | None = None
         self.disk = Disk(os.path.dirname(os.path.abspath(settings.db_path)) if settings.db_path
                          else settings.data_dir, settings.reserve_bytes)
@@ -131,6 +139,9 @@ class Engine:
         self.indexes = IndexProjection(self.store, s.index_dir, threads=s.index_threads)
         self.report.index = self.indexes.open(self.log)
         self.writer = Writer(self, max_group=s.max_group_records, on_group=self._on_group)
+        self.indexes.on_failure.append(lambda _db, _why: self._poke_writer())
+        if s.index_lag_max_vectors > 0:
+            self.indexes.start_follower()
         if auth_behind is not None:
             self.writer.auth.behind = auth_behind
         elif self.writer.auth.applied < self.log.last_lsn:
@@ -165,6 +176,8 @@ class Engine:
             self.writer.close()
             auth_level = self.writer.auth.level()
             self.writer = None
+        if self.env is not None:
+            self.indexes.stop_follower()  # what it has not folded, the checkpoint folds
         if checkpoint and self.env is not None:
             try:
                 self.indexes.checkpoint()
@@ -204,10 +217,44 @@ class Engine:
         (``NotFound``, ``ReadOnly``, ``NotPrimary``...) without writing anything."""
         if self.writer is None:
             raise Unavailable("the server is shutting down")
+        if cmd.type in VECTOR_WRITES:
+            await self.index_room()
         records = await self.writer.submit_async(cmd, cmd.size)
         if records:
             written_lsn.set(records[-1].lsn)
         return records
+
+    async def index_room(self, wait: float | None = None) -> None:
+        """Wait while the graphs are more than ``index_lag_max_vectors`` vectors behind (the
+        searches' exact scan of what they have not taken grows with it); after
+        ``index_lag_wait_seconds`` (or ``wait``) refuse with ``IndexBehind`` (503,
+        Retry-After). ``wait`` < 0: wait as long as it takes (a replica's stream)."""
+        bound = self.settings.index_lag_max_vectors
+        if bound <= 0 or self.indexes.lag_vectors() < bound:
+            return
+        limit = self.settings.index_lag_wait_seconds if wait is None else wait
+        t0 = time.monotonic()
+        while self.indexes.lag_vectors() >= bound:
+            if 0 <= limit <= time.monotonic() - t0:
+                self.refused_index_behind += 1
+                _, seconds, vectors = self.indexes.lag()
+                raise IndexBehind(
+                    f"{vectors} written vectors are not in the search index yet (the "
+                    f"index.lag_max_vectors setting is {bound}; the oldest was written "
+                    f"{seconds:.1f} s ago): writes are refused until it catches up, retry",
+                    retry_after=max(1, int(seconds) or 1), lag_vectors=vectors)
+            await asyncio.sleep(0.005)
+
+    def index_room_sync(self) -> None:
+        """``index_room`` for a tool without an event loop (a restore): waits as long as it
+        takes."""
+        bound = self.settings.index_lag_max_vectors
+        while bound > 0 and self.indexes.lag_vectors() >= bound:
+            time.sleep(0.005)
+
+    def _poke_writer(self) -> None:
+        if self.writer is not None:
+            self.writer.poke()  # an idle writer repairs a failed index now, not at the next write
 
     def submit_sync(self, cmd: Command) -> list[Record]:
         """For tools and tests without an event loop."""

@@ -18,7 +18,8 @@ whole group:
                transaction opened for the group
     5. commit  one fsync for the group; then the auth file's transaction
     6. project the in-memory indexes fold the group (a failure there is contained and
-               repaired: ``IndexProjection.apply_group``)
+               repaired: ``IndexProjection.apply_group``); vector writes are staged there,
+               and the HNSW graphs take them behind (``jade.indexes.follow``)
     7. publish the new tail becomes visible (``Log.committed``: last_lsn, wait_for, the
                replication stream) and every request's future is resolved
 
@@ -229,6 +230,11 @@ class Writer:
             self._queue.append(job)
             self._cond.notify()
         return job.future
+
+    def poke(self) -> None:
+        """Wake an idle writer (a projection just fell behind: it repairs it now)."""
+        with self._cond:
+            self._cond.notify()
 
     async def submit_async(self, item: Any, size: int = 0) -> list[Record]:
         return await asyncio.wrap_future(self.submit(item, size))

@@ -110,6 +110,14 @@ def refresh_gauges(request: web.Request) -> None:
     m.index_vectors.set(sum(len(x) for x in lives))
     age = engine.indexes.checkpoint_age_seconds()
     m.checkpoint_age.set(-1 if age is None else age)
+    records, seconds, vectors = engine.indexes.lag()
+    m.index_lag_records.set(records)
+    m.index_lag_seconds.set(seconds)
+    m.index_lag_vectors.set(vectors)
+    if engine.refused_index_behind > m.writes_refused_index_behind_seen:
+        m.writes_refused_index_behind.inc(
+            engine.refused_index_behind - m.writes_refused_index_behind_seen)
+        m.writes_refused_index_behind_seen = engine.refused_index_behind
     damaged = engine.indexes.checkpoints_damaged
     if damaged > m.checkpoint_damaged_seen:
         m.checkpoint_damaged.inc(damaged - m.checkpoint_damaged_seen)
@@ -191,9 +199,20 @@ async def status(request: web.Request) -> web.Response:
         "indexes": {
             "checkpoint_age_seconds": engine.indexes.checkpoint_age_seconds(),
             "replayed_on_start": engine.indexes.replayed_on_start,
+            "lag": _index_lag(engine),
         },
     }
     return json_response(body)
+
+
+def _index_lag(engine: Any) -> dict[str, Any]:
+    """How far the HNSW graphs are behind the acknowledged writes (searches stay exact)."""
+    records, seconds, vectors = engine.indexes.lag()
+    follower = engine.indexes.follower
+    return {"records": records, "seconds": round(seconds, 3), "vectors": vectors,
+            "max_vectors": engine.settings.index_lag_max_vectors,
+            "following": follower is not None,
+            "folded_vectors": follower.folded if follower is not None else 0}
 
 
 def _replication(request: web.Request) -> dict[str, Any]:

@@ -6,8 +6,8 @@ Both kinds map integer labels (decided in the log records) to vectors, and both 
 *scores*, higher is better: cosine similarity for ``cosine``, the inner product for ``dot``, and
 ``1 / (1 + euclidean distance)`` for ``euclidean`` (``exact_scores``, ``distances_to_scores``).
 
-Thread model: one writer thread calls ``add``/``delete``/``save``; searches come from any
-thread, and run concurrently.
+Thread model: one writer thread calls ``add``/``delete``/``stage``/``save``, the index
+follower calls ``fold``; searches come from any thread, and run concurrently.
 """
 
 from __future__ import annotations
@@ -68,6 +68,27 @@ class VectorIndex:
 
     def delete(self, labels: list[int]) -> None:
         raise NotImplementedError
+
+    def stage(self, labels: I64, vectors: F32, lsn: int = 0) -> None:
+        """Take the write now; the search structure may take it later (``fold``), searches
+        answer with it at once either way. ``lsn``: the record's, for the lag. An index
+        without a graph to build (the flat one) takes it at once."""
+        self.add(labels, vectors)
+
+    def stage_delete(self, labels: list[int], lsn: int = 0) -> None:
+        self.delete(labels)
+
+    def fold(self) -> int:
+        """Fold staged writes into the search structure (the index follower's thread)."""
+        return 0
+
+    def settle(self) -> int:
+        """Fold everything staged, on the calling thread."""
+        return 0
+
+    def lag(self) -> tuple[int, tuple[int, float] | None]:
+        """Labels staged and not folded yet, and (LSN, ``time.monotonic()``) of the oldest."""
+        return 0, None
 
     def get(self, labels: I64) -> F32:
         """Stored vectors (normalised for cosine) of the given live labels."""

@@ -4,11 +4,24 @@ exact scans of filtered subsets.
 hnswlib releases the GIL in ``knn_query``, so searches from many threads run concurrently; its
 ``ef`` is one value for the whole index and a resize needs the index alone, which ``EfGate``
 (``gate.py``) arbitrates. The checkpoint file is written by ``HnswCapture`` (``hnsw_file.py``).
+
+Writes may run ahead of the graph (issue 16): ``stage``/``stage_delete`` (the writer thread)
+put the new state in the numpy rows at once and the labels in ``pending``; ``fold`` (the index
+follower's thread, ``follow.py``) inserts them into the graph later, in one multi-threaded
+``add_items`` per batch. Every search is exact about the staged state: the graph's answer
+leaves out the labels not folded yet, and those are scored exactly from the rows and merged
+(``search``). ``add``/``delete`` stage and fold at once (start-up, rebuilds, tools).
+
+Locks: ``_plock`` guards ``pending``/``folding`` and the growth of the rows (held for a few
+numpy operations); ``_fold_lock``: one fold at a time (the graph's own state: ``deleted``,
+``_dead``, ``in_graph``). A fold never takes ``_plock`` while inserting into the graph.
 """
 
 from __future__ import annotations
 
 import os
+import threading
+import time
 from collections.abc import Callable
 from typing import Any
 
@@ -16,6 +29,7 @@ import hnswlib
 import numpy as np
 from numpy.typing import NDArray
 
+from jade import faults
 from jade.indexes.base import (
     F32,
     I64,
@@ -29,6 +43,9 @@ from jade.indexes.gate import EfGate
 from jade.indexes.hnsw_file import HnswCapture
 
 SPACES = {"cosine": "cosine", "euclidean": "l2", "dot": "ip"}
+# at most this many staged labels are left out of a graph search by over-fetching (k + n
+# neighbours); more are left out by hnswlib's filter callback
+OVERFETCH_MASKED = 256
 
 
 class HnswIndex(VectorIndex):
@@ -69,20 +86,33 @@ class HnswIndex(VectorIndex):
             )
         self.index.set_ef(ef_search)
         self.gate = EfGate(self.index, ef_search)
-        # labels marked deleted and not re-added since; may also hold labels whose slot has
-        # since gone to a new label (hnswlib does not say which), pruned in ``_prune_deleted``
+        # labels marked deleted in the graph and not re-added since; may also hold labels whose
+        # slot has since gone to a new label (hnswlib does not say which), pruned in
+        # ``_prune_deleted``
         self.deleted: set[int] = set()
         self._dead = 0  # hnswlib elements marked deleted (slots a new label can take)
-        # (vecs, alive), replaced as one tuple when it grows so readers never see a mismatch
-        self._rows: tuple[F32, NDArray[np.bool_]] = (
-            np.zeros((0, dim), dtype=np.float32), np.zeros(0, dtype=bool))
+        # (vecs, alive, in_graph), replaced as one tuple when it grows so readers never see a
+        # mismatch: the staged state (``alive``: present and not deleted) and whether the graph
+        # holds the label alive
+        self._rows: tuple[F32, NDArray[np.bool_], NDArray[np.bool_]] = (
+            np.zeros((0, dim), dtype=np.float32), np.zeros(0, dtype=bool),
+            np.zeros(0, dtype=bool))
+        self._count = 0  # labels alive in the staged state
+        self._plock = threading.Lock()
+        self._fold_lock = threading.Lock()
+        self.pending: set[int] = set()  # staged, not folded yet
+        self.folding: set[int] = set()  # being folded now (still left out of graph answers)
+        # (LSN, time.monotonic()) of the first write staged into an empty ``pending``, and of
+        # the batch being folded: how far the graph is behind
+        self._since: tuple[int, float] | None = None
+        self._folding_since: tuple[int, float] | None = None
 
     @property
     def _live(self) -> int:
         return int(self.index.element_count) - self._dead
 
     def __len__(self) -> int:
-        return self._live
+        return self._count
 
     def _ensure_capacity(self, extra: int) -> None:
         """Room for ``extra`` new labels, after the slots of deleted elements are used."""
@@ -98,19 +128,31 @@ class HnswIndex(VectorIndex):
             return unit
         return v
 
-    def _grow_rows(self, top: int) -> tuple[F32, NDArray[np.bool_]]:
-        vecs, alive = self._rows
+    def _grow_rows(self, top: int) -> tuple[F32, NDArray[np.bool_], NDArray[np.bool_]]:
+        """Under ``_plock``."""
+        vecs, alive, in_graph = self._rows
         if top < len(alive):
-            return vecs, alive
+            return vecs, alive, in_graph
         cap = max(1024, top + 1, len(alive) * 2)
         nv = np.zeros((cap, self.dim), dtype=np.float32)
         nv[: len(vecs)] = vecs
         na = np.zeros(cap, dtype=bool)
         na[: len(alive)] = alive
-        self._rows = (nv, na)
-        return nv, na
+        ng = np.zeros(cap, dtype=bool)
+        ng[: len(in_graph)] = in_graph
+        self._rows = (nv, na, ng)
+        return self._rows
 
+    # -- writes: staged at once, folded into the graph later --------------------------------
     def add(self, labels: I64, vectors: F32) -> None:
+        self.stage(labels, vectors)
+        self.settle()
+
+    def delete(self, labels: list[int]) -> None:
+        self.stage_delete(labels)
+        self.settle()
+
+    def stage(self, labels: I64, vectors: F32, lsn: int = 0) -> None:
         v = np.ascontiguousarray(vectors, dtype=np.float32).reshape(-1, self.dim)
         labels = np.asarray(labels, dtype=np.int64)
         if len(labels) == 0:
@@ -119,13 +161,83 @@ class HnswIndex(VectorIndex):
             last = len(labels) - 1 - np.unique(labels[::-1], return_index=True)[1]
             last.sort()
             labels, v = labels[last], v[last]
-        vecs, alive = self._grow_rows(int(labels.max()))
-        # a live label is updated in place, and a deleted one still in hnswlib is revived in
-        # its own slot (unmarked, then updated: with replacement enabled hnswlib refuses to
-        # update a deleted element); only a label hnswlib does not hold takes a deleted slot
-        # (``replace_deleted`` does not look the label up: given a present one it would leave
-        # the old element in the graph under the same label)
-        new = ~alive[labels]
+        unit = self._prep(v)
+        with self._plock:
+            vecs, alive, _ = self._grow_rows(int(labels.max()))
+            self._count += int(np.count_nonzero(~alive[labels]))
+            vecs[labels] = unit
+            alive[labels] = True
+            self._pend(labels, lsn)
+
+    def stage_delete(self, labels: list[int], lsn: int = 0) -> None:
+        with self._plock:
+            alive = self._rows[1]
+            arr = np.asarray(labels, dtype=np.int64)
+            arr = arr[(arr >= 0) & (arr < len(alive))]
+            arr = np.unique(arr[alive[arr]])  # unknown or already deleted: nothing to do
+            if len(arr) == 0:
+                return
+            alive[arr] = False
+            self._count -= len(arr)
+            self._pend(arr, lsn)
+
+    def _pend(self, labels: I64, lsn: int) -> None:
+        if not self.pending:
+            self._since = (lsn, time.monotonic())
+        self.pending.update(labels.tolist())
+
+    def settle(self) -> int:
+        """Fold everything staged (the caller stages nothing meanwhile). Returns how many
+        labels were folded."""
+        n = 0
+        with self._fold_lock:
+            while self.pending:
+                n += self._fold()
+        return n
+
+    def fold(self) -> int:
+        """Fold what is staged now into the graph (the follower's thread)."""
+        with self._fold_lock:
+            return self._fold()
+
+    def lag(self) -> tuple[int, tuple[int, float] | None]:
+        """Labels staged and not in the graph yet, and (LSN, monotonic time) of the oldest."""
+        with self._plock:
+            return len(self.pending) + len(self.folding), self._folding_since or self._since
+
+    def _fold(self) -> int:
+        with self._plock:
+            if not self.pending:
+                return 0
+            take, self.pending = self.pending, set()
+            self.folding = take
+            self._folding_since, self._since = self._since, None
+            vecs, alive, _ = self._rows
+        # outside ``_plock``: a label staged again meanwhile is pending again and folded again,
+        # so a row read half-written here never stays in the graph
+        labels = np.fromiter(take, dtype=np.int64, count=len(take))
+        labels.sort()
+        up = alive[labels]
+        gone, labels = labels[~up], labels[up]
+        values = vecs[labels]
+        faults.hit("index.fold")
+        self._graph_delete(gone)
+        self._graph_add(labels, values)
+        with self._plock:
+            self.folding = set()
+            self._folding_since = None
+        return len(take)
+
+    def _graph_add(self, labels: I64, v: F32) -> None:
+        if len(labels) == 0:
+            return
+        in_graph = self._rows[2]
+        # a label alive in the graph is updated in place, and a deleted one still in hnswlib is
+        # revived in its own slot (unmarked, then updated: with replacement enabled hnswlib
+        # refuses to update a deleted element); only a label hnswlib does not hold takes a
+        # deleted slot (``replace_deleted`` does not look the label up: given a present one it
+        # would leave the old element in the graph under the same label)
+        new = ~in_graph[labels]
         for i in np.nonzero(new)[0].tolist():
             if int(labels[i]) not in self.deleted:
                 continue  # never added, or its slot went to another label (and pruned)
@@ -146,8 +258,8 @@ class HnswIndex(VectorIndex):
             self.index.add_items(v[new], labels[new], replace_deleted=True,
                                  num_threads=self.threads if fresh > 64 else 1)
             self._dead -= fresh - (int(self.index.element_count) - before)  # slots reused
-        vecs[labels] = self._prep(v)
-        alive[labels] = True
+        with self._plock:  # the rows may have grown meanwhile: mark the current ones
+            self._rows[2][labels] = True
         if self.deleted:
             self.deleted.difference_update(labels.tolist())
             self._prune_deleted()
@@ -158,22 +270,27 @@ class HnswIndex(VectorIndex):
         if len(self.deleted) - self._dead > max(4096, int(self.index.element_count) // 8):
             self.deleted.intersection_update(self.index.get_ids_list())
 
-    def delete(self, labels: list[int]) -> None:
-        alive = self._rows[1]
-        for label in labels:
-            if not (0 <= label < len(alive) and alive[label]):
-                continue  # unknown or already deleted: nothing to delete
+    def _graph_delete(self, labels: I64) -> None:
+        if len(labels) == 0:
+            return
+        in_graph = self._rows[2]
+        dead: list[int] = []
+        for label in labels[in_graph[labels]].tolist():
             try:
                 self.index.mark_deleted(label)
             except RuntimeError:
                 continue
             self.deleted.add(label)
             self._dead += 1
-            alive[label] = False
+            dead.append(label)
+        with self._plock:
+            self._rows[2][dead] = False
 
+    # -- reads -----------------------------------------------------------------------------
     def get(self, labels: I64) -> F32:
-        """From hnswlib's own memory (what verification compares with the store); raises
-        ``RuntimeError`` for an unknown or deleted label."""
+        """From hnswlib's own memory (what verification compares with the store), once what is
+        staged is folded; raises ``RuntimeError`` for an unknown or deleted label."""
+        self.settle()
         if len(labels) == 0:
             return np.zeros((0, self.dim), dtype=np.float32)
         with self.gate.shared(self.ef_search):
@@ -183,7 +300,7 @@ class HnswIndex(VectorIndex):
             )
 
     def get_present(self, labels: I64) -> tuple[I64, F32]:
-        vecs, alive = self._rows
+        vecs, alive, _ = self._rows
         labels = np.asarray(labels, dtype=np.int64)
         labels = labels[labels < len(alive)]
         keep = labels[alive[labels]]
@@ -192,8 +309,52 @@ class HnswIndex(VectorIndex):
     def set_ef(self, ef: int) -> None:
         self.ef_search = ef  # the gate switches the index's ef at the next search
 
+    def _masked(self) -> set[int] | None:
+        """The labels the graph may answer wrongly for (staged, not folded): None if none."""
+        if not self.pending and not self.folding:
+            return None
+        with self._plock:
+            if not self.pending and not self.folding:
+                return None
+            return self.pending | self.folding
+
     def search(
         self, q: F32, k: int, allowed: Callable[[int], bool] | None = None, ef: int | None = None
+    ) -> tuple[I64, np.ndarray]:
+        masked = self._masked()
+        if masked is None:
+            return self._graph_search(q, k, allowed, ef)
+        # the graph without the staged labels, then the staged ones scored exactly
+        if allowed is None and len(masked) <= OVERFETCH_MASKED:
+            gl, gs = self._graph_search(q, k + len(masked), None, ef)
+            keep = ~np.isin(gl, np.fromiter(masked, dtype=np.int64, count=len(masked)))
+            gl, gs = gl[keep], gs[keep]
+        else:
+            ok = allowed
+
+            def admit(x: int) -> bool:
+                return x not in masked and (ok is None or ok(x))
+
+            gl, gs = self._graph_search(q, k, admit, ef)
+        vecs, alive, _ = self._rows
+        t = np.fromiter(masked, dtype=np.int64, count=len(masked))
+        t = t[t < len(alive)]
+        t = t[alive[t]]
+        if allowed is not None and len(t):
+            t = t[np.fromiter(map(allowed, t.tolist()), dtype=bool, count=len(t))]
+        if len(t) == 0:
+            return gl[:k], gs[:k]
+        ts = exact_scores(self.metric, vecs[t], np.asarray(q, dtype=np.float32).ravel())
+        labels = np.concatenate([gl, t])
+        scores = np.concatenate([np.asarray(gs, dtype=np.float32), ts.astype(np.float32)])
+        # a label folded between the graph's answer and ``masked``'s copy may be in both
+        order = np.argsort(-scores, kind="stable")
+        _, first = np.unique(labels[order], return_index=True)
+        order = order[np.sort(first)][:k]
+        return labels[order], scores[order]
+
+    def _graph_search(
+        self, q: F32, k: int, allowed: Callable[[int], bool] | None, ef: int | None
     ) -> tuple[I64, np.ndarray]:
         k = min(k, self._live)
         if k <= 0:
@@ -216,7 +377,7 @@ class HnswIndex(VectorIndex):
         self, q: F32, k: int, allowed: Callable[[int], bool] | None
     ) -> tuple[I64, np.ndarray]:
         """Exact top-k over the live (and allowed) labels."""
-        vecs, alive = self._rows
+        vecs, alive, _ = self._rows
         labels = np.nonzero(alive)[0]
         if allowed is not None:
             labels = labels[np.fromiter(map(allowed, labels.tolist()), dtype=bool,
@@ -228,6 +389,14 @@ class HnswIndex(VectorIndex):
         return labels[sel].astype(np.int64), scores[sel]
 
     def search_batch(self, qs: F32, k: int, ef: int | None = None) -> tuple[I64, np.ndarray]:
+        if self._masked() is not None:  # while the graph lags: each query merged (``search``)
+            rows_l, rows_s = [], []
+            for q in np.asarray(qs, dtype=np.float32):
+                lab, sc = self.search(q, k, ef=ef)
+                pad = k - len(lab)
+                rows_l.append(np.pad(lab, (0, pad), constant_values=-1))
+                rows_s.append(np.pad(sc, (0, pad), constant_values=-np.inf))
+            return np.array(rows_l, dtype=np.int64), np.array(rows_s)
         k = min(k, self._live)
         if k <= 0:
             return np.zeros((len(qs), 0), dtype=np.int64), np.zeros((len(qs), 0))
@@ -238,10 +407,14 @@ class HnswIndex(VectorIndex):
         return labels.astype(np.int64), distances_to_scores(self.metric, dist)
 
     def capture(self) -> IndexCapture:
-        """No gate needed: the caller excludes ``add`` (the only resize) and ``delete``, and
-        ``__getstate__`` only reads, as concurrent searches do. ~50 ms per 100k vectors of
-        dimension 128 (a memory copy, GIL held)."""
-        state = self.index.__getstate__()[0]
+        """Folds what is staged first. No gate needed: the caller excludes writes (``stage``
+        and the follower's folds: ``settle`` holds the fold lock) and ``__getstate__`` only
+        reads, as concurrent searches do. ~50 ms per 100k vectors of dimension 128 (a memory
+        copy, GIL held)."""
+        with self._fold_lock:
+            while self.pending:
+                self._fold()
+            state = self.index.__getstate__()[0]
         mem, dead = _level0(state)
         loff = int(state["label_offset"])
         labels = np.ascontiguousarray(mem[dead, loff : loff + 8]).view(np.uint64).ravel()
@@ -282,17 +455,21 @@ class HnswIndex(VectorIndex):
         self._dead = int(dead.sum())
         if len(labels) == 0:
             return
-        rows, alive = self._grow_rows(int(labels.max()))
-        live = labels[~dead]
-        rows[live] = vecs[~dead]
-        alive[live] = True
+        with self._plock:
+            rows, alive, in_graph = self._grow_rows(int(labels.max()))
+            live = labels[~dead]
+            rows[live] = vecs[~dead]
+            alive[live] = True
+            in_graph[live] = True
+            self._count = len(live)
 
     def memory_bytes(self) -> int:
         # hnswlib: per element the vector, M*2 level-0 links (4 bytes) and bookkeeping; then
         # the numpy copy of the vectors
         per = self.dim * 4 + self.m * 2 * 4 + 8 + 4 + 8
-        vecs, alive = self._rows
-        return int(self.index.get_max_elements() * per + vecs.nbytes + alive.nbytes)
+        vecs, alive, in_graph = self._rows
+        return int(self.index.get_max_elements() * per + vecs.nbytes + alive.nbytes
+                   + in_graph.nbytes)
 
 
 def _level0(state: dict[str, Any]) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:

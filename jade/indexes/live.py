@@ -205,8 +205,14 @@ class LiveDb:
         return new
 
     # -- writes (writer thread) ------------------------------------------------------------
-    def upsert(self, labels: np.ndarray, vectors: np.ndarray, metadata: list[Any]) -> None:
-        self.index.add(labels, vectors)
+    def upsert(self, labels: np.ndarray, vectors: np.ndarray, metadata: list[Any],
+               lsn: int | None = None) -> None:
+        """With ``lsn`` (the record's), the vector index only stages the vectors and takes them
+        into its graph later (the index follower); the metadata is current at once."""
+        if lsn is None:
+            self.index.add(labels, vectors)
+        else:
+            self.index.stage(labels, vectors, lsn)
         for label, md in zip(labels.tolist(), metadata, strict=True):
             self._unterm(label)
             self.meta[label] = md
@@ -214,8 +220,11 @@ class LiveDb:
                 self._term_set(t).add(label)
         self._touch()
 
-    def delete(self, labels: list[int]) -> None:
-        self.index.delete(labels)
+    def delete(self, labels: list[int], lsn: int | None = None) -> None:
+        if lsn is None:
+            self.index.delete(labels)
+        else:
+            self.index.stage_delete(labels, lsn)
         known = self._id_of
         for label in labels:
             self._unterm(label)

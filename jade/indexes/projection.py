@@ -14,6 +14,13 @@ Where a fold starts from other than the empty state:
 After start-up each database's state is compared with the catalog's; a disagreement is a bug
 somewhere, and the database is rebuilt from the store (logged).
 
+With the follower started (``start_follower``; the engine does, unless ``index_lag_max_vectors``
+is 0), a group's vector writes are staged (``HnswIndex.stage``: the exact rows, the metadata and
+its terms at once) and inserted into the graph by the follower's thread behind the
+acknowledgement (``follow.py``); searches stay exact about them. Everything else (start-up's
+replay, rebuilds, index changes) folds at once. A fold the follower cannot do is a failed apply
+(``fold_failed``), handled as below.
+
 A record that cannot be applied to a database (``apply_group``) marks it failed: it leaves the
 projection (searches answer 503 until it is back), ``/health/db`` says so, the failure is
 counted and logged, and the database is rebuilt from the store at the LSN of the group that
@@ -40,6 +47,7 @@ import numpy as np
 from jade import events as ev
 from jade import faults
 from jade.indexes.checkpoints import CheckpointStore
+from jade.indexes.follow import Follower
 from jade.indexes.live import IndexSpec, LiveDb, spec_of
 from jade.stores.data import DataStore
 from wal.codec import Record
@@ -78,6 +86,43 @@ class IndexProjection:
         self.last_checkpoint_ts: float | None = None
         self.replayed_on_start = 0
         self.open_seconds: dict[str, float] = {}
+        self.follower: Follower | None = None
+
+    def start_follower(self) -> Follower:
+        """From now on vector writes are staged and folded by the follower's thread."""
+        if self.follower is None:
+            self.follower = Follower(self.fold_failed)
+        return self.follower
+
+    def stop_follower(self) -> None:
+        if self.follower is not None:
+            self.follower.stop()
+            self.follower = None
+
+    def lag(self) -> tuple[int, float, int]:
+        """How far the graphs are behind the applied log: (records, seconds, vectors) since
+        the oldest write staged and not folded; (0, 0.0, 0) when level."""
+        vectors, oldest = 0, None
+        for live in list(self.dbs.values()):
+            n, since = live.index.lag()
+            vectors += n
+            if since is not None and (oldest is None or since[1] < oldest[1]):
+                oldest = since
+        if oldest is None:
+            return 0, 0.0, vectors
+        return (max(1, self.applied_lsn - oldest[0] + 1),
+                max(0.0, time.monotonic() - oldest[1]), vectors)
+
+    def lag_vectors(self) -> int:
+        return sum(live.index.lag()[0] for live in list(self.dbs.values()))
+
+    def fold_failed(self, live: LiveDb, exc: Exception) -> None:
+        """The follower could not fold ``live``'s staged writes into its graph: the database
+        is taken out of service and rebuilt from the store by the writer (``repair``)."""
+        why = f"index insertion failed: {type(exc).__name__}: {exc}"
+        with self._lock:
+            if self.dbs.get(live.db_id) is live:
+                self._failed(live.db_id, why)
 
     def get(self, db_id: str) -> LiveDb | None:
         return self.dbs.get(db_id)
@@ -91,6 +136,7 @@ class IndexProjection:
     def apply_group(self, entries: list[Entry]) -> None:
         """Fold a committed group. Never raises: a database whose record fails is taken out
         and rebuilt (see the module doc)."""
+        staged: dict[int, LiveDb] = {}
         with self._lock:
             broken: dict[str, str] = {}
             for rec, event in entries:
@@ -101,17 +147,24 @@ class IndexProjection:
                     broken[db_id] = self.failed[db_id]  # its rebuild covers this group
                     continue
                 try:
-                    self._fold(rec, event)
+                    live = self._fold(rec, event, stage=self.follower is not None)
                 except Exception as exc:
                     why = f"LSN {rec.lsn} ({rec.type}): {type(exc).__name__}: {exc}"
                     broken[db_id] = why
                     self._failed(db_id, why)
+                    continue
+                if live is not None and isinstance(event, (ev.VecUpsert, ev.VecDelete)):
+                    staged[id(live)] = live
             if entries:
                 self.applied_lsn = entries[-1][0].lsn
             for db_id in broken:
                 self._repair(db_id)
+        if staged and self.follower is not None:
+            self.follower.kick(staged.values())
 
-    def _fold(self, rec: Record, e: ev.Event) -> None:
+    def _fold(self, rec: Record, e: ev.Event, *, stage: bool = False) -> LiveDb | None:
+        """Apply one record; with ``stage``, vector writes are staged for the follower. Returns
+        the database's LiveDb after it (None: deleted or not held)."""
         faults.hit("index.apply")
         db_id = e.db_id
         assert db_id is not None
@@ -124,11 +177,11 @@ class IndexProjection:
             self.dbs.pop(db_id, None)
             self.failed.pop(db_id, None)
             self.files.remove(db_id)
-            return
+            return None
         else:
             held = self.dbs.get(db_id)
             if held is None:
-                return  # a database this projection does not hold (deleted later in a replay)
+                return None  # a database this projection does not hold (deleted later in a replay)
             live = held
             if isinstance(e, ev.VecUpsert):
                 n = len(e.ids)
@@ -136,9 +189,10 @@ class IndexProjection:
                     raise ev.EventError(f"{n} vectors of {len(e.values)} bytes do not have the "
                                         f"database's dimension {live.dim}")
                 vecs = np.frombuffer(e.values, dtype="<f4").reshape(n, live.dim)
-                live.upsert(np.asarray(e.labels, dtype=np.int64), vecs, list(e.metadata))
+                live.upsert(np.asarray(e.labels, dtype=np.int64), vecs, list(e.metadata),
+                            rec.lsn if stage else None)
             elif isinstance(e, ev.VecDelete):
-                live.delete(list(e.labels))
+                live.delete(list(e.labels), rec.lsn if stage else None)
             elif isinstance(e, ev.DbUpdate):
                 live = self._db_update(live, e)
             elif isinstance(e, ev.IndexCreate):
@@ -151,6 +205,7 @@ class IndexProjection:
             elif isinstance(e, ev.IndexDelete):
                 live = self._reindex(live, [i for i in live.indexes if i.id != e.index_id])
         live.covered_lsn = rec.lsn
+        return live
 
     def _db_update(self, live: LiveDb, e: ev.DbUpdate) -> LiveDb:
         indexes = e.changes.indexes if e.changes.indexes is not None else live.indexes
@@ -325,6 +380,12 @@ class IndexProjection:
             with self._lock:
                 ids = list(self.dbs)
             for db_id in ids:
+                early = self.dbs.get(db_id)
+                if early is not None:  # most of the graph's lag folded while writes go on
+                    try:
+                        early.index.fold()
+                    except Exception as exc:
+                        self.fold_failed(early, exc)
                 with self._lock:
                     live = self.dbs.get(db_id)
                     if live is None:
