@@ -261,3 +261,10 @@ def test_a_damaged_manifest_key_is_reported_not_raised(built: Built, tmp_path: A
     with open(path, "w") as fh:
         fh.write(text.replace('"size"', '"sizf"', 1))
     assert snapshot.verify(snap_dir) == [f"{snapshot.MANIFEST}: checksum mismatch (damaged)"]
+    # ... and a listing (a restore picking its snapshot) skips it instead of raising KeyError
+    # (the sweep hit this in a full run: 'size' flipped, restore raised KeyError, not
+    # RestoreError)
+    assert all(s.name != built.snap.name for s in snapshot.listing(work))
+    with pytest.raises(RestoreError):
+        restore(replace(built.settings, backup_dir=work), str(tmp_path / "r"),
+                lsn=built.snap.lsn)

@@ -239,18 +239,24 @@ def _bring_auth_to(auth_path: str, data_path: str, lsn: int) -> None:
 
 
 def info(path: str) -> SnapshotInfo:
+    """What the manifest says (``SnapshotError`` for one whose fields do not parse: a flipped
+    byte can rename a key and leave valid JSON; ``verify`` names it by its checksum)."""
     m = read_manifest(path)
-    size = sum(int(f["size"]) for f in m["files"].values())
-    return SnapshotInfo(
-        os.path.basename(path),
-        path,
-        int(m["lsn"]),
-        int(m["epoch"]),
-        int(m["record_ts"]),
-        float(m["created_at"]),
-        size,
-        "signature" in m,
-    )
+    try:
+        size = sum(int(f["size"]) for f in m["files"].values())
+        return SnapshotInfo(
+            os.path.basename(path),
+            path,
+            int(m["lsn"]),
+            int(m["epoch"]),
+            int(m["record_ts"]),
+            float(m["created_at"]),
+            size,
+            "signature" in m,
+        )
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
+        raise SnapshotError(f"{os.path.join(path, MANIFEST)}: damaged manifest ({exc!r})") \
+            from None
 
 
 def read_manifest(path: str) -> dict[str, Any]:
