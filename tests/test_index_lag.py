@@ -343,3 +343,51 @@ async def test_sigkill_while_the_graph_lags_loses_nothing_acknowledged(tmp_path:
                     assert ids[0] == f"v{i}", (i, ids)
     finally:
         sp2.stop()
+
+
+def test_a_search_racing_folds_never_misses_a_staged_vector() -> None:
+    """Stage-and-fold on one thread, searches for every vector on another: each search
+    finds every vector staged before it began, whatever point of a fold it meets (found by
+    the state machine: a fold that emptied ``pending`` before it set ``folding`` left a
+    moment where the graph, lacking the batch, answered alone)."""
+    import threading
+
+    from jade.indexes.hnsw import HnswIndex
+
+    idx = HnswIndex(DIM, "cosine", m=8, ef_construction=32, ef_search=64, threads=1)
+    rng = np.random.default_rng(7)
+    vecs = unit(rng, 4000)
+    staged = 0
+    stop = threading.Event()
+    misses: list[str] = []
+
+    def writer() -> None:
+        nonlocal staged
+        for i in range(len(vecs)):
+            if stop.is_set():
+                return
+            idx.stage(np.array([i], dtype=np.int64), vecs[i : i + 1])
+            staged = i + 1
+            if i % 3 == 2:
+                idx.fold()
+        stop.set()
+
+    t = threading.Thread(target=writer)
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch every few bytecodes: the window is that wide
+    t.start()
+    try:
+        while not stop.is_set():
+            n = staged
+            if n < 2:
+                continue
+            q = vecs[n - 1]
+            labels, _ = idx.search(q, 1)
+            if labels.tolist() != [n - 1] and float(vecs[labels[0]] @ q) < 0.9999:
+                misses.append(f"vector {n - 1} of {n} staged: got {labels.tolist()}")
+                stop.set()
+    finally:
+        stop.set()
+        t.join()
+        sys.setswitchinterval(interval)
+    assert not misses, misses

@@ -209,8 +209,10 @@ class HnswIndex(VectorIndex):
         with self._plock:
             if not self.pending:
                 return 0
-            take, self.pending = self.pending, set()
-            self.folding = take
+            # ``folding`` first: ``_masked`` reads ``pending`` then ``folding`` without the
+            # lock, and must never see both empty while these labels are out of the graph
+            take = self.folding = self.pending
+            self.pending = set()
             self._folding_since, self._since = self._since, None
             vecs, alive, _ = self._rows
         # outside ``_plock``: a label staged again meanwhile is pending again and folded again,
@@ -237,15 +239,19 @@ class HnswIndex(VectorIndex):
         # refuses to update a deleted element); only a label hnswlib does not hold takes a
         # deleted slot (``replace_deleted`` does not look the label up: given a present one it
         # would leave the old element in the graph under the same label)
+        # ``_dead`` moves before the graph does, so ``_live`` (a search's bound on k) is never
+        # below what the graph holds: a k too large makes hnswlib raise and the search answer
+        # exactly; one too small would drop a neighbour
         new = ~in_graph[labels]
         for i in np.nonzero(new)[0].tolist():
             if int(labels[i]) not in self.deleted:
                 continue  # never added, or its slot went to another label (and pruned)
+            self._dead -= 1
             try:
                 self.index.unmark_deleted(int(labels[i]))
             except RuntimeError:
+                self._dead += 1
                 continue  # its slot went to another label: hnswlib forgot it
-            self._dead -= 1
             new[i] = False
         if not new.all():
             old = ~new
@@ -254,10 +260,11 @@ class HnswIndex(VectorIndex):
         if new.any():
             fresh = int(new.sum())
             self._ensure_capacity(fresh)
-            before = int(self.index.element_count)
+            before, dead = int(self.index.element_count), self._dead
+            self._dead -= min(fresh, dead)  # the deleted slots the new labels may take
             self.index.add_items(v[new], labels[new], replace_deleted=True,
                                  num_threads=self.threads if fresh > 64 else 1)
-            self._dead -= fresh - (int(self.index.element_count) - before)  # slots reused
+            self._dead = dead - (fresh - (int(self.index.element_count) - before))  # reused
         with self._plock:  # the rows may have grown meanwhile: mark the current ones
             self._rows[2][labels] = True
         if self.deleted:
@@ -326,7 +333,7 @@ class HnswIndex(VectorIndex):
             return self._graph_search(q, k, allowed, ef)
         # the graph without the staged labels, then the staged ones scored exactly
         if allowed is None and len(masked) <= OVERFETCH_MASKED:
-            gl, gs = self._graph_search(q, k + len(masked), None, ef)
+            gl, gs = self._graph_search(q, k + len(masked), None, ef, masked)
             keep = ~np.isin(gl, np.fromiter(masked, dtype=np.int64, count=len(masked)))
             gl, gs = gl[keep], gs[keep]
         else:
@@ -335,11 +342,15 @@ class HnswIndex(VectorIndex):
             def admit(x: int) -> bool:
                 return x not in masked and (ok is None or ok(x))
 
-            gl, gs = self._graph_search(q, k, admit, ef)
+            gl, gs = self._graph_search(q, k, admit, ef, masked)
         vecs, alive, _ = self._rows
         t = np.fromiter(masked, dtype=np.int64, count=len(masked))
         t = t[t < len(alive)]
         t = t[alive[t]]
+        if allowed is None and len(gl) < min(k, self._count - len(t)):
+            # the graph gave fewer of the other labels than there are (a fold moving its
+            # slots meanwhile): those exactly instead
+            gl, gs = self._exact(np.asarray(q, dtype=np.float32).ravel(), k, None, masked)
         if allowed is not None and len(t):
             t = t[np.fromiter(map(allowed, t.tolist()), dtype=bool, count=len(t))]
         if len(t) == 0:
@@ -354,7 +365,8 @@ class HnswIndex(VectorIndex):
         return labels[order], scores[order]
 
     def _graph_search(
-        self, q: F32, k: int, allowed: Callable[[int], bool] | None, ef: int | None
+        self, q: F32, k: int, allowed: Callable[[int], bool] | None, ef: int | None,
+        masked: set[int] | None = None,
     ) -> tuple[I64, np.ndarray]:
         k = min(k, self._live)
         if k <= 0:
@@ -370,15 +382,20 @@ class HnswIndex(VectorIndex):
                 except RuntimeError:
                     continue
             return labels[0].astype(np.int64), distances_to_scores(self.metric, dist[0])
-        # the graph cannot yield k live (allowed) neighbours: answer exactly instead
-        return self._exact(q2[0], k, allowed)
+        # the graph cannot yield k live (allowed) neighbours: answer exactly instead (without
+        # the ``masked`` labels, which the caller scores itself: they must not take places)
+        return self._exact(q2[0], k, allowed, masked)
 
     def _exact(
-        self, q: F32, k: int, allowed: Callable[[int], bool] | None
+        self, q: F32, k: int, allowed: Callable[[int], bool] | None,
+        masked: set[int] | None = None,
     ) -> tuple[I64, np.ndarray]:
-        """Exact top-k over the live (and allowed) labels."""
+        """Exact top-k over the live (and allowed, and not ``masked``) labels."""
         vecs, alive, _ = self._rows
         labels = np.nonzero(alive)[0]
+        if masked:
+            labels = labels[~np.isin(labels, np.fromiter(masked, dtype=np.int64,
+                                                         count=len(masked)))]
         if allowed is not None:
             labels = labels[np.fromiter(map(allowed, labels.tolist()), dtype=bool,
                                         count=len(labels))]
