@@ -56,7 +56,9 @@ def key_lsn(key: bytes) -> int:
 
 
 def chain(prev_checksum: bytes, payload: bytes) -> bytes:
-    return hashlib.blake2b(prev_checksum + payload, digest_size=CHECKSUM_SIZE).digest()
+    h = hashlib.blake2b(prev_checksum, digest_size=CHECKSUM_SIZE)
+    h.update(payload)  # not ``prev_checksum + payload``: a payload may be megabytes
+    return h.digest()
 
 
 def pack(obj: Any) -> bytes:

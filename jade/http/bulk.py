@@ -43,7 +43,7 @@ from jade.http.validate import (
     read_json,
     vector_rows,
 )
-from jade.http.vectors import Budget, _upsert_command, encode_vector, encoded_vectors
+from jade.http.vectors import Budget, _command, _vector_item, encode_vector, encoded_vectors
 from jade.indexes.base import VectorIndex
 from jade.indexes.live import QueryTimeout
 from jade.stores.data import StoredVector
@@ -177,7 +177,7 @@ def _line_item(line: bytes, n: int, dim: int) -> dict[str, Any]:
                 f"line {n}: dimension mismatch: 'valuesB64' holds {rows.size} floats, the "
                 f"database expects {dim}", code="dimension_mismatch",
             )
-        item["values"] = rows[0].tolist()
+        item["values"] = rows[0]  # checked and decoded once (``_vector_item`` takes it as is)
     return item
 
 
@@ -195,19 +195,17 @@ async def import_(request: web.Request) -> web.Response:
         nonlocal imported, failed, pending
         if not pending:
             return
-        good: list[dict[str, Any]] = []
+        good: list[tuple[str, np.ndarray, Any]] = []
         for item in pending:
             try:
-                _upsert_command(db, [item], "check")  # validate one by one
-                good.append(item)
+                good.append(_vector_item(item, "vector", db["dimension"]))  # one by one
             except InvalidArgument as exc:
                 failed += 1
                 if len(errors) < 20:
                     errors.append(f"id {str(item.get('id'))[:64]!r}: {exc.message}")
         pending = []
         if good:
-            cmd = _upsert_command(db, good, actor_of(request))
-            await engine.submit(cmd)
+            await engine.submit(_command(db, good, actor_of(request)))
             imported += len(good)
 
     buf = b""

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import lmdb
+import msgpack
 import numpy as np
 
 from jade import events as ev
@@ -107,6 +108,9 @@ class DataStore:
         # bumped by the engine after every commit holding a catalog event (``is_catalog``)
         self.catalog_version = 0
         self._cached = VersionedCache(lambda: self.catalog_version)
+        # packs ``vec`` values as ``pack`` does (the same bytes), without a packer per call;
+        # only the transaction holding the environment's write lock uses it
+        self._packer = msgpack.Packer(use_bin_type=True)
         self.damaged = 0  # values refused because they did not match their checksum (metric)
         self._damaged: set[bytes] = set()  # their keys: each is logged and counted once
         self.sealed = False  # False: a store of an older release, until upgraded
@@ -398,17 +402,20 @@ class DataStore:
         db = self.database(db_id, txn)
         if db is None:
             return
-        dim = db["dimension"]
-        values = e.values
-        row = dim * 4
+        row = db["dimension"] * 4
+        values = memoryview(e.values)  # each vector's slice is packed without a copy of its own
+        pre = prefix(db_id)
+        put, vec, lbl, pack_vec = txn.put, self.vec, self.lbl, self._packer.pack
         added = 0
         for i, (vid, label, md) in enumerate(zip(e.ids, e.labels, e.metadata, strict=True)):
-            key = vkey(db_id, vid)
-            old = txn.get(key, db=self.vec)
-            if old is None:
+            key = pre + vid.encode()  # vkey, lkey and _put inlined: this loop runs per vector
+            value = seal(key, pack_vec([label, values[i * row : (i + 1) * row], md]))
+            if put(key, value, db=vec, overwrite=False):  # a new vector (one lookup, not two)
                 added += 1
-                self._put(txn, lkey(db_id, label), vid.encode(), self.lbl)
-            self._put(txn, key, pack([label, values[i * row : (i + 1) * row], md]), self.vec)
+                lbl_key = pre + label.to_bytes(8, "big")
+                put(lbl_key, seal(lbl_key, vid.encode()), db=lbl)
+            else:
+                put(key, value, db=vec)
         db["count"] += added
         db["next_label"] = max(db["next_label"], e.next_label)
         db["updated_at"] = ms(rec.ts)
