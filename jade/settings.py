@@ -147,8 +147,8 @@ FIELDS: tuple[Spec, ...] = (
          "for 2 * topK / share neighbours and keep the matching ones (0 = never)",
          check=_non_negative),
     Spec("search_offload", "search.offload", P + "SEARCH_OFFLOAD", str, "auto",
-         "where unfiltered graph searches run: 'auto' (inline on the event loop when it has "
-         "nothing else ready, else the thread pool), 'never' (always inline: best where a "
+         "where unfiltered graph searches run: 'auto' (inline on the event loop when no other "
+         "request is being handled, else the thread pool), 'never' (always inline: best where a "
          "second core gives little, bench/search.py measures both), 'always' (thread pool)",
          check=_offload),
     Spec("filter_cache_size", "search.filter_cache_size", P + "FILTER_CACHE_SIZE", int, 256,

@@ -572,14 +572,13 @@ async def test_run_search_place(offload: str, busy: bool, inline: bool) -> None:
 
     from jade.http.search import run_search
 
-    loop = asyncio.get_running_loop()
-    if busy:  # another callback ready to run: the loop has other work
-        loop.call_soon(lambda: None)
+    # busy: another request is being handled (the middleware's count; the handler says so)
     here = threading.get_ident()
-    ran = await run_search(threading.get_ident, bounded=True, offload=offload)
+    ran = await run_search(threading.get_ident, bounded=True, offload=offload, alone=not busy)
     assert (ran == here) is inline
     # a filtered (unbounded) search always leaves the loop
-    assert await run_search(threading.get_ident, bounded=False, offload=offload) != here
+    assert await run_search(threading.get_ident, bounded=False, offload=offload,
+                            alone=not busy) != here
 
 
 async def test_search_offload_setting_is_checked(tmp_path: Any) -> None:

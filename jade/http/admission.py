@@ -64,20 +64,19 @@ def from_a_web_page(request: web.Request) -> str:
 def admit(request: web.Request) -> Awaitable[None] | None:
     """Authenticate, throttle and authorize every request through the route table: raises to
     refuse; returns what to wait for before the handler runs (a read's ``X-Min-LSN``)."""
+    app = request.app  # a property that walks the match info: read once
     resource = request.match_info.route.resource
-    route: Route | None = request.app[ACCESS].get(
-        (request.method, resource.canonical if resource else "")
-    )
+    route: Route | None = app[ACCESS].get((request.method, resource.canonical if resource else ""))
     if route is None:  # 404/405: let aiohttp answer
         return None
-    svc = request.app[AUTH]
-    engine = request.app[ENGINE]
+    svc = app[AUTH]
+    engine = app[ENGINE]
     if engine.env is None and route.path not in PROBES:
         raise Unavailable("the data directory is being re-opened (replica re-seed); retry")
     ip = svc.client_ip(request.remote, request.headers)
     request[CLIENT_IP] = ip
     if route.mutates or route.records:  # a replica: before anything else
-        refuse_writes(engine.role, "readwrite", True, request.app[SETTINGS].primary_url)
+        refuse_writes(engine.role, "readwrite", True, app[SETTINGS].primary_url)
     if route.access == "public":
         if route.path not in PROBES:
             svc.check_blocked(ip)
@@ -100,7 +99,7 @@ def admit(request: web.Request) -> Awaitable[None] | None:
     svc.check_blocked(ip)
     principal = svc.authenticate(request.headers)
     if principal is None:
-        settings = request.app[SETTINGS]
+        settings = app[SETTINGS]
         if (  # a local caller, not a local reverse proxy relaying someone else
             route.access == "admin"
             and settings.loopback_admin

@@ -82,7 +82,7 @@ def request_middleware(admit: Admit, inflight: InFlight) -> Middleware:
         if counted:
             inflight.enter()
         rid = request.headers.get("X-Request-ID", "")[:64]
-        if not (rid.isascii() and rid.isprintable()) or not rid:  # it goes into the logs
+        if not rid or not (rid.isascii() and rid.isprintable()):  # it goes into the logs
             rid = _next_request_id()
         request[REQUEST_ID] = rid
         request_id_var.set(rid)
