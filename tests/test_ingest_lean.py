@@ -25,7 +25,7 @@ import pytest
 from jade.core.decide import Command
 from jade.errors import InvalidArgument
 from jade.http.validate import F32_MAX, MAX_METADATA_DEPTH, parse_json
-from jade.http.vectors import _batch_command, _lean_batch
+from jade.http.vectors import _batch_command, _lean_batch, _lean_one, _upsert_command
 from tests.conftest import Api, make_settings, running_server
 from tests.test_http_errors import Strict
 from wal.codec import GENESIS, chain
@@ -257,6 +257,35 @@ def test_random_bodies_never_make_a_command_the_reference_path_would_not() -> No
         if not bad:
             assert took, raw
     assert taken > 300
+
+
+def test_a_single_write_takes_the_lean_path_into_the_reference_command() -> None:
+    """``POST .../vectors`` (one vector): the lean decode makes exactly the command of the
+    reference path (``_upsert_command``) or declines, over good and bad single bodies."""
+    rnd = random.Random(17)
+    goods = [{"id": "a", "values": ROW}, {"id": "é", "valuesB64": b64(ROW)},
+             {"id": "m", "values": [1, 2, 3, 4], "metadata": {"k": [1, {"b": "x"}]}},
+             {"id": "n", "values": ROW, "metadata": None},
+             {"id": "both", "values": ROW, "valuesB64": b64([9, 9, 9, 9])}]
+    bads = [{"id": "a/b", "values": ROW}, {"id": "a", "values": ROW[:3]},
+            {"id": "a", "values": [1e39, 0, 0, 0]}, {"id": "a"}, {"values": ROW},
+            {"id": "a", "values": ROW, "metadata": [1]}, {"id": "a", "values": ROW, "x": 1},
+            {"id": "a", "valuesB64": b64([np.nan] * 4)}, [ROW]]
+    taken = 0
+    for _ in range(200):
+        item = rnd.choice(goods + bads)
+        raw = orjson.dumps(item)
+        lean = _lean_one(raw, DB, "t")
+        try:
+            ref: Command | str = _upsert_command(DB, [parse_json(raw)], "t")
+        except InvalidArgument as exc:
+            ref = exc.code
+        if lean is None:
+            assert item not in goods, item
+            continue
+        taken += 1
+        assert isinstance(ref, Command) and lean == ref and lean.size == ref.size, item
+    assert taken > 50
 
 
 def test_base64_strict_mode_takes_a_subset_of_validate_with_the_same_bytes() -> None:

@@ -172,15 +172,17 @@ def _command(db: dict[str, Any], parts: list[tuple[str, np.ndarray, Any]], actor
 
 
 async def store(request: web.Request) -> web.Response:
-    db = get_db(request)
-    body = await read_json(request)
-    cmd = _upsert_command(db, [body], actor_of(request))
+    # the cached catalog entry: decide checks the dimension again in the write's transaction
+    db = get_db(request, fresh=False)
+    raw = await read_body(request)
+    actor = actor_of(request)
+    cmd = _lean_one(raw, db, actor) or _upsert_command(db, [parse_json(raw)], actor)
     await engine_of(request).submit(cmd)
     return json_response({"status": "success", "vectorId": cmd.body["ids"][0]}, status=201)
 
 
 async def batch(request: web.Request) -> web.Response:
-    db = get_db(request)
+    db = get_db(request, fresh=False)  # as ``store``
     raw = await read_body(request)
     cmd = _lean_batch(raw, db, actor_of(request))
     if cmd is None:  # not plainly well-formed: the reference path says what is wrong, if any
@@ -241,6 +243,18 @@ def _lean_batch(raw: bytes, db: dict[str, Any], actor: str) -> Command | None:
         return _lean_command(items, db, actor) if 0 < len(items) <= MAX_BATCH else None
     # binascii's and orjson's errors are ValueErrors; msgspec raises RecursionError on nesting
     # deeper than it follows (orjson names that too deep: "malformed JSON")
+    except (_Declined, msgspec.MsgspecError, InvalidArgument, ValueError, RecursionError):
+        return None
+
+
+_LEAN_ITEM = msgspec.json.Decoder(_LeanItem)
+
+
+def _lean_one(raw: bytes, db: dict[str, Any], actor: str) -> Command | None:
+    """``_lean_batch`` for a single vector's body (``POST .../vectors``): None declines to the
+    reference path (``_upsert_command``), which names what is wrong."""
+    try:
+        return _lean_command([_LEAN_ITEM.decode(raw)], db, actor)
     except (_Declined, msgspec.MsgspecError, InvalidArgument, ValueError, RecursionError):
         return None
 
