@@ -6,6 +6,7 @@ The benchmarks print tables and never assert: they measure, a person judges.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import http.client
 import os
@@ -17,8 +18,9 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -327,3 +329,309 @@ def machine() -> str:
 
 def fmt(x: float, digits: int = 0) -> str:
     return f"{x:,.{digits}f}"
+
+
+# -- lean raw-socket client (search.py, mixed.py) --------------------------------------------
+def request_bytes(port: int, path: str, token: str, body: bytes) -> bytes:
+    """A whole pre-encoded HTTP/1.1 POST (head and body) for ``RawConn.send``."""
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
+        + (f"Authorization: Bearer {token}\r\n" if token else "")
+        + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+    )
+    return head.encode() + body
+
+
+def content_length(head: bytes) -> int:
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    raise RuntimeError(f"no content-length in {head[:200]!r}")
+
+
+class RawConn:
+    """One keep-alive socket, pre-encoded requests, minimal response parsing: the least client
+    CPU per request that HTTP/1.1 allows from Python."""
+
+    def __init__(self, port: int) -> None:
+        self.sock = socket.create_connection(("127.0.0.1", port))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.buf = b""
+
+    def send(self, req: bytes) -> tuple[int, bytes]:
+        self.sock.sendall(req)
+        buf = self.buf
+        while (end := buf.find(b"\r\n\r\n")) < 0:
+            buf += self.sock.recv(65536)
+        head = buf[:end]
+        need = end + 4 + content_length(head)
+        while len(buf) < need:
+            buf += self.sock.recv(max(65536, need - len(buf)))
+        self.buf = buf[need:]
+        return int(head[9:12]), buf[end + 4 : need]
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+# -- the floor -------------------------------------------------------------------------------
+class Floor:
+    """``bench/floor_server.py`` as a subprocess: a trivial aiohttp endpoint (one route, POST
+    ``/v1/databases/{db}/search``) that reads the body and answers a fixed 10-result body."""
+
+    def __init__(self, uvloop: bool = False) -> None:
+        self.port = free_port()
+        cmd = [sys.executable, os.path.join(ROOT, "bench", "floor_server.py"), str(self.port)]
+        self.proc = subprocess.Popen(cmd + (["--uvloop"] if uvloop else []))
+        self.base = f"http://127.0.0.1:{self.port}"
+        self.path = "/v1/databases/floor/search"  # its only route
+        for _ in range(500):
+            try:
+                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
+                return
+            except OSError:
+                time.sleep(0.02)
+        raise RuntimeError("floor server did not start")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait()
+
+
+# -- single-vector writes (writes.py, mixed.py) ----------------------------------------------
+@dataclass
+class WriteRun:
+    """One run of single-vector writes. Times are ``time.monotonic()`` (one clock for every
+    process on the machine), so a search in another process can be ordered against them."""
+
+    rows: NDArray[np.int64]  # the row of each acknowledged write (its id is ``v<row>``)
+    sent: NDArray[np.float64]  # when its request was sent
+    acked: NDArray[np.float64]  # when its answer arrived
+    errors: int
+    elapsed: float
+    first_error: str = ""
+    started: float = 0.0  # monotonic, when the clock started
+
+    @property
+    def latencies(self) -> list[float]:
+        return (self.acked - self.sent).tolist()  # type: ignore[no-any-return]
+
+
+def values_json(vectors: F32) -> list[bytes]:
+    """Each row's JSON list, encoded once before any clock starts."""
+    return [orjson.dumps(v, option=orjson.OPT_SERIALIZE_NUMPY) for v in vectors]
+
+
+async def single_writes(
+    url: str,
+    token: str,
+    values: list[bytes],
+    first_row: int,
+    clients: int,
+    seconds: float,
+    *,
+    ok: int = 201,
+    ready: Callable[[], None] | None = None,
+) -> WriteRun:
+    """``clients`` aiohttp tasks, each its own keep-alive connection, POST one vector per
+    request to ``url`` for ``seconds`` (or until ``values`` runs out). Write ``i`` has the id
+    ``v<first_row + i>`` and the values ``values[i]``. ``ready()`` is called once the
+    connections are open, just before the clock starts. A status other than ``ok`` is an error
+    (counted, the first one kept), never an exception."""
+    import aiohttp  # the client of the write benchmarks only
+
+    headers = {"Content-Type": "application/json"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    rows: list[int] = []
+    sent: list[float] = []
+    acked: list[float] = []
+    errors = 0
+    first_error = ""
+    next_i = 0
+    deadline = 0.0
+
+    async def one(session: aiohttp.ClientSession) -> None:
+        nonlocal next_i, errors, first_error
+        while next_i < len(values):
+            t0 = time.monotonic()
+            if t0 >= deadline:
+                return
+            i = next_i
+            next_i += 1
+            body = b'{"id":"v%d","values":%s}' % (first_row + i, values[i])
+            async with session.post(url, data=body, headers=headers) as r:
+                text = await r.read()
+                status = r.status
+            t1 = time.monotonic()
+            if status == ok:
+                rows.append(first_row + i)
+                sent.append(t0)
+                acked.append(t1)
+            else:
+                errors += 1
+                first_error = first_error or f"{status} {text[:200]!r}"
+
+    conn = aiohttp.TCPConnector(limit=clients, force_close=False)
+    async with aiohttp.ClientSession(connector=conn) as session:
+        # open every connection before the clock starts
+        async def warm() -> None:
+            async with session.get(url.split("/v1/")[0] + "/health") as r:
+                await r.read()
+
+        await asyncio.gather(*(warm() for _ in range(clients)))
+        if ready is not None:
+            ready()
+        t0 = time.monotonic()
+        deadline = t0 + seconds
+        await asyncio.gather(*(one(session) for _ in range(clients)))
+        elapsed = time.monotonic() - t0
+    return WriteRun(np.asarray(rows, dtype=np.int64), np.asarray(sent, dtype=np.float64),
+                    np.asarray(acked, dtype=np.float64), errors, elapsed, first_error, t0)
+
+
+# -- index lag from /metrics (writes.py, mixed.py) -------------------------------------------
+GROUP_COMMIT = "jadevectordb_wal_group_commit_size"
+LAG_RECORDS = "jadevectordb_index_lag_records"
+LAG_SECONDS = "jadevectordb_index_lag_seconds"
+
+
+def metric_samples(metrics_text: str, name: str) -> list[float]:
+    """The values of every series of ``name`` (any labels) in /metrics text; [] when absent."""
+    out = []
+    for line in metrics_text.splitlines():
+        if line.startswith(name) and line[len(name) : len(name) + 1] in (" ", "{"):
+            try:
+                out.append(float(line.rsplit(None, 1)[-1]))
+            except ValueError:
+                pass
+    return out
+
+
+def index_lag(metrics_text: str) -> tuple[float, float] | None:
+    """(records, seconds) the indexes are behind the log — the largest over all series (one per
+    database) — or None while the server does not export the gauges."""
+    recs = metric_samples(metrics_text, LAG_RECORDS)
+    secs = metric_samples(metrics_text, LAG_SECONDS)
+    if not recs and not secs:
+        return None
+    return max(recs, default=float("nan")), max(secs, default=float("nan"))
+
+
+@dataclass
+class LagStats:
+    samples: int
+    records_max: float
+    records_mean: float
+    seconds_max: float
+    seconds_mean: float
+
+
+class LagSampler:
+    """A thread that reads /metrics every ``interval`` seconds (its own connection) and keeps
+    (monotonic time, lag records, lag seconds). ``present`` is False while the server does not
+    export the lag gauges; every figure is then "n/a"."""
+
+    def __init__(self, base: str, interval: float = 0.1) -> None:
+        self.base, self.interval = base, interval
+        self.samples: list[tuple[float, float, float]] = []
+        self.present = False
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="lag-sampler", daemon=True)
+
+    def start(self) -> LagSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        c = Client(self.base)
+        try:
+            tick = time.monotonic()
+            while not self._stop.is_set():
+                t = time.monotonic()
+                status, text = c.raw("GET", "/metrics")
+                lag = index_lag(text.decode()) if status == 200 else None
+                if lag is not None:
+                    self.present = True
+                    self.samples.append((t, lag[0], lag[1]))
+                tick += self.interval
+                self._stop.wait(max(0.0, tick - time.monotonic()))
+        finally:
+            c.close()
+
+    def between(self, t0: float, t1: float) -> LagStats | None:
+        """Max and mean of the samples taken in [t0, t1] (monotonic), None if there are none."""
+        got = [(r, s) for t, r, s in list(self.samples) if t0 <= t <= t1]
+        if not got:
+            return None
+        recs = np.asarray([r for r, _ in got])
+        secs = np.asarray([s for _, s in got])
+        return LagStats(len(got), float(recs.max()), float(recs.mean()), float(secs.max()),
+                        float(secs.mean()))
+
+
+def wait_caught_up(
+    base: str, since: float | None = None, timeout: float = 120.0, poll: float = 0.01
+) -> float | None:
+    """Seconds from ``since`` (``time.monotonic()``; default now) until /metrics says the
+    indexes are 0 records behind the log, polled every ``poll`` s; None when the server does not
+    export the lag gauge, ``inf`` when ``timeout`` passed first."""
+    c = Client(base)
+    start = time.monotonic()
+    t0 = start if since is None else since
+    try:
+        while True:
+            status, text = c.raw("GET", "/metrics")
+            lag = index_lag(text.decode()) if status == 200 else None
+            if lag is None:
+                return None
+            if lag[0] == 0:
+                return time.monotonic() - t0
+            if time.monotonic() - start > timeout:
+                return float("inf")
+            time.sleep(poll)
+    finally:
+        c.close()
+
+
+def group_commit(base: str) -> tuple[float, float]:
+    """(sum, count) of the server's requests-per-durable-commit histogram."""
+    c = Client(base)
+    try:
+        status, text = c.raw("GET", "/metrics")
+    finally:
+        c.close()
+    return metric_sum_count(text.decode(), GROUP_COMMIT) if status == 200 else (0.0, 0.0)
+
+
+def lag_cells(stats: LagStats | None, present: bool) -> list[str]:
+    """Table cells: lag records max, mean; lag seconds max, mean ("n/a" without the gauges)."""
+    if not present or stats is None:
+        return ["n/a"] * 4
+    return [fmt(stats.records_max), fmt(stats.records_mean), f"{stats.seconds_max:.3f}",
+            f"{stats.seconds_mean:.3f}"]
+
+
+def catch_up_cell(seconds: float | None) -> str:
+    if seconds is None:
+        return "n/a"
+    return "timed out" if seconds == float("inf") else f"{seconds:.2f}"
+
+
+def post_retrying(c: Client, path: str, body: bytes, pause: float = 0.05) -> int:
+    """POST until 201; a 503 (``index_behind``: the index is ``index.lag_max_vectors`` behind
+    the log) is retried after ``pause`` s. Returns how many times it was refused."""
+    refused = 0
+    while True:
+        status, text = c.raw("POST", path, body)
+        if status == 201:
+            return refused
+        if status != 503 or b"index_behind" not in text:
+            raise HttpError(f"POST {path} -> {status} {text[:300]!r}")
+        refused += 1
+        time.sleep(pause)

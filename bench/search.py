@@ -7,7 +7,10 @@
 Tables (see bench/README.md):
 1. one client, sequential, top-10: the floor (``bench/floor_server.py``, a trivial aiohttp endpoint
    answering a fixed 10-result body) and our server per efSearch, with the same lean client and
-   the same request bodies; raw hnswlib ``knn_query`` (one query, one thread) beside;
+   the same request bodies; raw hnswlib ``knn_query`` (one query, one thread) beside, and the
+   single-client limit: 1 / (floor round trip + raw ``knn_query`` at the same ef); 1b repeats
+   floor vs ours in interleaved rounds with two clients; 1c sets ours against the limit at the
+   chosen efSearch next to the issue 16 goals (>= 0.8x the limit at recall >= 0.95, p99 <= 2 ms);
 2. ``--clients`` concurrent clients (default 16) for ``--seconds``: floor and ours (with the
    default ``search.offload`` auto, then restarted with never), with the CPU the server process
    used (200 % = both cores);
@@ -23,11 +26,10 @@ import argparse
 import asyncio
 import base64
 import os
-import socket
-import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import hnswlib
 import numpy as np
@@ -38,23 +40,28 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from bench.common import (  # noqa: E402 - runnable as a script
     EF_CONSTRUCTION,
     F32,
-    ROOT,
     BenchServer,
     Client,
+    Floor,
     M,
+    RawConn,
     Table,
+    catch_up_cell,
+    content_length,
     cpu_ticks,
     dataset,
     dumps,
     fmt,
-    free_port,
     ground_truth,
     login,
     machine,
     percentile_ms,
+    post_retrying,
     recall_at_k,
+    request_bytes,
     row_of,
     steal_since,
+    wait_caught_up,
 )
 
 BATCH, K = 1000, 10
@@ -64,48 +71,6 @@ BUCKETS = {"1 %": (100, 7), "10 %": (10, 3), "50 %": (2, 1)}  # field modulus, v
 
 
 # -- lean clients -------------------------------------------------------------------------------
-def request_bytes(port: int, path: str, token: str, body: bytes) -> bytes:
-    head = (
-        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\n"
-        + (f"Authorization: Bearer {token}\r\n" if token else "")
-        + f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
-    )
-    return head.encode() + body
-
-
-def _content_length(head: bytes) -> int:
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            return int(value)
-    raise RuntimeError(f"no content-length in {head[:200]!r}")
-
-
-class RawConn:
-    """One keep-alive socket, pre-encoded requests, minimal response parsing: the least client
-    CPU per request that HTTP/1.1 allows from Python."""
-
-    def __init__(self, port: int) -> None:
-        self.sock = socket.create_connection(("127.0.0.1", port))
-        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.buf = b""
-
-    def send(self, req: bytes) -> tuple[int, bytes]:
-        self.sock.sendall(req)
-        buf = self.buf
-        while (end := buf.find(b"\r\n\r\n")) < 0:
-            buf += self.sock.recv(65536)
-        head = buf[:end]
-        need = end + 4 + _content_length(head)
-        while len(buf) < need:
-            buf += self.sock.recv(max(65536, need - len(buf)))
-        self.buf = buf[need:]
-        return int(head[9:12]), buf[end + 4 : need]
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def sequential(port: int, reqs: Sequence[bytes], warm: int = 50) -> tuple[list[bytes], list[float]]:
     c = RawConn(port)
     try:
@@ -170,7 +135,7 @@ class _Proto(asyncio.Protocol):
         end = self.buf.find(b"\r\n\r\n")
         if end < 0:
             return
-        need = end + 4 + _content_length(self.buf[:end])
+        need = end + 4 + content_length(self.buf[:end])
         if len(self.buf) < need:
             return
         if self.buf[9:12] != b"200":
@@ -223,25 +188,6 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
-# -- the floor ------------------------------------------------------------------------------
-class Floor:
-    def __init__(self, uvloop: bool) -> None:
-        self.port = free_port()
-        cmd = [sys.executable, os.path.join(ROOT, "bench", "floor_server.py"), str(self.port)]
-        self.proc = subprocess.Popen(cmd + (["--uvloop"] if uvloop else []))
-        for _ in range(500):
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.2).close()
-                return
-            except OSError:
-                time.sleep(0.02)
-        raise RuntimeError("floor server did not start")
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait()
-
-
 # -- helpers --------------------------------------------------------------------------------
 def rows_of(bodies: list[bytes]) -> list[list[int]]:
     return [[row_of(r["vectorId"]) for r in orjson.loads(b)["results"]] for b in bodies]
@@ -256,7 +202,7 @@ def ingest(c: Client, db: str, data: F32) -> float:
              "metadata": {f"m{mod}": (s + i) % mod for mod, _ in BUCKETS.values()}}
             for i, row in enumerate(chunk)
         ]
-        c.call("POST", f"/v1/databases/{db}/vectors/batch", {"vectors": vecs})
+        post_retrying(c, f"/v1/databases/{db}/vectors/batch", dumps({"vectors": vecs}))
     return time.perf_counter() - t0
 
 
@@ -264,6 +210,21 @@ def filtered_truth(data: F32, queries: F32, mod: int, val: int) -> np.ndarray:
     rows = np.nonzero(np.arange(len(data)) % mod == val)[0]
     t = ground_truth(data[rows], queries, K)
     return np.asarray(rows[t], dtype=np.int64)
+
+
+def raw_latencies(raw: hnswlib.Index, queries: F32, ef: int) -> list[float]:
+    """Raw hnswlib ``knn_query``, one query at a time on one thread, at ``ef``: seconds each."""
+    raw.set_ef(ef)
+    out = []
+    for q in queries:
+        t = time.perf_counter()
+        raw.knn_query(q, k=K, num_threads=1)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def yes_no(ok: bool) -> str:
+    return "yes" if ok else "no"
 
 
 def row_stats(lat: list[float]) -> list[str]:
@@ -315,9 +276,12 @@ def main() -> None:
             db = c.create_hnsw_db("search", args.dim)
             secs = ingest(c, db, data)
             print(f"ingested {n:,} over HTTP in {secs:.1f} s", flush=True)
+        caught = wait_caught_up(server.base)  # the graphs take writes behind (issue 16)
+        if caught is not None:
+            print(f"index caught up {catch_up_cell(caught)} s after the ingest", flush=True)
         path = f"/v1/databases/{db}/search"
 
-        def reqs(port: int, ef: int | None, extra: dict | None = None) -> list[bytes]:
+        def reqs(port: int, ef: int | None, extra: dict[str, Any] | None = None) -> list[bytes]:
             out = []
             for q in queries:
                 body = {"queryVector": q, "topK": K, **(extra or {})}
@@ -329,46 +293,78 @@ def main() -> None:
         # -- 1. one client ------------------------------------------------------------------
         _, flat = sequential(floor.port, reqs(floor.port, 16))
         floor_qps = len(flat) / sum(flat)
-        rows = [["floor (trivial aiohttp)", "-", *row_stats(flat), "-", "1.00x", "-"]]
-        chosen = EFS[-1]
+        floor_rt = sum(flat) / len(flat)
+        rows = [["floor (trivial aiohttp)", "-", *row_stats(flat), "-", "-", "1.00x", "-", "-"]]
+        chosen, chosen_recall = EFS[-1], 0.0
         for ef in EFS:
             bodies, lat = sequential(server.port, reqs(server.port, ef))
             rec = recall_at_k(rows_of(bodies), truth)
-            raw.set_ef(ef)
-            rlat = []
-            for q in queries:
-                t = time.perf_counter()
-                raw.knn_query(q, k=K, num_threads=1)
-                rlat.append(time.perf_counter() - t)
+            rlat = raw_latencies(raw, queries, ef)
             qps = len(lat) / sum(lat)
+            limit = 1 / (floor_rt + sum(rlat) / len(rlat))
             rows.append([f"ours efSearch {ef}", f"{rec:.3f}", *row_stats(lat),
-                         fmt(len(rlat) / sum(rlat)), f"{qps / floor_qps:.2f}x",
-                         f"{qps / (len(rlat) / sum(rlat)):.2f}x"])
+                         fmt(len(rlat) / sum(rlat)), fmt(limit), f"{qps / floor_qps:.2f}x",
+                         f"{qps / (len(rlat) / sum(rlat)):.2f}x", f"{qps / limit:.2f}x"])
+            chosen, chosen_recall = ef, rec
             if rec >= TARGET:
-                chosen = ef
                 break
         print(Table(f"1. One client, sequential, top-{K}, {len(queries):,} queries per row "
-                    "(raw-socket client)",
+                    "(raw-socket client); limit = 1 / (floor round trip + raw knn_query), "
+                    "interleaved in 1c",
                     ["server", "recall@10", "QPS", "p50 ms", "p99 ms", "raw hnswlib QPS",
-                     "vs floor", "vs raw"], rows).render(), flush=True)
+                     "limit QPS", "vs floor", "vs raw", "vs limit"], rows).render(), flush=True)
 
         # -- 1b. the floor ratio with both clients, interleaved rounds --------------------------
         rows = []
         bodies_ef = [dumps({"queryVector": q, "topK": K, "efSearch": chosen}) for q in queries]
-        for name, run in (
-            ("raw socket", lambda port: sequential(port, reqs(port, chosen))[1]),
-            ("http.client", lambda port: sequential_http(port, path, token, bodies_ef)),
-        ):
+        fl_raw: list[float] = []
+        ol_raw: list[float] = []
+        knn: list[float] = []
+
+        def raw_socket(port: int) -> list[float]:
+            return sequential(port, reqs(port, chosen))[1]
+
+        def with_http_client(port: int) -> list[float]:
+            return sequential_http(port, path, token, bodies_ef)
+
+        runs: list[tuple[str, Callable[[int], list[float]]]] = [
+            ("raw socket", raw_socket), ("http.client", with_http_client)]
+        for name, run in runs:
             fl, ol = [], []
             for _ in range(args.rounds):  # interleaved, so drifting load hits both alike
                 fl += run(floor.port)
                 ol += run(server.port)
+                if name == "raw socket":
+                    knn += raw_latencies(raw, queries, chosen)
             fq, oq = len(fl) / sum(fl), len(ol) / sum(ol)
             rows.append([name, *row_stats(fl), *row_stats(ol), f"{oq / fq:.2f}x"])
+            if name == "raw socket":
+                fl_raw, ol_raw = fl, ol
         print(Table(f"1b. Floor vs ours at efSearch {chosen}, one client, {args.rounds} "
                     f"interleaved rounds of {len(queries):,}",
                     ["client", "floor QPS", "floor p50", "floor p99", "ours QPS", "ours p50",
                      "ours p99", "ours / floor"], rows).render(), flush=True)
+
+        # -- 1c. the single-client limit (issue 16) ------------------------------------------
+        floor_ms = sum(fl_raw) / len(fl_raw) * 1000
+        knn_ms = sum(knn) / len(knn) * 1000
+        limit = 1000 / (floor_ms + knn_ms)
+        ours_qps = len(ol_raw) / sum(ol_raw)
+        p99 = percentile_ms(ol_raw, 99)
+        print(Table(f"1c. The single-client limit at efSearch {chosen} (the raw-socket rounds "
+                    "of 1b, raw knn_query timed in the same rounds)",
+                    ["figure", "value", "goal (issue 16)", "met"],
+                    [["floor round trip, mean ms", f"{floor_ms:.3f}", "-", "-"],
+                     ["raw hnswlib knn_query, mean ms (one query, one thread)",
+                      f"{knn_ms:.3f}", "-", "-"],
+                     ["limit QPS = 1 / (floor + knn_query)", fmt(limit), "-", "-"],
+                     ["ours QPS", fmt(ours_qps), "-", "-"],
+                     ["ours / limit", f"{ours_qps / limit:.2f}x", ">= 0.80x",
+                      yes_no(ours_qps / limit >= 0.8 and chosen_recall >= TARGET)],
+                     [f"recall@{K}", f"{chosen_recall:.3f}", f">= {TARGET}",
+                      yes_no(chosen_recall >= TARGET)],
+                     ["ours p99 ms", f"{p99:.2f}", "<= 2 ms", yes_no(p99 <= 2.0)]],
+                    ).render(), flush=True)
 
         # -- 2. concurrent clients ----------------------------------------------------------
         rows = []
