@@ -20,6 +20,7 @@ numpy operations); ``_fold_lock``: one fold at a time (the graph's own state: ``
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -474,6 +475,12 @@ class HnswIndex(VectorIndex):
             return
         with self._plock:
             rows, alive, in_graph = self._grow_rows(int(labels.max()))
+            if not self._dead:  # none deleted: straight from hnswlib's memory, no mask copy
+                rows[labels] = vecs
+                alive[labels] = True
+                in_graph[labels] = True
+                self._count = len(labels)
+                return
             live = labels[~dead]
             rows[live] = vecs[~dead]
             alive[live] = True
@@ -500,10 +507,20 @@ def _level0(state: dict[str, Any]) -> tuple[NDArray[np.uint8], NDArray[np.bool_]
 
 
 def _elements(state: dict[str, Any], dim: int) -> tuple[F32, I64, NDArray[np.bool_]]:
-    """The vectors, labels and deletion marks of the elements in an hnswlib state."""
+    """The vectors, labels and deletion marks of the elements in an hnswlib state. The vectors
+    are a strided view of hnswlib's memory where its layout allows (4-byte aligned fields:
+    numpy copies 4-byte items ~10x faster than the bytes of a uint8 view: 1.25 s -> ~0.1 s
+    per 300k x 128), else a copy."""
     mem, dead = _level0(state)
-    n = len(mem)
+    n, size = mem.shape
     off, loff = int(state["offset_data"]), int(state["label_offset"])
+    if (size % 4 == 0 and off % 4 == 0 and loff % 4 == 0 and mem.flags.c_contiguous
+            and sys.byteorder == "little"):
+        words = mem.reshape(-1).view(np.uint32).reshape(n, size // 4)
+        vecs: F32 = words[:, off // 4 : off // 4 + dim].view(np.float32)
+        labels = (words[:, loff // 4].astype(np.int64)
+                  | (words[:, loff // 4 + 1].astype(np.int64) << 32))  # little-endian u64
+        return vecs, labels, dead
     vecs = np.ascontiguousarray(mem[:, off : off + dim * 4]).view(np.float32).reshape(n, dim)
-    labels = np.ascontiguousarray(mem[:, loff : loff + 8]).view(np.uint64).ravel()
-    return vecs, labels.astype(np.int64), dead
+    raw = np.ascontiguousarray(mem[:, loff : loff + 8]).view(np.uint64).ravel()
+    return vecs, raw.astype(np.int64), dead
