@@ -615,3 +615,23 @@ def test_map_grows_under_the_group_commit_with_concurrent_readers(
         assert live is not None and len(live) == n
     finally:
         engine.close()
+
+
+def test_tail_start_bounds_the_tail_by_records_and_bytes(env: Env) -> None:
+    """Where a start-up's check of the log's tail begins: at most N records and B bytes back,
+    never fewer than the last record (a 1M start spent 1.2 s hashing 1,000 batch records)."""
+    log = Log(env)
+    assert log.tail_start(1000, 1 << 20) == 0  # an empty log
+    rng = np.random.default_rng(0)
+    big = append(log, [{"x": rng.bytes(10_000)} for _ in range(10)])  # LSN 1..10
+    small = append(log, [{"x": "b"} for _ in range(5)])  # LSN 11..15
+    size = {r.lsn: len(r.encoded()) for r in big + small}
+    assert all(size[n] > 10_000 for n in range(1, 11)) and all(size[n] < 200 for n in size
+                                                                 if n > 10)
+    assert log.tail_start(1000, 1 << 20) == 0  # all of it fits both bounds
+    assert log.tail_start(3, 1 << 20) == 12  # the last 3 records
+    # records 9..15 fit the bytes given, 8 does not
+    assert log.tail_start(1000, sum(size[n] for n in range(9, 16)) + 10) == 8
+    assert log.tail_start(1000, 10) == 14  # the last record, whatever its size
+    log.truncate_before(8)
+    assert log.tail_start(1000, 1 << 20) == 7  # not before the log's first record

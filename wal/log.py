@@ -243,6 +243,23 @@ class Log:
             if upto is not None and nxt > upto:
                 return
 
+    def tail_start(self, records: int, max_bytes: int) -> int:
+        """The LSN after which the log's last records number at most ``records`` and hold at
+        most ``max_bytes`` bytes (but always the last record): where a check of the tail
+        starts. Read backwards, without decoding a record."""
+        last = after = self.last_lsn
+        size = 0
+        with self.env.read() as txn:
+            cur = txn.cursor(db=self._log)
+            if not cur.last():
+                return last
+            for key, value in cur.iterprev():
+                size += len(value)
+                if after < last and (size > max_bytes or last - after >= records):
+                    break
+                after = key_lsn(key) - 1
+        return max(after, self.first_lsn - 1)
+
     def _checksum_before(self, lsn: int) -> bytes:
         if lsn <= self.first_lsn:
             return self.base_checksum

@@ -6,7 +6,9 @@ lost its last write group; a projection then serves as if those acknowledged wri
 been. So, at every start (``Engine.open``) and in ``jade verify``, the log is checked against
 every durable witness cheaply at hand, each of which a lost or replaced log would contradict:
 
-- the log's tail: the checksum chain of its last ``TAIL_RECORDS`` records (the index replay
+- the log's tail: the checksum chain of its last ``TAIL_RECORDS`` records, at most
+  ``TAIL_BYTES`` of them (1,000 batch records of 1,000 vectors are ~500 MB: the whole check
+  took 1.2 s of a 1M start; 16 MiB is ~15 ms) (the index replay
   verifies nothing, the store's replay only the records it folds);
 - the data store's applied LSN (same file as the log: ahead of it only if the file is damaged);
 - the auth store's applied LSN (its own file): past the log's last LSN, the log lost records the
@@ -49,6 +51,7 @@ from wal.log import Log, LogError
 log = logging.getLogger(__name__)
 
 TAIL_RECORDS = 1000  # the log's last records whose chain every start verifies (~10 ms)
+TAIL_BYTES = 16 << 20  # ... at most this many bytes of them
 # a restore's markers (``jade.backup.restore``): such a directory's log may end before the archive
 _RESTORE_MARKERS = ("RESTORED", "RESTORE_INCOMPLETE")
 
@@ -74,9 +77,10 @@ def check_open(settings: Settings, wal: Log, store: DataStore, auth: AuthStore) 
     _rebuild_auth(wal, auth)  # checkpoints past the log are not loaded (``checkpoints.load``)
 
 
-def tail_damage(wal: Log, records: int = TAIL_RECORDS) -> str:
-    """What is wrong with the checksum chain of the log's last ``records`` ("": nothing)."""
-    after = max(wal.first_lsn - 1, wal.last_lsn - records)
+def tail_damage(wal: Log, records: int = TAIL_RECORDS, max_bytes: int = TAIL_BYTES) -> str:
+    """What is wrong with the checksum chain of the log's last ``records``, at most
+    ``max_bytes`` of them ("": nothing)."""
+    after = wal.tail_start(records, max_bytes)
     try:
         for _ in wal.iterate(after, upto=wal.last_lsn, verify=True):
             pass
