@@ -38,7 +38,7 @@ from tests.test_index_checkpoint import create_cmd, upsert_cmd
 
 INCOMPLETE = "RESTORE_INCOMPLETE"
 RESTORED = "RESTORED"
-RECORDS = 3000  # upsert records after the snapshot: the replay takes a good fraction of a second
+RECORDS = 8000  # upsert records after the snapshot: the replay takes a good fraction of a second
 DIM = 8
 
 
@@ -183,7 +183,7 @@ def kill_restore(src: Source, target: str, when: str, force: bool) -> tuple[bool
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
-    delay = random.uniform(0.01, 0.4)
+    delay = random.uniform(0.01, 0.3)
     try:
         opened_at = None
         while proc.poll() is None and time.monotonic() - t0 < 60:
