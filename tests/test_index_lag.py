@@ -391,3 +391,26 @@ def test_a_search_racing_folds_never_misses_a_staged_vector() -> None:
         t.join()
         sys.setswitchinterval(interval)
     assert not misses, misses
+
+
+def test_a_fold_that_fails_leaves_its_labels_to_the_next_fold() -> None:
+    """A fold that raises (hnswlib, a full resize, a checkpoint's capture folding what is
+    staged) must not strand its batch: the labels stay staged (searches score them exactly)
+    and the next fold takes them into the graph. Before: they sat in ``folding`` for good,
+    never folded, counted as lag for ever (and so, past the bound, refusing writes)."""
+    from jade.indexes.hnsw import HnswIndex
+
+    idx = HnswIndex(DIM, "cosine", m=8, ef_construction=32, ef_search=32, threads=1)
+    vecs = unit(np.random.default_rng(8), 50)
+    idx.stage(np.arange(50, dtype=np.int64), vecs, lsn=7)
+    faults.arm("index.fold")
+    try:
+        with pytest.raises(faults.FaultInjected):
+            idx.settle()
+    finally:
+        faults.disarm()
+    assert idx.lag()[0] == 50
+    assert idx.search(vecs[3], 1)[0].tolist() == [3]  # still answered, exactly
+    assert idx.settle() == 50
+    assert idx.lag() == (0, None)
+    assert sorted(int(x) for x in idx.index.get_ids_list()) == list(range(50))

@@ -223,9 +223,19 @@ class HnswIndex(VectorIndex):
         up = alive[labels]
         gone, labels = labels[~up], labels[up]
         values = vecs[labels]
-        faults.hit("index.fold")
-        self._graph_delete(gone)
-        self._graph_add(labels, values)
+        try:
+            faults.hit("index.fold")
+            self._graph_delete(gone)
+            self._graph_add(labels, values)
+        except BaseException:
+            # the batch stays staged for the next fold (folding it again is harmless: the same
+            # values added, the same labels deleted); ``pending`` first, as above
+            with self._plock:
+                self.pending |= take
+                self._since = self._folding_since or self._since
+                self.folding = set()
+                self._folding_since = None
+            raise
         with self._plock:
             self.folding = set()
             self._folding_since = None
