@@ -87,6 +87,9 @@ class IndexProjection:
         self.replayed_on_start = 0
         self.open_seconds: dict[str, float] = {}
         self.follower: Follower | None = None
+        # the databases that staged vector writes, until seen level (``_behind``)
+        self._lagging: dict[int, LiveDb] = {}
+        self._lag_lock = threading.Lock()
 
     def start_follower(self) -> Follower:
         """From now on vector writes are staged and folded by the follower's thread."""
@@ -99,12 +102,26 @@ class IndexProjection:
             self.follower.stop()
             self.follower = None
 
+    def _behind(self) -> list[tuple[int, tuple[int, float] | None]]:
+        """(staged vectors, oldest) of each served database whose graph is behind. Only the
+        databases that staged since they were last seen level are looked at (every vector
+        write asks: ``Engine.index_room``), not every database; one no longer served (deleted,
+        failed, rebuilt) is forgotten: nothing folds its graph again."""
+        out = []
+        with self._lag_lock:
+            for key, live in list(self._lagging.items()):
+                n, since = live.index.lag()
+                if n == 0 or self.dbs.get(live.db_id) is not live:
+                    del self._lagging[key]  # staging adds it again (after the stage)
+                else:
+                    out.append((n, since))
+        return out
+
     def lag(self) -> tuple[int, float, int]:
         """How far the graphs are behind the applied log: (records, seconds, vectors) since
         the oldest write staged and not folded; (0, 0.0, 0) when level."""
         vectors, oldest = 0, None
-        for live in list(self.dbs.values()):
-            n, since = live.index.lag()
+        for n, since in self._behind():
             vectors += n
             if since is not None and (oldest is None or since[1] < oldest[1]):
                 oldest = since
@@ -114,7 +131,7 @@ class IndexProjection:
                 max(0.0, time.monotonic() - oldest[1]), vectors)
 
     def lag_vectors(self) -> int:
-        return sum(live.index.lag()[0] for live in list(self.dbs.values()))
+        return sum(n for n, _ in self._behind())
 
     def fold_failed(self, live: LiveDb, exc: Exception) -> None:
         """The follower could not fold ``live``'s staged writes into its graph: the database
@@ -160,6 +177,8 @@ class IndexProjection:
             for db_id in broken:
                 self._repair(db_id)
         if staged and self.follower is not None:
+            with self._lag_lock:  # after the stage: see ``_behind``
+                self._lagging.update(staged)
             self.follower.kick(staged.values())
 
     def _fold(self, rec: Record, e: ev.Event, *, stage: bool = False) -> LiveDb | None:
