@@ -416,3 +416,51 @@ def test_a_fold_that_fails_leaves_its_labels_to_the_next_fold() -> None:
     assert idx.settle() == 50
     assert idx.lag() == (0, None)
     assert sorted(int(x) for x in idx.index.get_ids_list()) == list(range(50))
+
+
+def test_hold_returns_only_once_a_fold_already_taken_is_done() -> None:
+    """``hold`` is how a test makes the graph lag: it must not return while the follower is
+    inside a fold it took before the hold, or what is staged next folds with that batch (the
+    clean-clone CI run: the held graph lagged by 3 vectors instead of 40+)."""
+    import threading
+    from types import SimpleNamespace
+
+    from jade.indexes.follow import Follower
+    from jade.indexes.hnsw import HnswIndex
+
+    entered, go = threading.Event(), threading.Event()
+
+    class SlowFold(HnswIndex):
+        def fold(self) -> int:
+            entered.set()
+            go.wait(10)
+            return super().fold()
+
+    idx = SlowFold(DIM, "cosine", m=8, ef_construction=32, ef_search=32, threads=1)
+    live: Any = SimpleNamespace(index=idx)
+    follower = Follower(lambda _live, exc: None)
+    vecs = unit(np.random.default_rng(9), 20)
+    try:
+        idx.stage(np.arange(10, dtype=np.int64), vecs[:10])
+        follower.kick([live])
+        assert entered.wait(10)
+        holder = threading.Thread(target=follower.hold)
+        holder.start()
+        holder.join(0.3)
+        assert holder.is_alive(), "hold returned while a fold was under way"
+        go.set()
+        holder.join(10)
+        assert not holder.is_alive()
+        # held: what is staged now stays staged, whatever is kicked
+        idx.stage(np.arange(10, 20, dtype=np.int64), vecs[10:])
+        follower.kick([live])
+        time.sleep(0.2)
+        assert idx.lag()[0] == 10
+        follower.release()
+        deadline = time.monotonic() + 10
+        while idx.lag()[0] and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert idx.lag()[0] == 0
+    finally:
+        go.set()
+        follower.stop()

@@ -35,6 +35,7 @@ class Follower:
         self._kicked: dict[int, LiveDb] = {}
         self._stopping = False
         self._held = False
+        self._busy = False  # a batch is being folded (outside ``_cond``)
         self.folds = 0  # fold rounds that inserted something (a metric)
         self.folded = 0  # labels folded
         self._thread = threading.Thread(target=self._run, name="index-follower", daemon=True)
@@ -44,17 +45,20 @@ class Follower:
         with self._cond:
             for live in lives:
                 self._kicked[id(live)] = live
-            self._cond.notify()
+            self._cond.notify_all()
 
     def hold(self) -> None:
-        """Stop folding until ``release`` (tests: a graph that lags on purpose)."""
+        """Stop folding until ``release`` (tests: a graph that lags on purpose). Returns once a
+        batch the thread had already taken is folded, so nothing staged after it folds."""
         with self._cond:
             self._held = True
+            while self._busy:
+                self._cond.wait()
 
     def release(self) -> None:
         with self._cond:
             self._held = False
-            self._cond.notify()
+            self._cond.notify_all()
 
     def stop(self) -> None:
         """Stop the thread; what is still staged is folded by whoever needs the graph next (a
@@ -62,7 +66,7 @@ class Follower:
         with self._cond:
             self._stopping = True
             self._held = False
-            self._cond.notify()
+            self._cond.notify_all()
         self._thread.join()
 
     def _run(self) -> None:
@@ -74,12 +78,21 @@ class Follower:
                     return
                 batch = list(self._kicked.values())
                 self._kicked.clear()
-            for live in batch:
-                try:
-                    n = live.index.fold()
-                except Exception as exc:
-                    self._on_failure(live, exc)
-                    continue
-                if n:
-                    self.folds += 1
-                    self.folded += n
+                self._busy = True
+            try:
+                self._fold(batch)
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def _fold(self, batch: list[LiveDb]) -> None:
+        for live in batch:
+            try:
+                n = live.index.fold()
+            except Exception as exc:
+                self._on_failure(live, exc)
+                continue
+            if n:
+                self.folds += 1
+                self.folded += n
