@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from jade.indexes.base import exact_scores
 from jade.indexes.gate import EfGate
 from jade.indexes.hnsw import HnswIndex
 
@@ -220,3 +221,42 @@ def test_a_loaded_index_holds_the_saved_rows(tmp_path: Any, shape: str) -> None:
     if shape == "deleted":
         assert set(range(0, n, 7)) <= back.deleted
         assert back.search(vecs[7], 1)[0].tolist() != [7]
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean", "dot"])
+def test_an_exact_scan_of_the_half_precision_copy_answers_as_float32_would(metric: str) -> None:
+    """The copy an exact filtered scan reads is float16 (issue 16, item 4: half the bytes per
+    vector); its answers and scores must still be float32's, for vectors of any magnitude
+    (float16 alone turns 1e-6 into 0 and 1e6 into inf) and for the staged vectors the graph
+    does not hold yet, many of them near ties."""
+    rng = np.random.default_rng(21)
+    n = 3000
+    base = rng.normal(size=(n, DIM)).astype(np.float32)
+    base[1000:1100] = base[7] + rng.normal(scale=1e-2, size=(100, DIM))  # near ties
+    mags = np.where(np.arange(n) % 3 == 0, 1e-6, np.where(np.arange(n) % 3 == 1, 1.0, 1e6))
+    if metric != "cosine":  # euclidean and dot rank by magnitude too: one scale per run
+        mags = np.full(n, float(rng.choice([1e-6, 1.0, 1e6])))
+    data = (base * mags[:, None]).astype(np.float32)
+    idx = HnswIndex(DIM, metric, m=8, ef_construction=32, capacity=64)
+    labels = np.arange(n, dtype=np.int64)
+    idx.add(labels[:2000], data[:2000])
+    idx.stage(labels[2000:], data[2000:])  # not folded: from the staging buffer
+    # float32's answer: every vector as the index holds it (hnswlib's, the staging buffer's),
+    # scored as a float32 scan scores it
+    present, stored = idx.get_present(labels)
+    assert present.tolist() == labels.tolist()
+    expect = _unit(data) if metric == "cosine" else data
+    assert np.allclose(stored, expect, rtol=1e-5, atol=0)
+    def check() -> None:
+        for qi in (7, 1003, 2500, 11):
+            q = data[qi] + rng.normal(scale=1e-4, size=DIM).astype(np.float32) * mags[qi]
+            subset = labels[rng.random(n) < 0.6]
+            got_l, got_s = idx.exact_top(subset, q, 10)
+            want = exact_scores(metric, stored[subset], q)
+            order = np.argsort(-want, kind="stable")[:10]
+            assert got_l.tolist() == subset[order].tolist(), (qi, got_l, subset[order])
+            assert np.allclose(got_s, want[order], rtol=1e-5, atol=1e-12)
+
+    check()
+    idx.settle()  # now all from hnswlib's memory
+    check()

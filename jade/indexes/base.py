@@ -99,6 +99,14 @@ class VectorIndex:
         left out: returns the labels kept and their vectors, row for row."""
         raise NotImplementedError
 
+    def exact_top(self, labels: I64, q: F32, k: int) -> tuple[I64, np.ndarray]:
+        """The exact top ``k`` of ``labels`` (those deleted meanwhile left out): labels and
+        scores, best first."""
+        present, data = self.get_present(np.asarray(labels, dtype=np.int64))
+        scores = exact_scores(self.metric, data, np.asarray(q, dtype=np.float32).ravel())
+        sel = top_k(scores, k)
+        return present[sel], scores[sel]
+
     def search(
         self, q: F32, k: int, allowed: Callable[[int], bool] | None = None, ef: int | None = None
     ) -> tuple[I64, np.ndarray]:

@@ -1,16 +1,19 @@
-"""``HnswIndex``: approximate search with hnswlib, plus a numpy copy of the vectors by label for
-exact scans of filtered subsets.
+"""``HnswIndex``: approximate search with hnswlib, plus a half-precision numpy copy of the
+vectors by label for exact scans of filtered subsets (ranked in float16, the best candidates
+scored again in full precision).
 
 hnswlib releases the GIL in ``knn_query``, so searches from many threads run concurrently; its
 ``ef`` is one value for the whole index and a resize needs the index alone, which ``EfGate``
 (``gate.py``) arbitrates. The checkpoint file is written by ``HnswCapture`` (``hnsw_file.py``).
 
 Writes may run ahead of the graph (issue 16): ``stage``/``stage_delete`` (the writer thread)
-put the new state in the numpy rows at once and the labels in ``pending``; ``fold`` (the index
-follower's thread, ``follow.py``) inserts them into the graph later, in one multi-threaded
-``add_items`` per batch. Every search is exact about the staged state: the graph's answer
-leaves out the labels not folded yet, and those are scored exactly from the rows and merged
-(``search``). ``add``/``delete`` stage and fold at once (start-up, rebuilds, tools).
+put the new state in the numpy rows at once, the full-precision vectors in the staging buffer
+(``_sbuf``: only what is staged, never overwritten in place) and the labels in ``pending``;
+``fold`` (the index follower's thread, ``follow.py``) inserts them into the graph later, in
+one multi-threaded ``add_items`` per batch. Every search is exact about the staged state: the
+graph's answer leaves out the labels not folded yet, and those are scored exactly from the
+staging buffer and merged (``search``). ``add``/``delete`` stage and fold at once (start-up,
+rebuilds, tools).
 
 Locks: ``_plock`` guards ``pending``/``folding`` and the growth of the rows (held for a few
 numpy operations); ``_fold_lock``: one fold at a time (the graph's own state: ``deleted``,
@@ -44,17 +47,28 @@ from jade.indexes.gate import EfGate
 from jade.indexes.hnsw_file import HnswCapture
 
 SPACES = {"cosine": "cosine", "euclidean": "l2", "dot": "ip"}
+F16 = NDArray[np.float16]
+# (vecs, alive, in_graph, scale): see ``HnswIndex.__init__``
+Rows = tuple[F16, NDArray[np.bool_], NDArray[np.bool_], F32]
+SCAN_SLICE = 8192  # rows an exact scan turns back into float32 at a time (cache-sized)
+# float16's rounding: relative, and absolute (in units of the row's scale) below its normal
+# range (``HnswIndex._rough``)
+HALF_EPS = 2.0 ** -11
+HALF_TINY = 2.0 ** -25
 # at most this many staged labels are left out of a graph search by over-fetching (k + n
 # neighbours); more are left out by hnswlib's filter callback
 OVERFETCH_MASKED = 256
 
 
 class HnswIndex(VectorIndex):
-    """hnswlib for approximate search, and beside it a numpy copy of the vectors by label
+    """hnswlib for approximate search, and beside it a float16 copy of the vectors by label
     (``vecs``, normalised for cosine as hnswlib stores them; ``alive`` marks the labels present
-    and not deleted). The copy serves exact scans of filtered subsets and ``get`` without
-    hnswlib's ``get_items`` (which builds Python lists: ~12 ms per 1,000 vectors); it costs
-    ``dim * 4`` bytes per label, and is rebuilt from hnswlib's own memory on ``load``.
+    and not deleted). The copy ranks exact scans of filtered subsets without hnswlib's
+    ``get_items`` (~5 µs a vector); the few that may be in the top k are scored again from the
+    full-precision vectors (``_vectors``: hnswlib's, or the staging buffer's for what is not
+    folded yet), so answers and scores are those of float32 (issue 16, item 4: the copy costs
+    ``dim * 2`` bytes per label instead of ``dim * 4``). It is rebuilt from hnswlib's own memory
+    on ``load``.
 
     hnswlib is created (and loaded) with ``allow_replace_deleted``: a new label takes the slot of
     a deleted element when there is one (hnswlib then forgets the deleted label), so the graph
@@ -92,12 +106,21 @@ class HnswIndex(VectorIndex):
         # ``_prune_deleted``
         self.deleted: set[int] = set()
         self._dead = 0  # hnswlib elements marked deleted (slots a new label can take)
-        # (vecs, alive, in_graph), replaced as one tuple when it grows so readers never see a
-        # mismatch: the staged state (``alive``: present and not deleted) and whether the graph
-        # holds the label alive
-        self._rows: tuple[F32, NDArray[np.bool_], NDArray[np.bool_]] = (
-            np.zeros((0, dim), dtype=np.float32), np.zeros(0, dtype=bool),
-            np.zeros(0, dtype=bool))
+        # (vecs, alive, in_graph, scale), replaced as one tuple when it grows so readers never
+        # see a mismatch: the staged state (``vecs`` in float16, each row divided by its
+        # ``scale``, a power of two that brings its largest component into (0.5, 1]: float16's
+        # range and precision whatever the vector's magnitude; ``alive``: present and not
+        # deleted) and whether the graph holds the label alive
+        self._rows: Rows = (
+            np.zeros((0, dim), dtype=np.float16), np.zeros(0, dtype=bool),
+            np.zeros(0, dtype=bool), np.zeros(0, dtype=np.float32))
+        # the staging buffer: the full-precision vectors staged since it was last emptied, each
+        # in a row of its own (a label staged again takes a new row: rows are never written
+        # twice, so a reader may copy rows outside ``_plock``); ``_spos``: label -> its newest
+        # row; ``_sused``: rows taken. Replaced, never cleared in place.
+        self._sbuf: F32 = np.zeros((0, dim), dtype=np.float32)
+        self._spos: dict[int, int] = {}
+        self._sused = 0
         self._count = 0  # labels alive in the staged state
         self._plock = threading.Lock()
         self._fold_lock = threading.Lock()
@@ -129,19 +152,21 @@ class HnswIndex(VectorIndex):
             return unit
         return v
 
-    def _grow_rows(self, top: int) -> tuple[F32, NDArray[np.bool_], NDArray[np.bool_]]:
+    def _grow_rows(self, top: int) -> Rows:
         """Under ``_plock``."""
-        vecs, alive, in_graph = self._rows
+        vecs, alive, in_graph, scale = self._rows
         if top < len(alive):
-            return vecs, alive, in_graph
+            return self._rows
         cap = max(1024, top + 1, len(alive) * 2)
-        nv = np.zeros((cap, self.dim), dtype=np.float32)
+        nv = np.zeros((cap, self.dim), dtype=np.float16)
         nv[: len(vecs)] = vecs
         na = np.zeros(cap, dtype=bool)
         na[: len(alive)] = alive
         ng = np.zeros(cap, dtype=bool)
         ng[: len(in_graph)] = in_graph
-        self._rows = (nv, na, ng)
+        ns = np.ones(cap, dtype=np.float32)
+        ns[: len(scale)] = scale
+        self._rows = (nv, na, ng, ns)
         return self._rows
 
     # -- writes: staged at once, folded into the graph later --------------------------------
@@ -164,11 +189,35 @@ class HnswIndex(VectorIndex):
             labels, v = labels[last], v[last]
         unit = self._prep(v)
         with self._plock:
-            vecs, alive, _ = self._grow_rows(int(labels.max()))
+            vecs, alive, _, scale = self._grow_rows(int(labels.max()))
             self._count += int(np.count_nonzero(~alive[labels]))
-            vecs[labels] = unit
+            _halve(vecs, scale, labels, unit)
             alive[labels] = True
+            self._buffer(labels, unit)
             self._pend(labels, lsn)
+
+    def _buffer(self, labels: I64, unit: F32) -> None:
+        """Under ``_plock``: the full-precision rows of ``labels`` into the staging buffer, in
+        rows never used before (a larger buffer is a new array: readers keep theirs)."""
+        buf, used, n = self._sbuf, self._sused, len(labels)
+        if used + n > len(buf):
+            grown = np.empty((max(1024, 2 * (used + n)), self.dim), dtype=np.float32)
+            grown[:used] = buf[:used]
+            buf = self._sbuf = grown
+        buf[used : used + n] = unit
+        self._spos.update(zip(labels.tolist(), range(used, used + n), strict=True))
+        self._sused = used + n
+
+    def _unbuffer(self) -> None:
+        """Under ``_plock``, after a fold: a new staging buffer holding only the rows of what is
+        still ``pending`` (none: an empty one). Readers holding the old one keep it."""
+        keep = [x for x in self.pending if x in self._spos]
+        old, pos = self._sbuf, self._spos
+        self._spos, self._sused = {}, 0
+        self._sbuf = np.zeros((0, self.dim), dtype=np.float32)
+        if keep:
+            arr = np.asarray(keep, dtype=np.int64)
+            self._buffer(arr, old[[pos[x] for x in keep]])
 
     def stage_delete(self, labels: list[int], lsn: int = 0) -> None:
         with self._plock:
@@ -215,14 +264,17 @@ class HnswIndex(VectorIndex):
             take = self.folding = self.pending
             self.pending = set()
             self._folding_since, self._since = self._since, None
-            vecs, alive, _ = self._rows
-        # outside ``_plock``: a label staged again meanwhile is pending again and folded again,
-        # so a row read half-written here never stays in the graph
-        labels = np.fromiter(take, dtype=np.int64, count=len(take))
-        labels.sort()
-        up = alive[labels]
-        gone, labels = labels[~up], labels[up]
-        values = vecs[labels]
+            alive = self._rows[1]
+            labels = np.fromiter(take, dtype=np.int64, count=len(take))
+            labels.sort()
+            up = alive[labels]
+            gone, labels = labels[~up], labels[up]
+            spos, buf = self._spos, self._sbuf
+            rows = np.fromiter(map(spos.__getitem__, labels.tolist()), dtype=np.int64,
+                               count=len(labels))
+        # outside ``_plock``: the rows are never written again (a label staged meanwhile takes
+        # a new row, is pending again and folded again)
+        values = buf[rows]
         try:
             faults.hit("index.fold")
             self._graph_delete(gone)
@@ -239,6 +291,7 @@ class HnswIndex(VectorIndex):
         with self._plock:
             self.folding = set()
             self._folding_since = None
+            self._unbuffer()
         return len(take)
 
     def _graph_add(self, labels: I64, v: F32) -> None:
@@ -318,11 +371,87 @@ class HnswIndex(VectorIndex):
             )
 
     def get_present(self, labels: I64) -> tuple[I64, F32]:
-        vecs, alive, _ = self._rows
+        return self._vectors(np.asarray(labels, dtype=np.int64))
+
+    def _rough(self, vecs: F16, scale: F32, labels: I64, q: F32) -> tuple[F32, F32]:
+        """Rough ranking keys of ``labels`` from the float16 copy (higher is nearer: the dot
+        product with the query, normalised for cosine; minus the distance for euclidean) and a
+        bound on each key's error. float16 rounds a component to within 2**-11 of its value
+        (2**-25 of its row's scale below float16's normal range), so a dot product moves by at
+        most 2**-11 * ||x|| ||q|| + 2**-25 * scale * ||q||_1 (Cauchy-Schwarz), and a distance
+        by at most the vector's own error, 2**-11 * ||x|| + 2**-25 * scale * sqrt(dim)."""
+        s = scale[labels]
+        x = vecs[labels].astype(np.float32)  # each row divided by its scale
+        if self.metric == "euclidean":
+            x *= s[:, None]
+            diff = x - q
+            key = -np.sqrt(np.einsum("ij,ij->i", diff, diff))
+            err = HALF_EPS * np.sqrt(np.einsum("ij,ij->i", x, x)) + HALF_TINY * s * (
+                self.dim ** 0.5)
+        elif self.metric == "cosine":  # the rows are unit vectors, and so is the query
+            qq = q / (np.linalg.norm(q) + 1e-30)
+            key = (x @ qq) * s
+            err = HALF_EPS + HALF_TINY * s * float(np.abs(qq).sum())
+        else:
+            key = (x @ q) * s
+            norm_x = np.sqrt(np.einsum("ij,ij->i", x, x)) * s
+            err = (HALF_EPS * float(np.linalg.norm(q)) * norm_x
+                   + HALF_TINY * s * float(np.abs(q).sum()))
+        return key.astype(np.float32), (err * 1.01 + 1e-12).astype(np.float32)
+
+    def _vectors(self, labels: I64) -> tuple[I64, F32]:
+        """The live labels among ``labels`` and their full-precision vectors: the staged ones
+        from the staging buffer, the others from hnswlib (``get_items``, ~5 µs each: for a few
+        candidates, not for scans). A label deleted meanwhile is left out."""
+        with self._plock:
+            alive = self._rows[1]
+            labels = labels[(labels >= 0) & (labels < len(alive))]
+            labels = labels[alive[labels]]
+            spos, buf = self._spos, self._sbuf
+            rows = np.fromiter((spos.get(x, -1) for x in labels.tolist()), dtype=np.int64,
+                               count=len(labels))
+        out = np.empty((len(labels), self.dim), dtype=np.float32)
+        staged = rows >= 0
+        out[staged] = buf[rows[staged]]
+        folded = np.nonzero(~staged)[0]
+        if len(folded) == 0:
+            return labels, out
+        keep = np.ones(len(labels), dtype=bool)
+        with self.gate.shared(self.ef_search):
+            try:
+                out[folded] = self.index.get_items(labels[folded], return_type="numpy")
+            except RuntimeError:  # one was deleted meanwhile: one by one, without it
+                for i in folded.tolist():
+                    try:
+                        out[i] = self.index.get_items([int(labels[i])], return_type="numpy")[0]
+                    except RuntimeError:
+                        keep[i] = False
+        return labels[keep], out[keep]
+
+    def exact_top(self, labels: I64, q: F32, k: int) -> tuple[I64, np.ndarray]:
+        """The exact top ``k`` of the live ``labels``: ranked from the float16 copy with a bound
+        on each rough score's error (``_rough``), then every label that could be in the true
+        top ``k`` (its rough score within twice its bound of the ``k``-th best rough score)
+        scored again in full precision. Exact whatever the data: near-duplicates only make
+        that set larger."""
+        vecs, alive, _, scale = self._rows
         labels = np.asarray(labels, dtype=np.int64)
-        labels = labels[labels < len(alive)]
-        keep = labels[alive[labels]]
-        return keep, vecs[keep]
+        labels = labels[(labels >= 0) & (labels < len(alive))]
+        labels = labels[alive[labels]]
+        if len(labels) == 0 or k <= 0:
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
+        q = np.asarray(q, dtype=np.float32).ravel()
+        if len(labels) > k:
+            parts = [self._rough(vecs, scale, part, q)  # a float32 copy of a slice at a time
+                     for part in np.array_split(labels, -(-len(labels) // SCAN_SLICE))]
+            key = np.concatenate([p[0] for p in parts])
+            err = np.concatenate([p[1] for p in parts])
+            kth = key[np.argpartition(-key, k - 1)[k - 1]]
+            labels = labels[key >= kth - 2 * err]
+        kept, full = self._vectors(labels)
+        scores = exact_scores(self.metric, full, q)
+        sel = top_k(scores, k)
+        return kept[sel], scores[sel]
 
     def set_ef(self, ef: int) -> None:
         self.ef_search = ef  # the gate switches the index's ef at the next search
@@ -354,7 +483,7 @@ class HnswIndex(VectorIndex):
                 return x not in masked and (ok is None or ok(x))
 
             gl, gs = self._graph_search(q, k, admit, ef, masked)
-        vecs, alive, _ = self._rows
+        alive = self._rows[1]
         t = np.fromiter(masked, dtype=np.int64, count=len(masked))
         t = t[t < len(alive)]
         t = t[alive[t]]
@@ -366,7 +495,8 @@ class HnswIndex(VectorIndex):
             t = t[np.fromiter(map(allowed, t.tolist()), dtype=bool, count=len(t))]
         if len(t) == 0:
             return gl[:k], gs[:k]
-        ts = exact_scores(self.metric, vecs[t], np.asarray(q, dtype=np.float32).ravel())
+        t, tv = self._vectors(t)
+        ts = exact_scores(self.metric, tv, np.asarray(q, dtype=np.float32).ravel())
         labels = np.concatenate([gl, t])
         scores = np.concatenate([np.asarray(gs, dtype=np.float32), ts.astype(np.float32)])
         # a label folded between the graph's answer and ``masked``'s copy may be in both
@@ -402,19 +532,14 @@ class HnswIndex(VectorIndex):
         masked: set[int] | None = None,
     ) -> tuple[I64, np.ndarray]:
         """Exact top-k over the live (and allowed, and not ``masked``) labels."""
-        vecs, alive, _ = self._rows
-        labels = np.nonzero(alive)[0]
+        labels = np.nonzero(self._rows[1])[0]
         if masked:
             labels = labels[~np.isin(labels, np.fromiter(masked, dtype=np.int64,
                                                          count=len(masked)))]
         if allowed is not None:
             labels = labels[np.fromiter(map(allowed, labels.tolist()), dtype=bool,
                                         count=len(labels))]
-        if len(labels) == 0:
-            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.float32)
-        scores = exact_scores(self.metric, vecs[labels], q)
-        sel = top_k(scores, k)
-        return labels[sel].astype(np.int64), scores[sel]
+        return self.exact_top(labels.astype(np.int64), q, k)
 
     def search_batch(self, qs: F32, k: int, ef: int | None = None) -> tuple[I64, np.ndarray]:
         if self._masked() is not None:  # while the graph lags: each query merged (``search``)
@@ -484,15 +609,16 @@ class HnswIndex(VectorIndex):
         if len(labels) == 0:
             return
         with self._plock:
-            rows, alive, in_graph = self._grow_rows(int(labels.max()))
+            rows, alive, in_graph, scale = self._grow_rows(int(labels.max()))
             if not self._dead:  # none deleted: straight from hnswlib's memory, no mask copy
-                rows[labels] = vecs
+                for i in range(0, len(labels), SCAN_SLICE):
+                    _halve(rows, scale, labels[i : i + SCAN_SLICE], vecs[i : i + SCAN_SLICE])
                 alive[labels] = True
                 in_graph[labels] = True
                 self._count = len(labels)
                 return
             live = labels[~dead]
-            rows[live] = vecs[~dead]
+            _halve(rows, scale, live, vecs[~dead])
             alive[live] = True
             in_graph[live] = True
             self._count = len(live)
@@ -501,9 +627,8 @@ class HnswIndex(VectorIndex):
         # hnswlib: per element the vector, M*2 level-0 links (4 bytes) and bookkeeping; then
         # the numpy copy of the vectors
         per = self.dim * 4 + self.m * 2 * 4 + 8 + 4 + 8
-        vecs, alive, in_graph = self._rows
-        return int(self.index.get_max_elements() * per + vecs.nbytes + alive.nbytes
-                   + in_graph.nbytes)
+        return int(self.index.get_max_elements() * per + sum(a.nbytes for a in self._rows)
+                   + self._sbuf.nbytes)
 
 
 def _level0(state: dict[str, Any]) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:
@@ -534,3 +659,11 @@ def _elements(state: dict[str, Any], dim: int) -> tuple[F32, I64, NDArray[np.boo
     vecs = np.ascontiguousarray(mem[:, off : off + dim * 4]).view(np.float32).reshape(n, dim)
     raw = np.ascontiguousarray(mem[:, loff : loff + 8]).view(np.uint64).ravel()
     return vecs, raw.astype(np.int64), dead
+
+
+def _halve(vecs: F16, scale: F32, labels: I64, v: F32) -> None:
+    """Rows ``labels`` of the float16 copy and their scales from the float32 vectors ``v``."""
+    top = np.abs(v).max(axis=1) if len(v) else np.zeros(0, dtype=np.float32)
+    s = np.exp2(np.ceil(np.log2(np.maximum(top, 1e-30)))).astype(np.float32)
+    scale[labels] = s
+    vecs[labels] = v / s[:, None]

@@ -31,7 +31,7 @@ import numpy as np
 
 from jade import events as ev
 from jade.core.filters import Filter, index_terms
-from jade.indexes.base import VectorIndex, exact_scores, top_k
+from jade.indexes.base import VectorIndex
 from jade.indexes.flat import FlatIndex
 from jade.indexes.hnsw import HnswIndex
 
@@ -387,7 +387,5 @@ class LiveDb:
         self, q: np.ndarray, k: int, match: Match, stats: SearchStats
     ) -> tuple[np.ndarray, np.ndarray, SearchStats]:
         stats.strategy = "exact_filtered"
-        present, data = self.index.get_present(match.labels)
-        scores = exact_scores(self.metric, data, q)
-        sel = top_k(scores, k)
-        return present[sel], scores[sel], stats
+        labels, scores = self.index.exact_top(match.labels, q, k)
+        return labels, scores, stats
