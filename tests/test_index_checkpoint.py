@@ -357,7 +357,7 @@ def test_read_metadata_refuses_terms_outside_its_rows(
     def doc(offsets: list[int], rows: list[int]) -> dict[str, Any]:
         values = [f"n:{j}" for j in range(len(offsets) - 1)]
         return {
-            "format": ckpt.FORMAT,
+            "format": 1,  # the older layout, read still
             "count": 2,
             "labels": np.array([5, 6], dtype="<i8").tobytes(),
             "meta": [None, {"a": 1}],
@@ -373,7 +373,7 @@ def test_read_metadata_refuses_terms_outside_its_rows(
         ckpt.read_metadata(path, 2)
 
 
-def test_loaded_terms_share_the_label_objects_of_meta(tmp_path: Path) -> None:
+def test_loaded_terms_hold_one_int_object_per_label(tmp_path: Path) -> None:
     """As ``load_metadata`` builds them: one int object per label, not one per membership."""
     path = str(tmp_path / "m")
     meta = {10**6 + i: {"a": i % 3, "b": "x"} for i in range(100)}
@@ -383,9 +383,12 @@ def test_loaded_terms_share_the_label_objects_of_meta(tmp_path: Path) -> None:
             terms.setdefault(t, set()).add(label)
     ckpt.write_metadata(path, meta, terms)
     got_meta, got_terms = ckpt.read_metadata(path, 100)
-    assert got_terms == terms
-    keys = {id(k) for k in got_meta}
-    assert all(id(x) in keys for members in got_terms.values() for x in members)
+    assert got_terms == terms and got_meta == meta
+    objects: dict[int, set[int]] = {}
+    for members in got_terms.values():
+        for x in members:
+            objects.setdefault(x, set()).add(id(x))
+    assert len(objects) == 100 and all(len(ids) == 1 for ids in objects.values())
 
 
 # -- restart from a checkpoint --------------------------------------------------------------------
@@ -441,7 +444,7 @@ def test_missing_or_damaged_metadata_file_rebuilds(
     elif damage == "index-count":  # a whole metadata file, one vector short of the index file
         doc = index_json(s, "h")
         meta, terms = ckpt.read_metadata(md_path(s, "h"), doc["count"])
-        meta.pop(next(iter(meta)))
+        meta.discard(next(iter(meta)))
         ckpt.write_metadata(md_path(s, "h"), meta, terms)
         doc["metadata"]["count"] = doc["count"] = doc["count"] - 1
         write_index_json(s, "h", doc)

@@ -43,6 +43,7 @@ from jade.indexes.base import IndexCapture, VectorIndex
 from jade.indexes.flat import FlatIndex
 from jade.indexes.hnsw import HnswIndex
 from jade.indexes.live import LiveDb, spec_of
+from jade.indexes.packed_meta import PackedMeta
 from wal.files import fsync_path, write_atomic
 
 log = logging.getLogger(__name__)
@@ -63,7 +64,7 @@ class Capture:
     live: LiveDb  # the LiveDb captured: if the projection holds another one now, it is stale
     name: str  # the checkpoint's file name, not used in the directory yet
     index: IndexCapture
-    meta: dict[int, Any]
+    meta: PackedMeta
     terms: ckpt.Terms
     doc: dict[str, Any]  # its index.json, but for the metadata file and the save time
 

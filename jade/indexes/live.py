@@ -34,6 +34,7 @@ from jade.core.filters import Filter, index_terms
 from jade.indexes.base import VectorIndex
 from jade.indexes.flat import FlatIndex
 from jade.indexes.hnsw import HnswIndex
+from jade.indexes.packed_meta import PackedMeta
 
 
 class IdLookup(Protocol):
@@ -160,7 +161,8 @@ class LiveDb:
         self.indexes: list[ev.IndexDef] = list(indexes or [])
         self.threads = threads
         self.index = index if index is not None else self.new_index(spec)
-        self.meta: dict[int, Any] = {}  # label -> metadata, for every live vector
+        # label -> metadata, for every live vector (packed: ``packed_meta.py``)
+        self.meta = PackedMeta()
         self.terms: dict[tuple[str, str], set[int]] = {}
         # the terms dict a checkpoint is writing (``capture_metadata``): its sets are shared
         # with ``terms`` until ``release_capture``, so the writer changes a copy of any of them
@@ -194,11 +196,11 @@ class LiveDb:
         spec = spec_of(indexes[-1] if indexes else None)
         new = LiveDb(self.db_id, self.dim, self.metric, spec, threads=self.threads,
                      indexes=indexes)
-        labels = np.fromiter(self.meta.keys(), dtype=np.int64, count=len(self.meta))
+        labels = self.meta.labels()
         new.index = new.new_index(spec, capacity=max(1024, len(labels) + 1024))
         for i in range(0, len(labels), 8192):
             keep, vecs = self.index.get_present(labels[i : i + 8192])
-            new.upsert(keep, vecs, [self.meta[x] for x in keep.tolist()])
+            new.upsert(keep, vecs, [md for _, md in self.meta.items_of(keep.tolist())])
         new._id_of = self._id_of
         new.covered_lsn = self.covered_lsn
         new.dirty = True
@@ -215,7 +217,7 @@ class LiveDb:
             self.index.stage(labels, vectors, lsn)
         for label, md in zip(labels.tolist(), metadata, strict=True):
             self._unterm(label)
-            self.meta[label] = md
+            self.meta.put(label, md)
             for t in index_terms(md if isinstance(md, dict) else None):
                 self._term_set(t).add(label)
         self._touch()
@@ -228,7 +230,7 @@ class LiveDb:
         known = self._id_of
         for label in labels:
             self._unterm(label)
-            self.meta.pop(label, None)
+            self.meta.discard(label)
             if label < len(known):
                 known[label] = None
         self._touch()
@@ -254,7 +256,7 @@ class LiveDb:
     def load_metadata(self, labels: list[int], metadata: list[Any]) -> None:
         """Fill the metadata side without touching the vector index (start-up from a checkpoint)."""
         for label, md in zip(labels, metadata, strict=True):
-            self.meta[label] = md
+            self.meta.put(label, md)
             for t in index_terms(md if isinstance(md, dict) else None):
                 self.terms.setdefault(t, set()).add(label)
 
@@ -283,13 +285,13 @@ class LiveDb:
         return s
 
     # -- checkpoint captures (under the index manager's lock: no write runs meanwhile) ------
-    def capture_metadata(self) -> tuple[dict[int, Any], dict[tuple[str, str], set[int]]]:
+    def capture_metadata(self) -> tuple[PackedMeta, dict[tuple[str, str], set[int]]]:
         """``meta`` and ``terms`` as they are now, for a checkpoint to write while writes go
-        on: two dict copies, no per-vector or per-term Python (a flattening of the terms would
-        cost ~0.2 s per 100k vectors here). Metadata values are never changed in place (an
-        upsert replaces them), so sharing them is safe; the term sets are shared until
-        ``release_capture`` and the writer changes copies of them (``_term_set``)."""
-        meta, terms = self.meta.copy(), self.terms.copy()
+        on: a copy of the packed metadata (two buffer copies) and of the terms dict, no
+        per-vector or per-term Python (a flattening of the terms would cost ~0.2 s per 100k
+        vectors here). The term sets are shared until ``release_capture`` and the writer
+        changes copies of them (``_term_set``)."""
+        meta, terms = self.meta.capture(), self.terms.copy()
         self._captured_terms = terms
         return meta, terms
 
@@ -323,12 +325,11 @@ class LiveDb:
             sets = [self.terms.get(t, set()) for t in terms]
             sets.sort(key=len)
             cand = set(sets[0]).intersection(*sets[1:]) if sets[0] else set()
-            labels = _select(((x, meta.get(x)) for x in cand), len(cand), f, deadline)
+            labels = _select(meta.items_of(cand), len(cand), f, deadline)
         else:
-            # dict.copy() is one C-level copy; iterating the live dict (even inside list())
-            # allocates, can run the GC and so other threads: the writer may resize it meanwhile
-            snapshot = meta.copy()
-            labels = _select(snapshot.items(), len(snapshot), f, deadline)
+            # the offsets as they are now: the writer may go on meanwhile
+            count, items = meta.snapshot_items()
+            labels = _select(items, count, f, deadline)
         match = Match(np.array(sorted(labels), dtype=np.int64))
         if cache_size:
             with self._cache_lock:

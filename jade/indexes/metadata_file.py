@@ -9,10 +9,15 @@ File layout (all integers little-endian)::
 
 The payload is one msgpack map::
 
-    {"format": 1, "count": n,
-     "labels": <n int64>,                      # row i is the label of meta[i]
-     "meta": [metadata, ...],                  # n entries, row for row with "labels"
+    {"format": 2, "count": n,
+     "labels": <n int64>,                      # sorted; row i is the label of entry i
+     "offsets": <n int64>,                     # row for row: where its entry starts in "arena"
+     "arena": <bytes>,                         # the entries: 4-byte length, packed metadata
      "fields": [[field, [value, ...], <offsets int64>, <rows int64>], ...]}
+
+(``PackedMeta.to_file``: the packed metadata goes to disk and back as it is held, with no
+per-vector Python.) Format 1, read still, held ``"meta": [metadata, ...]`` instead of
+``offsets`` and ``arena``.
 
 Under ``fields`` each field's terms are flattened: the vectors of ``(field, values[j])`` are
 the rows ``rows[offsets[j]:offsets[j + 1]]`` of ``labels``. Loading is numpy and one ``set()``
@@ -31,7 +36,7 @@ from __future__ import annotations
 
 import gc
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from itertools import chain
 from typing import Any
@@ -39,9 +44,10 @@ from typing import Any
 import msgpack
 import numpy as np
 
+from jade.indexes.packed_meta import PackedMeta
 from wal.files import write_atomic
 
-FORMAT = 1
+FORMAT = 2
 MAGIC = b"JADEMD\x00\x01"
 SUFFIX = ".meta"  # the metadata file is ``<index file name> + SUFFIX``
 _HEADER = len(MAGIC) + 8 + 4
@@ -53,7 +59,7 @@ class CheckpointError(Exception):
     """The metadata file is missing, damaged or not the one the checkpoint describes."""
 
 
-def write_metadata(path: str, meta: dict[int, Any], terms: Terms) -> int:
+def write_metadata(path: str, meta: Mapping[int, Any], terms: Terms) -> int:
     """Write ``meta`` and ``terms`` to ``path`` atomically and durably (``write_atomic``).
     Returns the number of labels written. Neither may change meanwhile: a checkpoint passes a
     capture (``LiveDb.capture_metadata``)."""
@@ -66,24 +72,23 @@ def write_metadata(path: str, meta: dict[int, Any], terms: Terms) -> int:
     return count
 
 
-def encode_metadata(meta: dict[int, Any], terms: Terms) -> tuple[int, list[bytes]]:
+def encode_metadata(meta: Mapping[int, Any], terms: Terms) -> tuple[int, list[bytes]]:
     """``(label count, payload)``: the payload as msgpack chunks whose concatenation is the
     map described above. Built in bounded steps (at most ``_CHUNK`` metadata values, term
     values or sets per C call), never one long call: a checkpoint encodes while the writer
     thread applies records and searches run, and those need the GIL between the steps."""
     with _gc_paused():
-        labels = np.fromiter(meta.keys(), dtype=np.int64, count=len(meta))
-        order = np.argsort(labels, kind="stable")
+        labels, offsets_md, arena = PackedMeta.of(meta).to_file()
+        order = np.arange(len(labels))
         by_field: dict[str, tuple[list[str], list[set[int]]]] = {}
         for (field, value), members in terms.items():
             values, sets = by_field.setdefault(field, ([], []))
             values.append(value)
             sets.append(members)
         pk = msgpack.Packer(use_bin_type=True)
-        out = [pk.pack_map_header(5)]
-        out += map(pk.pack, ("format", FORMAT, "count", len(labels), "labels", _le(labels)))
-        out.append(pk.pack("meta"))
-        out += _pack_list(pk, list(meta.values()))
+        out = [pk.pack_map_header(6)]
+        out += map(pk.pack, ("format", FORMAT, "count", len(labels), "labels", _le(labels),
+                             "offsets", _le(offsets_md), "arena", arena))
         out += [pk.pack("fields"), pk.pack_array_header(len(by_field))]
         for field, (values, sets) in by_field.items():
             offsets = np.zeros(len(sets) + 1, dtype=np.int64)
@@ -110,7 +115,7 @@ def _pack_list(pk: msgpack.Packer, items: list[Any]) -> list[bytes]:
     ]
 
 
-def read_metadata(path: str, count: int) -> tuple[dict[int, Any], Terms]:
+def read_metadata(path: str, count: int) -> tuple[PackedMeta, Terms]:
     """``(meta, terms)`` exactly as ``LiveDb.load_metadata`` would build them from the same
     vectors. Raises ``CheckpointError`` unless the file is intact and holds ``count`` labels."""
     try:
@@ -134,20 +139,28 @@ def read_metadata(path: str, count: int) -> tuple[dict[int, Any], Terms]:
         raise CheckpointError(f"metadata file: malformed ({type(exc).__name__}: {exc})") from exc
 
 
-def _decode(body: memoryview, count: int) -> tuple[dict[int, Any], Terms]:
+def _decode(body: memoryview, count: int) -> tuple[PackedMeta, Terms]:
     doc = msgpack.unpackb(body, raw=False, strict_map_key=False)
-    if doc["format"] != FORMAT:
+    if doc["format"] not in (1, FORMAT):
         raise CheckpointError(f"metadata file: format {doc['format']!r}, want {FORMAT}")
-    labels = np.frombuffer(doc["labels"], dtype="<i8").tolist()
-    mds = doc["meta"]
-    if doc["count"] != count or len(labels) != count or len(mds) != count:
-        raise CheckpointError(
-            f"metadata file: {len(labels)} labels / {len(mds)} metadata, want {count}"
-        )
-    meta = dict(zip(labels, mds, strict=True))
+    label_arr = np.frombuffer(doc["labels"], dtype="<i8")
+    labels = label_arr.tolist()
+    if doc["format"] == 1:  # a checkpoint of an older version: packed here, once
+        mds = doc["meta"]
+        if len(mds) != count:
+            raise CheckpointError(f"metadata file: {len(mds)} metadata, want {count}")
+        meta = PackedMeta.of(dict(zip(labels, mds, strict=True)))
+    else:
+        offsets = np.frombuffer(doc["offsets"], dtype="<i8")
+        try:
+            meta = PackedMeta.from_file(label_arr, offsets, doc["arena"])
+        except ValueError as exc:
+            raise CheckpointError(f"metadata file: {exc}") from exc
+    if doc["count"] != count or len(labels) != count:
+        raise CheckpointError(f"metadata file: {len(labels)} labels, want {count}")
     if len(meta) != count:
         raise CheckpointError("metadata file: duplicate labels")
-    by_row = np.empty(count, dtype=object)  # the int objects that key ``meta``, by row
+    by_row = np.empty(count, dtype=object)  # one int object per label, shared by its terms
     by_row[:] = labels
     terms: Terms = {}
     for field, values, offsets_b, rows_b in doc["fields"]:
