@@ -20,11 +20,8 @@ per-vector Python.) Format 1, read still, held ``"meta": [metadata, ...]`` inste
 ``offsets`` and ``arena``.
 
 Under ``fields`` each field's terms are flattened: the vectors of ``(field, values[j])`` are
-the rows ``rows[offsets[j]:offsets[j + 1]]`` of ``labels``. Loading is numpy and one ``set()``
-per term, with no per-vector Python: 1.7 s for 1M vectors with 3 terms each, where
-``load_metadata`` (``index_terms`` per vector) takes 9 s. Terms hold rows, not labels, so that
-the sets are filled with the very int objects that key ``meta`` (an object-array take), as
-``load_metadata`` does: separate int objects would cost ~140 more bytes per vector.
+the rows ``rows[offsets[j]:offsets[j + 1]]`` of ``labels``. Loading is numpy: each term's
+labels are one take of ``labels`` (``Terms.from_arrays``), with no per-vector Python.
 
 Crash safety: written with ``wal.files.write_atomic`` (tmp file, fsync, rename, directory
 fsync). A file
@@ -38,13 +35,13 @@ import gc
 import zlib
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
-from itertools import chain
 from typing import Any
 
 import msgpack
 import numpy as np
 
 from jade.indexes.packed_meta import PackedMeta
+from jade.indexes.terms import Term, Terms
 from wal.files import write_atomic
 
 FORMAT = 2
@@ -52,14 +49,13 @@ MAGIC = b"JADEMD\x00\x01"
 SUFFIX = ".meta"  # the metadata file is ``<index file name> + SUFFIX``
 _HEADER = len(MAGIC) + 8 + 4
 
-Terms = dict[tuple[str, str], set[int]]
 
 
 class CheckpointError(Exception):
     """The metadata file is missing, damaged or not the one the checkpoint describes."""
 
 
-def write_metadata(path: str, meta: Mapping[int, Any], terms: Terms) -> int:
+def write_metadata(path: str, meta: Mapping[int, Any], terms: Mapping[Term, Any]) -> int:
     """Write ``meta`` and ``terms`` to ``path`` atomically and durably (``write_atomic``).
     Returns the number of labels written. Neither may change meanwhile: a checkpoint passes a
     capture (``LiveDb.capture_metadata``)."""
@@ -72,7 +68,8 @@ def write_metadata(path: str, meta: Mapping[int, Any], terms: Terms) -> int:
     return count
 
 
-def encode_metadata(meta: Mapping[int, Any], terms: Terms) -> tuple[int, list[bytes]]:
+def encode_metadata(meta: Mapping[int, Any], terms: Mapping[Term, Any]
+                    ) -> tuple[int, list[bytes]]:
     """``(label count, payload)``: the payload as msgpack chunks whose concatenation is the
     map described above. Built in bounded steps (at most ``_CHUNK`` metadata values, term
     values or sets per C call), never one long call: a checkpoint encodes while the writer
@@ -80,8 +77,8 @@ def encode_metadata(meta: Mapping[int, Any], terms: Terms) -> tuple[int, list[by
     with _gc_paused():
         labels, offsets_md, arena = PackedMeta.of(meta).to_file()
         order = np.arange(len(labels))
-        by_field: dict[str, tuple[list[str], list[set[int]]]] = {}
-        for (field, value), members in terms.items():
+        by_field: dict[str, tuple[list[str], list[np.ndarray]]] = {}
+        for (field, value), members in Terms.of(terms).flat():
             values, sets = by_field.setdefault(field, ([], []))
             values.append(value)
             sets.append(members)
@@ -93,12 +90,7 @@ def encode_metadata(meta: Mapping[int, Any], terms: Terms) -> tuple[int, list[by
         for field, (values, sets) in by_field.items():
             offsets = np.zeros(len(sets) + 1, dtype=np.int64)
             np.cumsum(np.fromiter(map(len, sets), dtype=np.int64, count=len(sets)), out=offsets[1:])
-            flat = np.empty(int(offsets[-1]), dtype=np.int64)
-            for i in range(0, len(sets), _CHUNK):
-                lo, hi = int(offsets[i]), int(offsets[min(i + _CHUNK, len(sets))])
-                flat[lo:hi] = np.fromiter(
-                    chain.from_iterable(sets[i : i + _CHUNK]), dtype=np.int64, count=hi - lo
-                )
+            flat = np.concatenate(sets) if sets else np.zeros(0, dtype=np.int64)
             out += [pk.pack_array_header(4), pk.pack(field)]
             out += _pack_list(pk, values)
             out += [pk.pack(_le(offsets)), pk.pack(_le(_rows_of(labels, order, flat)))]
@@ -160,9 +152,7 @@ def _decode(body: memoryview, count: int) -> tuple[PackedMeta, Terms]:
         raise CheckpointError(f"metadata file: {len(labels)} labels, want {count}")
     if len(meta) != count:
         raise CheckpointError("metadata file: duplicate labels")
-    by_row = np.empty(count, dtype=object)  # one int object per label, shared by its terms
-    by_row[:] = labels
-    terms: Terms = {}
+    parts: list[tuple[Term, np.ndarray]] = []
     for field, values, offsets_b, rows_b in doc["fields"]:
         offsets = np.frombuffer(offsets_b, dtype="<i8")
         rows = np.frombuffer(rows_b, dtype="<i8")
@@ -174,10 +164,10 @@ def _decode(body: memoryview, count: int) -> tuple[PackedMeta, Terms]:
             or (len(rows) and (rows.min() < 0 or rows.max() >= count))
         ):
             raise CheckpointError(f"metadata file: inconsistent terms of {field!r}")
-        members = by_row[rows]
+        members = label_arr.astype(np.int64)[rows]
         for value, lo, hi in zip(values, offsets.tolist(), offsets[1:].tolist(), strict=False):
-            terms[(field, value)] = set(members[lo:hi])
-    return meta, terms
+            parts.append(((field, value), members[lo:hi]))
+    return meta, Terms.from_arrays(parts)
 
 
 @contextmanager
