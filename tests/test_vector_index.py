@@ -260,3 +260,28 @@ def test_an_exact_scan_of_the_half_precision_copy_answers_as_float32_would(metri
     check()
     idx.settle()  # now all from hnswlib's memory
     check()
+
+
+def test_a_load_reads_the_rows_from_the_file_not_from_a_copy_of_the_index(tmp_path: Any) -> None:
+    """``HnswIndex.load`` fills its float16 copy from the hnswlib file it loaded, mapped
+    (``_file_state``), not from ``__getstate__`` (a copy of the whole index the allocator keeps
+    after it is freed: ~90 bytes a vector): both must give the same elements, deleted marks
+    included."""
+    from jade.indexes.hnsw import _elements, _file_state
+
+    idx = HnswIndex(DIM, "euclidean", m=8, ef_construction=32, capacity=64)
+    data = _data(700)
+    idx.add(np.arange(700, dtype=np.int64) * 2, data)
+    idx.delete([0, 10, 1398])
+    path = str(tmp_path / "h.bin")
+    idx.save(path)
+    back = HnswIndex.load(path, DIM, "euclidean", m=8, ef_construction=32, ef_search=32)
+    state = _file_state(path, int(back.index.element_count))
+    assert state is not None
+    fv, fl, fd = _elements(state, DIM)
+    gv, gl, gd = _elements(back.index.__getstate__()[0], DIM)
+    assert np.array_equal(fl, gl) and np.array_equal(fd, gd) and np.array_equal(fv, gv)
+    assert int(fd.sum()) == 3 and len(back) == 697
+    assert _file_state(path, 699) is None  # a file that is not the loaded index: not used
+    keep, vecs = back.get_present(np.arange(1400, dtype=np.int64))
+    assert len(keep) == 697 and np.allclose(vecs, idx.get_present(keep)[1])

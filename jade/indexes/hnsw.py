@@ -44,7 +44,7 @@ from jade.indexes.base import (
     top_k,
 )
 from jade.indexes.gate import EfGate
-from jade.indexes.hnsw_file import HnswCapture
+from jade.indexes.hnsw_file import HNSW_HEADER, HnswCapture
 
 SPACES = {"cosine": "cosine", "euclidean": "l2", "dot": "ip"}
 F16 = NDArray[np.float16]
@@ -596,29 +596,29 @@ class HnswIndex(VectorIndex):
             threads=threads,
             _raw=raw,
         )
-        idx._load_rows()
+        state = _file_state(path, int(raw.element_count))
+        idx._load_rows(state if state is not None else raw.__getstate__()[0])
         return idx
 
-    def _load_rows(self) -> None:
-        """Fill ``vecs``/``alive`` (and the deleted labels) from hnswlib's level-0 memory (one
-        copy, no per-vector Python). The deletion marks are hnswlib's own, in its file; the
+    def _load_rows(self, state: dict[str, Any]) -> None:
+        """Fill ``vecs``/``alive`` (and the deleted labels) from hnswlib's level-0 elements:
+        the file just loaded, mapped (``_file_state``: no anonymous copy of the index, which the
+        allocator would keep after it is freed), else its ``__getstate__``; a slice at a time,
+        no per-vector Python. The deletion marks are hnswlib's own, in its file; the
         ``.deleted.json`` beside it says the same (written for older readers)."""
-        vecs, labels, dead = _elements(self.index.__getstate__()[0], self.dim)
+        vecs, labels, dead = _elements(state, self.dim)
         self.deleted = set(labels[dead].tolist())
         self._dead = int(dead.sum())
         if len(labels) == 0:
             return
         with self._plock:
             rows, alive, in_graph, scale = self._grow_rows(int(labels.max()))
-            if not self._dead:  # none deleted: straight from hnswlib's memory, no mask copy
-                for i in range(0, len(labels), SCAN_SLICE):
-                    _halve(rows, scale, labels[i : i + SCAN_SLICE], vecs[i : i + SCAN_SLICE])
-                alive[labels] = True
-                in_graph[labels] = True
-                self._count = len(labels)
-                return
-            live = labels[~dead]
-            _halve(rows, scale, live, vecs[~dead])
+            keep = np.nonzero(~dead)[0] if self._dead else None
+            n = len(labels) if keep is None else len(keep)
+            for i in range(0, n, SCAN_SLICE):
+                part = slice(i, i + SCAN_SLICE) if keep is None else keep[i : i + SCAN_SLICE]
+                _halve(rows, scale, labels[part], np.asarray(vecs[part], dtype=np.float32))
+            live = labels if keep is None else labels[keep]
             alive[live] = True
             in_graph[live] = True
             self._count = len(live)
@@ -629,6 +629,26 @@ class HnswIndex(VectorIndex):
         per = self.dim * 4 + self.m * 2 * 4 + 8 + 4 + 8
         return int(self.index.get_max_elements() * per + sum(a.nbytes for a in self._rows)
                    + self._sbuf.nbytes)
+
+
+def _file_state(path: str, count: int) -> dict[str, Any] | None:
+    """The level-0 part of an hnswlib file as ``_elements`` reads a state: its header's
+    fields and the elements mapped from the file (pages of the file cache, not a copy). None
+    when the file does not say what the loaded index holds (then the caller copies)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(HNSW_HEADER.size)
+        if len(head) != HNSW_HEADER.size:
+            return None
+        off0, _cap, n, size, loff, doff = HNSW_HEADER.unpack(head)[:6]
+        if off0 != 0 or n != count:
+            return None
+        level0 = (np.memmap(path, dtype=np.uint8, mode="r", offset=HNSW_HEADER.size,
+                            shape=(n * size,)) if n else np.zeros(0, dtype=np.uint8))
+    except (OSError, ValueError):
+        return None
+    return {"cur_element_count": n, "size_data_per_element": size, "offset_level0": 0,
+            "label_offset": loff, "offset_data": doff, "data_level0": level0}
 
 
 def _level0(state: dict[str, Any]) -> tuple[NDArray[np.uint8], NDArray[np.bool_]]:

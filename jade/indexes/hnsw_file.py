@@ -15,7 +15,7 @@ from jade.indexes.base import IndexCapture
 # hnswlib 0.8 ``HierarchicalNSW::saveIndex`` header: offsetLevel0, max_elements, element count,
 # size_data_per_element, label_offset, offsetData (size_t), maxlevel (int), enterpoint_node
 # (tableint = uint32), maxM, maxM0, M (size_t), mult (double), ef_construction (size_t)
-_HNSW_HEADER = struct.Struct("<QQQQQQiIQQQdQ")
+HNSW_HEADER = struct.Struct("<QQQQQQiIQQQdQ")
 
 
 class HnswCapture(IndexCapture):
@@ -37,7 +37,7 @@ class HnswCapture(IndexCapture):
     def write(self, path: str) -> None:
         st = self.state
         n, size = int(st["cur_element_count"]), int(st["size_data_per_element"])
-        header = _HNSW_HEADER.pack(
+        header = HNSW_HEADER.pack(
             0,
             int(st["max_elements"]),
             n,
