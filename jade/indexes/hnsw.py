@@ -49,7 +49,7 @@ from jade.indexes.hnsw_file import HNSW_HEADER, HnswCapture
 SPACES = {"cosine": "cosine", "euclidean": "l2", "dot": "ip"}
 F16 = NDArray[np.float16]
 # (vecs, alive, in_graph, scale): see ``HnswIndex.__init__``
-Rows = tuple[F16, NDArray[np.bool_], NDArray[np.bool_], F32]
+Rows = tuple[F16, NDArray[np.bool_], NDArray[np.bool_], NDArray[np.int8]]
 SCAN_SLICE = 8192  # rows an exact scan turns back into float32 at a time (cache-sized)
 # float16's rounding: relative, and absolute (in units of the row's scale) below its normal
 # range (``HnswIndex._rough``)
@@ -107,13 +107,13 @@ class HnswIndex(VectorIndex):
         self.deleted: set[int] = set()
         self._dead = 0  # hnswlib elements marked deleted (slots a new label can take)
         # (vecs, alive, in_graph, scale), replaced as one tuple when it grows so readers never
-        # see a mismatch: the staged state (``vecs`` in float16, each row divided by its
-        # ``scale``, a power of two that brings its largest component into (0.5, 1]: float16's
-        # range and precision whatever the vector's magnitude; ``alive``: present and not
-        # deleted) and whether the graph holds the label alive
+        # see a mismatch: the staged state (``vecs`` in float16, each row divided by its scale,
+        # the power of two ``2**scale`` that brings its largest component into (0.5, 1]:
+        # float16's range and precision whatever the vector's magnitude; ``alive``: present and
+        # not deleted) and whether the graph holds the label alive
         self._rows: Rows = (
             np.zeros((0, dim), dtype=np.float16), np.zeros(0, dtype=bool),
-            np.zeros(0, dtype=bool), np.zeros(0, dtype=np.float32))
+            np.zeros(0, dtype=bool), np.zeros(0, dtype=np.int8))
         # the staging buffer: the full-precision vectors staged since it was last emptied, each
         # in a row of its own (a label staged again takes a new row: rows are never written
         # twice, so a reader may copy rows outside ``_plock``); ``_spos``: label -> its newest
@@ -164,7 +164,7 @@ class HnswIndex(VectorIndex):
         na[: len(alive)] = alive
         ng = np.zeros(cap, dtype=bool)
         ng[: len(in_graph)] = in_graph
-        ns = np.ones(cap, dtype=np.float32)
+        ns = np.zeros(cap, dtype=np.int8)
         ns[: len(scale)] = scale
         self._rows = (nv, na, ng, ns)
         return self._rows
@@ -373,14 +373,15 @@ class HnswIndex(VectorIndex):
     def get_present(self, labels: I64) -> tuple[I64, F32]:
         return self._vectors(np.asarray(labels, dtype=np.int64))
 
-    def _rough(self, vecs: F16, scale: F32, labels: I64, q: F32) -> tuple[F32, F32]:
+    def _rough(self, vecs: F16, scale: NDArray[np.int8], labels: I64, q: F32
+               ) -> tuple[F32, F32]:
         """Rough ranking keys of ``labels`` from the float16 copy (higher is nearer: the dot
         product with the query, normalised for cosine; minus the distance for euclidean) and a
         bound on each key's error. float16 rounds a component to within 2**-11 of its value
         (2**-25 of its row's scale below float16's normal range), so a dot product moves by at
         most 2**-11 * ||x|| ||q|| + 2**-25 * scale * ||q||_1 (Cauchy-Schwarz), and a distance
         by at most the vector's own error, 2**-11 * ||x|| + 2**-25 * scale * sqrt(dim)."""
-        s = scale[labels]
+        s = np.ldexp(np.float32(1.0), scale[labels].astype(np.int32))
         x = vecs[labels].astype(np.float32)  # each row divided by its scale
         if self.metric == "euclidean":
             x *= s[:, None]
@@ -681,9 +682,10 @@ def _elements(state: dict[str, Any], dim: int) -> tuple[F32, I64, NDArray[np.boo
     return vecs, raw.astype(np.int64), dead
 
 
-def _halve(vecs: F16, scale: F32, labels: I64, v: F32) -> None:
-    """Rows ``labels`` of the float16 copy and their scales from the float32 vectors ``v``."""
+def _halve(vecs: F16, scale: NDArray[np.int8], labels: I64, v: F32) -> None:
+    """Rows ``labels`` of the float16 copy and their scales (exponents of two) from the
+    float32 vectors ``v``."""
     top = np.abs(v).max(axis=1) if len(v) else np.zeros(0, dtype=np.float32)
-    s = np.exp2(np.ceil(np.log2(np.maximum(top, 1e-30)))).astype(np.float32)
-    scale[labels] = s
-    vecs[labels] = v / s[:, None]
+    e = np.clip(np.ceil(np.log2(np.maximum(top, 1e-30))), -126, 127).astype(np.int8)
+    scale[labels] = e
+    vecs[labels] = v / np.ldexp(np.float32(1.0), e.astype(np.int32))[:, None]
