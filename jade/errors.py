@@ -90,6 +90,13 @@ class IndexBehind(Unavailable):
         self.headers["Retry-After"] = str(retry_after)
 
 
+class ModelUnavailable(Unavailable):
+    """A text model (embeddings, reranking) cannot be loaded here: its package, onnxruntime or
+    its file is missing. The message names what and how to install it (``missing``)."""
+
+    code = "model_unavailable"
+
+
 class ReadOnly(Unavailable):
     code = "read_only"
 

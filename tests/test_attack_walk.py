@@ -91,6 +91,13 @@ EXPECT: dict[tuple[str, str], str] = {
     ("POST", DB + "/search"): "DDADD",
     ("POST", DB + "/search/advanced"): "DDADD",
     ("POST", DB + "/search/batch"): "DDADD",
+    # text: searches and status read; build, rebuild and documents write
+    ("POST", DB + "/search/hybrid"): "DDADD",
+    ("POST", DB + "/search/rerank"): "DDADD",
+    ("GET", DB + "/bm25-index/status"): "DDADD",
+    ("POST", DB + "/bm25-index/build"): "DDDDD",
+    ("POST", DB + "/bm25-index/rebuild"): "DDDDD",
+    ("POST", DB + "/bm25-index/documents"): "DDDDD",
     ("POST", "/v1/databases"): "DADAD",  # creates the caller's own; a read key may not
     ("GET", "/v1/databases"): "DAAAD",  # each lists what it may see
     ("GET", DB): "DDADD",
@@ -114,6 +121,19 @@ EXPECT: dict[tuple[str, str], str] = {
     ("PUT", DB + "/indexes/{iid}"): "DDDDD",
     ("DELETE", DB + "/indexes/{iid}"): "DDDDD",
     ("POST", DB + "/indexes/{iid}/tune"): "DDDDD",
+    # text models: any credential embeds and reranks; a database's config is its own
+    ("POST", "/v1/embeddings/generate"): "DAAAD",
+    ("POST", "/v1/rerank"): "DAAAD",
+    ("GET", DB + "/reranking/config"): "DDADD",
+    ("PUT", DB + "/reranking/config"): "DDDDD",
+    # query analytics: reads of the database (feedback too: the owner's read key may rate)
+    ("GET", DB + "/analytics/stats"): "DDADD",
+    ("GET", DB + "/analytics/queries"): "DDADD",
+    ("GET", DB + "/analytics/patterns"): "DDADD",
+    ("GET", DB + "/analytics/insights"): "DDADD",
+    ("GET", DB + "/analytics/trending"): "DDADD",
+    ("GET", DB + "/analytics/export"): "DDADD",
+    ("POST", DB + "/analytics/feedback"): "DDADD",
 }
 
 XSITE = {"Origin": "http://evil.example", "Sec-Fetch-Site": "cross-site"}

@@ -63,11 +63,11 @@ def _digest_env(env: Env, subs: tuple[bytes, ...], skip_keys: set[bytes]) -> str
     h = hashlib.sha256()
     with env.read() as txn:
         for sub in subs:
+            h.update(b"[" + sub + b"]")  # a sub-database an older store lacks: as empty
             try:
                 db = env.db(sub)
             except lmdb.Error:
                 continue
-            h.update(b"[" + sub + b"]")
             for k, v in txn.cursor(db=db):
                 if k in skip_keys:
                     continue
@@ -75,7 +75,7 @@ def _digest_env(env: Env, subs: tuple[bytes, ...], skip_keys: set[bytes]) -> str
     return h.hexdigest()
 
 
-DATA_SUBS = (b"dbs", b"vec", b"lbl", b"sys")
+DATA_SUBS = (b"dbs", b"vec", b"lbl", b"txt", b"sys")
 
 
 def verify_dir(settings: Settings, *, sample: int = 200) -> Report:
@@ -177,9 +177,13 @@ def _check_values(r: Report, env: Env, store: DataStore, auth: AuthStore | None)
     damaged: list[str] = []
     vectors: dict[bytes, int] = {}
     labels: dict[bytes, int] = {}
+    texts: dict[bytes, int] = {}  # documents given to text indexes directly
     catalog: dict[bytes, Any] = {}
     with env.read() as txn:
-        for name, sub in ((b"dbs", store.dbs), (b"vec", store.vec), (b"lbl", store.lbl)):
+        for name, sub in ((b"dbs", store.dbs), (b"vec", store.vec), (b"lbl", store.lbl),
+                          (b"txt", store.txt)):
+            if sub is None:  # an older store without text documents
+                continue
             for k, v in txn.cursor(db=sub):
                 body = unseal(k, v)
                 if body is None:
@@ -188,7 +192,7 @@ def _check_values(r: Report, env: Env, store: DataStore, auth: AuthStore | None)
                     catalog[k] = unpack(body)
                 else:
                     owner = k.split(SEP, 1)[0]
-                    counts = vectors if name == b"vec" else labels
+                    counts = vectors if name == b"vec" else labels if name == b"lbl" else texts
                     counts[owner] = counts.get(owner, 0) + 1
     if damaged:
         ok = False
@@ -204,7 +208,11 @@ def _check_values(r: Report, env: Env, store: DataStore, auth: AuthStore | None)
             ok = False
             r.bad(f"store: {env.path}: database {key.decode()} counts {db['count']} vectors, "
                   f"holds {n} vectors and {m} labels")
-    strays = (set(vectors) | set(labels)) - set(catalog)
+        if db.get("text_docs", 0) != texts.get(key, 0):
+            ok = False
+            r.bad(f"store: {env.path}: database {key.decode()} counts {db.get('text_docs', 0)} "
+                  f"text documents, holds {texts.get(key, 0)}")
+    strays = (set(vectors) | set(labels) | set(texts)) - set(catalog)
     if strays:
         ok = False
         r.bad(f"store: {env.path}: vectors or labels of databases not in the catalog: "

@@ -209,6 +209,48 @@ def _system_promote(store: DataStore, txn: lmdb.Transaction[bytes], cmd: Command
                              previous_primary=cmd.body.get("previous_primary"))]
 
 
+def _text_index_set(store: DataStore, txn: lmdb.Transaction[bytes], cmd: Command, d: Defaults
+                    ) -> list[ev.Event]:
+    """Define (or rebuild) the database's text index. ``incremental`` on an index already over
+    the same field changes nothing: the index follows every write already (no record)."""
+    b = cmd.body
+    db = _db(store, txn, b["db"])
+    current = db.get("text_index")
+    if b.get("incremental") and current is not None and current["field"] == b["field"]:
+        return []
+    return [ev.TextIndexSet(db=db["id"], field=b["field"], tokenizer=b["tokenizer"])]
+
+
+def _text_docs(store: DataStore, txn: lmdb.Transaction[bytes], cmd: Command, d: Defaults
+               ) -> list[ev.Event]:
+    """Documents for the database's text index; a database without one gets one first (over
+    the default field), so the documents land in an index that follows the vectors too."""
+    b = cmd.body
+    db = _db(store, txn, b["db"])
+    out: list[ev.Event] = []
+    if db.get("text_index") is None:
+        out.append(ev.TextIndexSet(db=db["id"], field=b["default_field"],
+                                   tokenizer=b["tokenizer"]))
+    out.append(ev.TextDocs(db=db["id"], ids=list(b["ids"]), texts=list(b["texts"])))
+    return out
+
+
+def _rerank_config(store: DataStore, txn: lmdb.Transaction[bytes], cmd: Command, d: Defaults
+                   ) -> list[ev.Event]:
+    """The database's complete reranking configuration: the request's fields over the current
+    ones (or the defaults), so the record alone says what the configuration is."""
+    db = _db(store, txn, cmd.body["db"])
+    config = {**ev.RERANK_DEFAULTS, **(db.get("rerank") or {}), **cmd.body["changes"]}
+    return [ev.RerankConfigSet(
+        db=db["id"],
+        model_name=str(config["model_name"]),
+        batch_size=int(config["batch_size"]),
+        score_threshold=float(config["score_threshold"]),
+        combine_scores=bool(config["combine_scores"]),
+        rerank_weight=float(config["rerank_weight"]),
+    )]
+
+
 _DECIDE: dict[
     str, Callable[[DataStore, lmdb.Transaction[bytes], Command, Defaults], list[ev.Event]]
 ] = {
@@ -222,4 +264,7 @@ _DECIDE: dict[
     ev.IndexDelete.type: _index_change,
     ev.SystemMode.type: _system_mode,
     ev.SystemPromote.type: _system_promote,
+    ev.RerankConfigSet.type: _rerank_config,
+    ev.TextIndexSet.type: _text_index_set,
+    ev.TextDocs.type: _text_docs,
 }

@@ -41,6 +41,7 @@ from jade.errors import IndexBehind, RestoreIncomplete, Unavailable
 from jade.indexes.projection import IndexProjection
 from jade.settings import Settings
 from jade.stores.data import DataStore
+from jade.text.projection import TextProjection
 from wal.codec import Record
 from wal.lmdbenv import Env
 from wal.log import Log
@@ -59,6 +60,11 @@ written_lsn: contextvars.ContextVar[int] = contextvars.ContextVar("written_lsn",
 RESTORE_INCOMPLETE = "RESTORE_INCOMPLETE"
 
 
+def text_dir(s: Settings) -> str:
+    """Where the text projection's file lives: beside the index checkpoints' directory."""
+    return os.path.join(os.path.dirname(os.path.abspath(s.index_dir)), "text")
+
+
 def refuse_unfinished_restore(data_dir: str) -> None:
     """Raise ``RestoreIncomplete`` when ``data_dir`` holds an unfinished restore's marker."""
     path = os.path.join(data_dir, RESTORE_INCOMPLETE)
@@ -75,6 +81,7 @@ class OpenReport:
     store_replayed: int = 0
     auth_replayed: int = 0
     index: dict[str, Any] = field(default_factory=dict)
+    text: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
     last_lsn: int = 0
 
@@ -86,6 +93,7 @@ class Engine:
         self.log: Log
         self.store: DataStore
         self.indexes: IndexProjection
+        self.text: TextProjection | None = None
         self.auth_env: Env | None = None
         self.auth: AuthStore
         self.writer: Writer | None = None
@@ -138,6 +146,8 @@ class Engine:
         auth_behind = self._replay_auth()
         self.indexes = IndexProjection(self.store, s.index_dir, threads=s.index_threads)
         self.report.index = self.indexes.open(self.log)
+        self.text = TextProjection(self.store, text_dir(s))
+        self.report.text = self.text.open(self.log)
         self.writer = Writer(self, max_group=s.max_group_records, on_group=self._on_group)
         self.indexes.on_failure.append(lambda _db, _why: self._poke_writer())
         if s.index_lag_max_vectors > 0:
@@ -184,6 +194,9 @@ class Engine:
             except OSError as exc:  # a full disk: the stop is still clean, the log durable
                 log.warning("index checkpoint at stop failed (%s); the next start replays the "
                             "log after the previous checkpoint", exc)
+        if self.text is not None:
+            self.text.close(checkpoint=checkpoint)
+            self.text = None
         if self.auth_env is not None:
             if auth_level and self.env is not None:
                 # every record up to the tail is folded (the ones since the last auth commit

@@ -51,6 +51,7 @@ from jade.auth.decide import decide_auth
 from jade.core.decide import Command, Defaults, decide
 from jade.engine.replay import Entry, replay
 from jade.errors import JadeError, NotPrimary, ReadOnly, Unavailable
+from jade.text.projection import IDLE_STEP_DOCS, IDLE_STEP_SECONDS
 from wal.codec import Record
 
 if TYPE_CHECKING:
@@ -249,6 +250,8 @@ class Writer:
     def _take(self) -> list[_Job] | None:
         with self._cond:
             while not self._queue and not self._stopping:
+                if self._building():
+                    return []  # idle: a step of a text index build (``jade.text.projection``)
                 # a projection behind the log is retried every second while idle
                 self._cond.wait(1.0 if self._repairing() else None)
                 if self._repairing() and not self._queue:
@@ -267,6 +270,24 @@ class Writer:
 
     def _repairing(self) -> bool:
         return self.auth.behind is not None or bool(self.e.indexes.failed)
+
+    def _building(self) -> bool:
+        return self.e.text is not None and self.e.text.wants_step()
+
+    def _build_step(self, idle: bool = False) -> None:
+        """A bounded step of the text index builds, cut short once writes are waiting (they
+        wait for one read chunk of it at most); the build moves on while the writer is idle
+        or busy (``jade.text.projection``)."""
+        if self._building():
+            assert self.e.text is not None
+
+            def waiting() -> bool:
+                return bool(self._queue)
+
+            if idle:
+                self.e.text.build_step(IDLE_STEP_SECONDS, IDLE_STEP_DOCS, waiting)
+            else:
+                self.e.text.build_step(interrupt=waiting)
 
     def _run(self) -> None:
         while True:
@@ -295,6 +316,7 @@ class Writer:
         if not group:  # idle: retry what is behind (on this thread the store cannot move)
             if self.e.indexes.failed:
                 self.e.indexes.repair()
+            self._build_step(idle=True)
             return
         while True:
             self._free = self.e.disk.free()  # once per group: the gate weighs each write by it
@@ -338,6 +360,8 @@ class Writer:
             self.e.indexes.mark_failed({e.db_id for _, e in staged if e.touches_index
                                         and e.db_id is not None},
                                        f"{type(exc).__name__}: {exc}")
+        if self.e.text is not None:
+            self.e.text.apply_group(staged)  # 6. project: the text indexes (contained too)
         elapsed = time.perf_counter() - t0
         self.stats.groups += 1
         self.stats.records += len(staged)
@@ -357,12 +381,15 @@ class Writer:
                 job.future.set_exception(job.error)
             else:
                 job.future.set_result(job.records)
+        self._build_step()  # after the group's answers: they do not wait for it
 
     def _one(self, txn: lmdb.Transaction[bytes], job: _Job, staged: list[Entry]) -> None:
         item = job.item
         if isinstance(item, Truncate):
             # never past what the auth store still has to fold (a start-up replays it)
             item.lsn = min(item.lsn, self.auth.settle() + 1)
+            if self.e.text is not None:  # nor past what the text indexes' file has folded
+                item.lsn = min(item.lsn, self.e.text.settle() + 1)
             item.removed = self.log.truncate_in_txn(txn, item.lsn)
             return
         if isinstance(item, Replicated):

@@ -20,7 +20,7 @@ from jade.auth.service import AuthService
 from jade.backup.jobs import Backups
 from jade.core.decide import Command
 from jade.engine import Engine
-from jade.http import openapi
+from jade.http import analytics, openapi
 from jade.http.admission import admit
 from jade.http.inflight import InFlight
 from jade.http.jobs import add_jobs
@@ -50,6 +50,7 @@ from jade.http.routes import LONG_LIVED, ROUTES
 from jade.metrics import Metrics
 from jade.scheduler import Scheduler
 from jade.settings import Settings
+from jade.text import models
 
 log = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def build_app(settings: Settings, engine: Engine | None = None) -> web.Applicati
         client_max_size=settings.max_body_bytes,
     )
     app[SETTINGS] = settings
+    models.configure(settings.text_model_path)  # the text models load at first use
     app[INFLIGHT] = inflight
     app[METRICS] = Metrics()
     own_engine = engine is None
@@ -147,6 +149,7 @@ def build_app(settings: Settings, engine: Engine | None = None) -> web.Applicati
     app[SHUTDOWN] = asyncio.Event()
     app[SCHEDULER] = Scheduler(app[METRICS])
     app[BACKUPS] = Backups(app[ENGINE])
+    analytics.install(app, settings)  # loaded at start, flushed by a job and at clean-up
     app[REPLICAS] = Replicas()
     app[BACKUPS].replicas = app[REPLICAS]  # their positions hold log truncation
     svc = AuthService(settings, app[ENGINE], app[METRICS], _dev_secret(settings))

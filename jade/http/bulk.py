@@ -30,6 +30,7 @@ import orjson
 from aiohttp import web
 
 from jade.errors import InvalidArgument, PayloadTooLarge, Unavailable
+from jade.http.analytics import observed, record
 from jade.http.databases import actor_of, engine_of, get_db
 from jade.http.keys import METRICS, SETTINGS
 from jade.http.middleware import json_response
@@ -86,7 +87,9 @@ def _search_slices(index: VectorIndex, qs: np.ndarray, k: int, ef: int | None, d
     return np.concatenate(rows_l), np.concatenate(rows_s)
 
 
+@observed("batch")
 async def search_batch(request: web.Request) -> web.Response:
+    t0 = time.perf_counter()
     settings = request.app[SETTINGS]
     deadline = deadline_of(settings)
     db = get_db(request, fresh=False)
@@ -160,6 +163,10 @@ async def search_batch(request: web.Request) -> web.Response:
             out.append({"count": len(res), "results": res})
     m = request.app[METRICS]
     m.search_requests.inc(len(qs))
+    first = out[0]["results"] if out else []  # one record for the batch: its first query's ids
+    record(request, db_id=db["id"], kind="batch", latency_ms=(time.perf_counter() - t0) * 1000,
+           results=sum(o["count"] for o in out), top_k=k,
+           top_ids=[r["vectorId"] for r in first[:3]])
     return json_response({"count": len(out), "results": out})
 
 

@@ -9,6 +9,7 @@ from aiohttp import web
 
 from jade.auth.clock import now_ms
 from jade.core.decide import Command
+from jade.http.analytics import flush_job
 from jade.http.keys import AUTH, BACKUPS, ENGINE, SETTINGS
 from jade.scheduler import Scheduler
 
@@ -21,8 +22,14 @@ def add_jobs(app: web.Application, sched: Scheduler) -> None:
     engine = app[ENGINE]
     svc = app[AUTH]
 
+    def checkpoint_all() -> int:
+        n = engine.indexes.checkpoint()
+        if engine.text is not None:
+            engine.text.checkpoint()  # its file's LSN moves up: the log before it may go
+        return n
+
     async def checkpoint() -> int:
-        return await asyncio.to_thread(engine.indexes.checkpoint)
+        return await asyncio.to_thread(checkpoint_all)
 
     async def prune_auth() -> int:
         if engine.role == "replica":
@@ -58,3 +65,4 @@ def add_jobs(app: web.Application, sched: Scheduler) -> None:
         sched.add("log_truncate", TRUNCATE_INTERVAL_SECONDS, truncate_log)
     sched.add("auth_prune", 300, prune_auth)
     sched.add("rate_limit_cleanup", 60, cleanup_limits)
+    sched.add("analytics_flush", settings.analytics_flush_seconds, flush_job(app))

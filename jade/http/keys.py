@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from jade.analytics import Analytics
 from jade.auth.audit import Audit
 from jade.auth.principal import Principal
 from jade.auth.service import AuthService
@@ -49,3 +50,4 @@ OPENAPI = web.AppKey("openapi", dict)
 PROMOTE: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("promote")
 
 INFLIGHT = web.AppKey("inflight", InFlight)  # the requests being handled (shutdown drains)
+ANALYTICS = web.AppKey("analytics", Analytics)  # query analytics (jade.http.analytics)

@@ -441,6 +441,171 @@ op(
                                                         "queriesPerSecond": NUM})}},
              ("efSearch", "recall", "reached", "applied", "curve")),
 )
+# BM25 and hybrid search (jade/http/text.py): the text index is a projection of the log
+BM25_BUILD = obj({"status": STR, "message": STR, "documentCount": INT, "textField": STR,
+                  "durationMs": NUM, "totalDocuments": INT},
+                 ("status", "message", "documentCount"))
+HYBRID_BODY = {
+    "queryText": {"type": "string", "maxLength": 10000},
+    "queryVector": VEC,
+    "topK": {"type": "integer", "minimum": 1},
+    "filters": OBJ,
+}
+op("POST", DB + "/bm25-index/build",
+   "Index metadata[textField] of every vector with BM25 (a record in the log; the index then "
+   "follows every write). incremental: nothing to do when it already indexes that field. "
+   "The build runs in steps between writes; the answer comes when it is done, or after 30 s "
+   "with status 'building' and documentCount so far (the status route follows it)",
+   obj({"textField": STR, "incremental": BOOL}), resp=BM25_BUILD)
+op("GET", DB + "/bm25-index/status",
+   "The BM25 index: documents, terms, progress of a build running now (404: none)",
+   resp=obj({"status": STR, "totalDocuments": INT, "processedDocuments": INT,
+             "indexedTerms": INT, "progressPercentage": NUM, "durationMs": NUM,
+             "indexStats": OBJ},
+            ("status", "totalDocuments", "processedDocuments", "indexedTerms",
+             "progressPercentage")))
+op("POST", DB + "/bm25-index/rebuild",
+   "Index every vector's text again (textField: the index's own by default)",
+   obj({"textField": STR}), resp=BM25_BUILD)
+op("POST", DB + "/bm25-index/documents",
+   "Add documents (by id) to the BM25 index (a record in the log; a later write of a vector "
+   "of the same id replaces it)",
+   obj({"documents": {"type": "array", "minItems": 1, "maxItems": 10000,
+                      "items": obj({"doc_id": STR, "text": STR}, ("doc_id", "text"))}},
+       ("documents",)),
+   resp=obj({"status": STR, "message": STR, "addedCount": INT, "totalDocuments": INT,
+             "totalTerms": INT}, ("status", "addedCount", "totalDocuments")))
+op("POST", DB + "/search/hybrid",
+   "BM25 and vector rankings fused (rrf; weighted: RRF weighted by alpha; linear and "
+   "weighted_linear: alpha * vector + (1 - alpha) * BM25, each min-max scaled); filters "
+   "apply before either ranking is cut",
+   obj({**HYBRID_BODY,
+        "fusionMethod": {"type": "string",
+                         "enum": ["rrf", "linear", "weighted", "weighted_linear"]},
+        "alpha": {"type": "number", "minimum": 0, "maximum": 1},
+        "k": {"type": "integer", "minimum": 1},
+        "includeMetadata": BOOL, "includeVectorData": BOOL, "includeScores": BOOL}),
+   resp=obj({"count": INT, "fusionMethod": STR, "bm25Building": BOOL,
+             "results": {"type": "array", "items": obj(
+                 {"vectorId": STR, "hybridScore": NUM, "vectorScore": NUM, "bm25Score": NUM,
+                  "vector": obj({"id": STR, "values": VEC, "metadata": OBJ})},
+                 ("vectorId", "hybridScore"))}},
+            ("count", "fusionMethod", "results")))
+op("POST", DB + "/search/rerank",
+   "Hybrid candidates (rerankTopN) reordered by the reranking model (503 when it is missing)",
+   obj({**HYBRID_BODY, "fusionMethod": STR, "enableReranking": BOOL,
+        "rerankTopN": {"type": "integer", "minimum": 1, "maximum": 1000}}, ("queryText",)),
+   resp=obj({"count": INT, "reranked": BOOL, "modelName": STR, "bm25Building": BOOL,
+             "timings": obj({"totalMs": NUM, "retrievalMs": NUM, "rerankMs": NUM}),
+             "results": {"type": "array", "items": obj(
+                 {"docId": STR, "vectorScore": NUM, "bm25Score": NUM, "hybridScore": NUM,
+                  "rerankScore": NUM, "combinedScore": NUM, "metadata": OBJ},
+                 ("docId", "hybridScore"))}},
+            ("count", "timings", "results")))
+# text models (jade/text/models.py)
+TEXT = {"type": "string", "minLength": 1, "maxLength": 8192}
+op(
+    "POST",
+    "/v1/embeddings/generate",
+    "Embed text with the server's model (all-MiniLM-L6-v2 int8, 384 dimensions); a list embeds "
+    "up to 128 texts",
+    obj({"input": {"oneOf": [TEXT, {"type": "array", "items": TEXT, "minItems": 1,
+                                    "maxItems": 128}]},
+         "input_type": STR, "model": STR, "provider": STR}, ("input",)),
+    resp=obj({"input": {"oneOf": [STR, STRS]}, "input_type": STR, "model": STR,
+              "provider": STR, "embedding": VEC, "embeddings": {"type": "array", "items": VEC},
+              "dimension": INT, "status": STR, "generated_at": STR},
+             ("model", "embedding", "dimension", "status")),
+)
+op(
+    "POST",
+    "/v1/rerank",
+    "Order documents by relevance to a query (the embedding model as a bi-encoder: cosine)",
+    obj({"query": TEXT,
+         "documents": {"type": "array", "minItems": 1, "maxItems": 256,
+                       "items": obj({"id": STR, "text": STR}, ("id", "text"))},
+         "topK": {"type": "integer", "minimum": 1}}, ("query", "documents")),
+    resp=obj({"latencyMs": NUM, "model": STR, "count": INT,
+              "results": {"type": "array",
+                          "items": obj({"id": STR, "score": NUM, "rank": INT},
+                                       ("id", "score", "rank"))}},
+             ("latencyMs", "results")),
+)
+RERANK_CONFIG = obj(
+    {"databaseId": STR, "modelName": STR, "batchSize": INT, "scoreThreshold": NUM,
+     "combineScores": BOOL, "rerankWeight": NUM, "status": STR,
+     "statistics": obj({"totalRequests": INT, "failedRequests": INT, "avgLatencyMs": NUM,
+                        "totalDocumentsReranked": INT})},
+    ("modelName", "batchSize", "scoreThreshold", "combineScores", "rerankWeight", "status",
+     "statistics"),
+)
+op("GET", DB + "/reranking/config", "A database's reranking configuration and statistics "
+   "(statistics: this process since its start)", resp=RERANK_CONFIG)
+op(
+    "PUT",
+    DB + "/reranking/config",
+    "Change a database's reranking configuration (a record in the log)",
+    obj({"modelName": STR, "batchSize": {"type": "integer", "minimum": 1, "maximum": 4096},
+         "scoreThreshold": {"type": "number", "minimum": -1, "maximum": 1},
+         "combineScores": BOOL,
+         "rerankWeight": {"type": "number", "minimum": 0, "maximum": 1}}),
+    resp=RERANK_CONFIG,
+)
+# query analytics (jade/http/analytics.py): windows are start_time/end_time (ISO 8601 or epoch s)
+AN_QUERY = obj({"query_id": STR, "timestamp": STR, "query_type": STR, "latency_ms": NUM,
+                "result_count": INT, "success": BOOL, "status": INT, "error": STR,
+                "user_id": STR, "top_k": INT, "filter_shape": STR, "query_text": STR,
+                "signature": STR, "top_result_ids": STRS})
+AN_SUMMARY = obj({"total_queries": INT, "successful_queries": INT, "failed_queries": INT,
+                  "zero_result_queries": INT, "avg_latency_ms": NUM, "p50_latency_ms": NUM,
+                  "p95_latency_ms": NUM, "p99_latency_ms": NUM, "vector_queries": INT,
+                  "filtered_queries": INT, "batch_queries": INT, "hybrid_queries": INT,
+                  "bm25_queries": INT, "reranked_queries": INT, "unique_users": INT})
+AN_PATTERN = obj({"pattern": STR, "kind": STR, "count": INT, "avg_latency_ms": NUM,
+                  "zero_result_count": INT, "failed_count": INT, "first_seen": STR,
+                  "last_seen": STR})
+AN_TREND = obj({"pattern": STR, "kind": STR, "recent_count": INT, "previous_count": INT,
+                "growth_rate": NUM, "new": BOOL})
+AN_WINDOW = {"database_id": STR, "start_time": STR, "end_time": STR}
+op("GET", DB + "/analytics/stats",
+   "Query statistics per time bucket (?start_time&end_time&granularity=hourly|daily|weekly)",
+   resp=obj({**AN_WINDOW, "granularity": STR, "summary": AN_SUMMARY,
+             "stats": {"type": "array", "items": obj({"time_bucket": STR,
+                                                       **AN_SUMMARY["properties"]})}},
+            ("database_id", "stats")))
+op("GET", DB + "/analytics/queries", "Recorded queries, newest first (?limit&offset)",
+   resp=obj({**AN_WINDOW, "total": INT, "limit": INT, "offset": INT,
+             "queries": {"type": "array", "items": AN_QUERY}}, ("queries",)))
+op("GET", DB + "/analytics/patterns",
+   "Queries grouped by shape (kind, topK, filter fields and operators; or normalised text) "
+   "(?min_count&limit)",
+   resp=obj({**AN_WINDOW, "min_count": INT, "total_patterns": INT,
+             "patterns": {"type": "array", "items": AN_PATTERN}}, ("patterns",)))
+op("GET", DB + "/analytics/insights",
+   "Summary, common patterns, slow and zero-result queries, trending, recommendations",
+   resp=obj({"database_id": STR, "summary": AN_SUMMARY,
+             "common_patterns": {"type": "array", "items": AN_PATTERN},
+             "slow_queries": {"type": "array", "items": AN_QUERY},
+             "zero_result_queries": {"type": "array", "items": AN_QUERY},
+             "trending": {"type": "array", "items": AN_TREND}, "recommendations": STRS},
+            ("summary", "common_patterns", "slow_queries", "zero_result_queries", "trending")))
+op("GET", DB + "/analytics/trending",
+   "Patterns asked more in the second half of the window than the first (?min_growth&limit)",
+   resp=obj({**AN_WINDOW, "min_growth": NUM, "window_split": STR,
+             "trending": {"type": "array", "items": AN_TREND}}, ("trending",)))
+op("GET", DB + "/analytics/export",
+   "All recorded queries of the window (?format=json|csv; csv has a header row)",
+   resp=obj({**AN_WINDOW, "format": STR, "total_queries": INT,
+             "queries": {"type": "array", "items": AN_QUERY},
+             "feedback": {"type": "array", "items": OBJ}}, ("queries",)),
+   ctype="application/json|text/csv")
+op("POST", DB + "/analytics/feedback",
+   "Feedback on a query (queryId from its X-Query-Id header; snake_case names accepted too)",
+   obj({"queryId": STR, "userId": STR, "rating": {"type": "integer", "minimum": 1, "maximum": 5},
+        "feedbackText": STR, "clickedResultId": STR,
+        "clickedRank": {"type": "integer", "minimum": 0}}, ("queryId",)),
+   201, obj({"success": BOOL, "query_id": STR, "message": STR, "query_known": BOOL},
+            ("success", "query_id", "message")))
 op("GET", "/openapi.json", "This document")
 op("GET", "/docs", "API documentation page", resp=STR, ctype="text/html")
 op("GET", "/ui", "Web console", resp=STR, ctype="text/html")

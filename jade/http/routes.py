@@ -20,17 +20,21 @@ from aiohttp import web
 
 from jade.http import (
     admin,
+    analytics,
     apikeys,
     auth,
     backups,
     bulk,
     databases,
+    embeddings,
     indexes,
     openapi,
     replication,
+    reranking,
     search,
     security,
     system,
+    text,
     ui_static,
     users,
     vectors,
@@ -152,6 +156,14 @@ ROUTES: tuple[Route, ...] = (
     R("POST", DB + "/search", search.search, "read"),
     R("POST", DB + "/search/advanced", search.search, "read"),
     R("POST", DB + "/search/batch", bulk.search_batch, "read"),
+    # text (jade/http/text.py): BM25 indexes are a projection of the log (build, rebuild and
+    # documents append records); hybrid and rerank searches read
+    R("POST", DB + "/search/hybrid", text.hybrid, "read"),
+    R("POST", DB + "/search/rerank", text.rerank, "read"),
+    R("POST", DB + "/bm25-index/build", text.build, "write", mutates=True),
+    R("GET", DB + "/bm25-index/status", text.status, "read"),
+    R("POST", DB + "/bm25-index/rebuild", text.rebuild, "write", mutates=True),
+    R("POST", DB + "/bm25-index/documents", text.documents, "write", mutates=True),
     R("POST", "/v1/databases", databases.create, "create", mutates=True),
     R("GET", "/v1/databases", databases.list_, "list"),
     R("GET", DB, databases.get, "read"),
@@ -178,6 +190,21 @@ ROUTES: tuple[Route, ...] = (
     # a dry run reads only; with "apply" the update goes through Engine.submit, which refuses
     # it in readonly mode and on a replica like any write
     R("POST", DB + "/indexes/{iid}/tune", indexes.tune, "write"),
+    # query analytics (jade/http/analytics.py): reads of the database; feedback is not a write
+    # to it (not in the log: readonly mode and replicas take it)
+    R("GET", DB + "/analytics/stats", analytics.stats, "read"),
+    R("GET", DB + "/analytics/queries", analytics.queries, "read"),
+    R("GET", DB + "/analytics/patterns", analytics.patterns, "read"),
+    R("GET", DB + "/analytics/insights", analytics.insights, "read"),
+    R("GET", DB + "/analytics/trending", analytics.trending, "read"),
+    R("GET", DB + "/analytics/export", analytics.export, "read"),
+    R("POST", DB + "/analytics/feedback", analytics.feedback, "read"),
+    # text models (jade/text/models.py): embeddings and /v1/rerank for any credential (no
+    # database involved); a database's reranking configuration (PUT: a record in the log)
+    R("POST", "/v1/embeddings/generate", embeddings.generate, "auth"),
+    R("POST", "/v1/rerank", embeddings.rerank, "auth"),
+    R("GET", DB + "/reranking/config", reranking.get_config, "read"),
+    R("PUT", DB + "/reranking/config", reranking.set_config, "write", mutates=True),
 )
 
 LONG_LIVED = frozenset({"/v1/replication/stream"})  # never "finish": shutdown does not wait

@@ -27,6 +27,7 @@ from aiohttp import web
 
 from jade.core.filters import Filter, FilterError, parse_filter
 from jade.errors import InvalidArgument, Unavailable
+from jade.http.analytics import observed, record
 from jade.http.databases import engine_of, get_db
 from jade.http.keys import INFLIGHT, METRICS, SETTINGS
 from jade.http.middleware import json_response
@@ -214,6 +215,12 @@ def _with_vectors(engine: Any, db_id: str, ids: list[str | None],
     return results
 
 
+def _kind(request: web.Request, f: Filter | None = None) -> str:
+    """The analytics kind: "filtered" with a filter or on /search/advanced."""
+    return "filtered" if f is not None or request.path.endswith("/advanced") else "vector"
+
+
+@observed(_kind)
 async def search(request: web.Request) -> web.Response:
     t0 = time.perf_counter()
     app = request.app
@@ -262,4 +269,7 @@ async def search(request: web.Request) -> web.Response:
         metrics.filtered_search_requests.inc()
         metrics.filtered_search_duration.observe(elapsed)
         (metrics.filter_cache_hits if stats.filter_cache_hit else metrics.filter_cache_misses).inc()
+    record(request, db_id=db["id"], kind=_kind(request, f), latency_ms=elapsed * 1000,
+           results=len(results), top_k=sq.k, filters=f,
+           top_ids=[r["vectorId"] for r in results[:3]])
     return json_response({"count": len(results), "results": results, "strategy": stats.strategy})

@@ -8,14 +8,19 @@ Layout (sub-databases):
   ``dbs``  db_id -> msgpack dict (name, description, dimension, index info, counts, next label)
   ``vec``  db_id NUL vector_id -> msgpack [label, float32 bytes, metadata]
   ``lbl``  db_id NUL label (8 bytes BE) -> vector_id
+  ``txt``  db_id NUL doc_id -> msgpack text: the documents given to the database's text index
+           directly (``text.docs``, ``/bm25-index/documents``), so the text projection can be
+           rebuilt from the store; an id's entry goes when a vector write of the same id comes
+           later (the latest write of an id decides, as in the projection); the catalog entry
+           counts them (``text_docs``)
   ``sys``  b"applied_lsn" -> 8 bytes BE; b"mode" -> b"readwrite" | b"readonly"
   ``meta`` b"schema" -> the fold's version (``STORE_SCHEMA``)
 
-Every value of ``dbs``, ``vec`` and ``lbl`` is sealed (schema 3): followed by the CRC-32 of its
-key and its bytes (4 bytes BE; ``seal``). LMDB keeps no checksum of its pages, and a flipped bit
-in a value was served as a wrong vector, wrong metadata or a 500. Every read checks the seal
-(``_open``): a value that does not match is refused with ``StorageDamaged`` naming the file, the
-database and the vector, logged once and counted (``damaged``, the metric
+Every value of ``dbs``, ``vec``, ``lbl`` and ``txt`` is sealed (schema 3): followed by the
+CRC-32 of its key and its bytes (4 bytes BE; ``seal``). LMDB keeps no checksum of its pages, and
+a flipped bit in a value was served as a wrong vector, wrong metadata or a 500. Every read
+checks the seal (``_open``): a value that does not match is refused with ``StorageDamaged``
+naming the file, the database and the vector, logged once and counted (``damaged``, the metric
 ``store_value_damaged_total``), never served. A search hit whose stored value is damaged fails
 that request the same way (as PostgreSQL's "invalid page"): a result list silently missing its
 best match would be a wrong answer too.
@@ -45,7 +50,7 @@ log = logging.getLogger(__name__)
 SEP = b"\x00"
 # the fold's version (``schema``): 2 is the typed events' (``jade.events``), 3 seals every value
 STORE_SCHEMA = 3
-SEALED = (b"dbs", b"vec", b"lbl")  # the sub-databases whose values carry their checksum
+SEALED = (b"dbs", b"vec", b"lbl", b"txt")  # the sub-databases whose values carry their checksum
 
 
 
@@ -104,6 +109,10 @@ class DataStore:
         self.dbs = env.db(b"dbs")
         self.vec = env.db(b"vec")
         self.lbl = env.db(b"lbl")
+        try:  # a read-only open of a store written before it had text documents: none
+            self.txt: Any = env.db(b"txt")
+        except lmdb.Error:
+            self.txt = None
         self.sys = env.db(b"sys")
         # bumped by the engine after every commit holding a catalog event (``is_catalog``)
         self.catalog_version = 0
@@ -306,6 +315,47 @@ class DataStore:
             if len(batch) < chunk:
                 return
 
+    def vectors_after(self, db_id: str, after: str | None, limit: int,
+                      txn: lmdb.Transaction[bytes] | None = None) -> list[StoredVector]:
+        """The first ``limit`` vectors of the database in id order after the id ``after``
+        (None: from the first)."""
+        if txn is None:
+            with self.env.read() as t:
+                return self.vectors_after(db_id, after, limit, t)
+        pre = prefix(db_id)
+        out: list[StoredVector] = []
+        cur = txn.cursor(db=self.vec)
+        if not cur.set_range(pre + after.encode() + SEP if after is not None else pre):
+            return out
+        for key, raw in cur:
+            if not key.startswith(pre) or len(out) >= limit:
+                break
+            label, values, metadata = self._vec(db_id, key, raw)
+            out.append(StoredVector(key[len(pre):].decode(), label, values, metadata))
+        return out
+
+    def text_docs(self, db_id: str, after: str | None = None, limit: int = 4096,
+                  txn: lmdb.Transaction[bytes] | None = None) -> list[tuple[str, str]]:
+        """The database's documents given directly (``txt``), ``(id, text)`` in id order, the
+        first ``limit`` after the id ``after`` (None: from the first)."""
+        if txn is None:
+            with self.env.read() as t:
+                return self.text_docs(db_id, after, limit, t)
+        out: list[tuple[str, str]] = []
+        if self.txt is None:
+            return out
+        pre = prefix(db_id)
+        cur = txn.cursor(db=self.txt)
+        if not cur.set_range(pre + after.encode() + SEP if after is not None else pre):
+            return out
+        for key, raw in cur:
+            if not key.startswith(pre) or len(out) >= limit:
+                break
+            doc_id = key[len(pre):].decode()
+            out.append((doc_id, self._open(key, raw, f"text document {doc_id!r} of database "
+                                                     f"{db_id}")))
+        return out
+
     def ids_for_labels(self, db_id: str, labels: list[int]) -> list[str | None]:
         pre = prefix(db_id)
         lbl = self.lbl
@@ -389,7 +439,7 @@ class DataStore:
     def _db_delete(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.DbDelete) -> None:
         db_id = e.db
         txn.delete(db_id.encode(), db=self.dbs)
-        for sub in (self.vec, self.lbl):
+        for sub in (self.vec, self.lbl, self.txt):
             pre = prefix(db_id)
             cur = txn.cursor(db=sub)
             if cur.set_range(pre):
@@ -417,6 +467,8 @@ class DataStore:
             else:
                 put(key, value, db=vec)
         db["count"] += added
+        if db.get("text_docs"):  # documents given directly of the same ids: replaced
+            self._drop_text_docs(txn, db, e.ids)
         db["next_label"] = max(db["next_label"], e.next_label)
         db["updated_at"] = ms(rec.ts)
         self._put_db(txn, db)
@@ -437,6 +489,8 @@ class DataStore:
             txn.delete(lkey(db_id, label), db=self.lbl)
             removed += 1
         db["count"] -= removed
+        if db.get("text_docs"):
+            self._drop_text_docs(txn, db, e.ids)
         db["updated_at"] = ms(rec.ts)
         self._put_db(txn, db)
 
@@ -466,6 +520,56 @@ class DataStore:
 
     def _system_mode(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.SystemMode) -> None:
         txn.put(b"mode", e.mode.encode(), db=self.sys)
+
+    def _text_index_set(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.TextIndexSet
+                        ) -> None:
+        """The database's text index definition (``jade.text``), kept in its catalog entry so
+        the text projection can be rebuilt from the store when the log no longer reaches."""
+        db = self.database(e.db, txn)
+        if db is None:
+            return
+        db["text_index"] = {"field": e.field, "tokenizer": e.tokenizer, "lsn": rec.lsn,
+                            "created_at": ms(rec.ts)}
+        self._put_db(txn, db)
+
+    def _text_docs(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.TextDocs) -> None:
+        """Documents given to the database's text index directly: kept by id (the latest text
+        of an id), counted in the catalog entry (``text_docs``)."""
+        db = self.database(e.db, txn)
+        if db is None:
+            return
+        pre = prefix(e.db)
+        added = 0
+        for doc_id, text in zip(e.ids, e.texts, strict=True):
+            key = pre + doc_id.encode()
+            value = seal(key, pack(text))
+            if txn.put(key, value, db=self.txt, overwrite=False):
+                added += 1
+            else:
+                txn.put(key, value, db=self.txt)
+        db["text_docs"] = db.get("text_docs", 0) + added
+        self._put_db(txn, db)
+
+    def _drop_text_docs(self, txn: lmdb.Transaction[bytes], db: dict[str, Any],
+                        ids: list[str]) -> None:
+        """A vector write of these ids came after their documents given directly: they go
+        (the caller writes ``db``)."""
+        pre = prefix(db["id"])
+        removed = 0
+        for vid in ids:
+            if txn.delete(pre + vid.encode(), db=self.txt):
+                removed += 1
+        db["text_docs"] -= removed
+
+    def _rerank_config(self, txn: lmdb.Transaction[bytes], rec: Record, e: ev.RerankConfigSet
+                       ) -> None:
+        """The database's reranking configuration (``jade.text.models.rerank_config``), in its
+        catalog entry: deleted with the database."""
+        db = self.database(e.db, txn)
+        if db is None:
+            return
+        db["rerank"] = e.config()
+        self._put_db(txn, db)
 
 
 def _upgrade_index_v1(index: dict[str, Any]) -> dict[str, Any]:
@@ -498,6 +602,9 @@ _APPLY: dict[str, Callable[[DataStore, lmdb.Transaction[bytes], Record, Any], No
     ev.IndexUpdate.type: DataStore._index_update,
     ev.IndexDelete.type: DataStore._index_delete,
     ev.SystemMode.type: DataStore._system_mode,
+    ev.RerankConfigSet.type: DataStore._rerank_config,
+    ev.TextIndexSet.type: DataStore._text_index_set,
+    ev.TextDocs.type: DataStore._text_docs,
 }
 
 

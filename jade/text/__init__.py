@@ -1,0 +1,1 @@
+"""Text: BM25 indexes (a projection of the log), embedding and reranking models."""
