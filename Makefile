@@ -2,17 +2,34 @@
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+# What is installed: the server's dependencies only (`make serve`), or with the test and lint
+# tools as well (every other target). `make test` after `make serve` adds the test extras.
+SERVE_STAMP := $(VENV)/.installed-serve
+STAMP := $(VENV)/.installed-test
 
 .PHONY: serve test check test-slow crash bench lint clean chromium
 
-$(STAMP): pyproject.toml
+# $(1): what to install ('.' or '.[test]'), editable. Before issue 18 this tree was installed
+# under the original client's name "jadevectordb": that install of this tree is removed first
+# (its files would otherwise linger beside jadevectordb-server's, the `jade` script among them).
+define install
 	test -d $(VENV) || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]' --config-settings editable_mode=compat
-	touch $(STAMP)
+	if $(BIN)/pip show jadevectordb 2>/dev/null | grep -qx 'Editable project location: $(CURDIR)'; \
+		then $(BIN)/pip uninstall -q -y jadevectordb; fi
+	rm -rf jadevectordb.egg-info
+	$(BIN)/pip install -q -e '$(1)' --config-settings editable_mode=compat
+endef
 
-serve: $(STAMP)
+$(SERVE_STAMP): pyproject.toml
+	$(call install,.)
+	touch $(SERVE_STAMP)
+
+$(STAMP): pyproject.toml
+	$(call install,.[test])
+	touch $(STAMP) $(SERVE_STAMP)
+
+serve: $(SERVE_STAMP)
 	$(BIN)/jade serve
 
 # The web console's end-to-end test drives Debian's chromium (never a downloaded browser).
@@ -29,8 +46,8 @@ test: $(STAMP) chromium
 
 # Lint and type-check (settings in pyproject.toml); CI runs it before the tests.
 check: $(STAMP)
-	$(BIN)/ruff check wal jade replica tools
-	$(BIN)/mypy wal jade replica tools
+	$(BIN)/ruff check wal jade replica tools jadevectordb_server
+	$(BIN)/mypy wal jade replica tools jadevectordb_server
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -m slow -q
@@ -45,4 +62,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/replication.py --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) build dist *.egg-info

@@ -203,7 +203,7 @@ def http_search(c: Client, db: str, queries: F32, ef: int) -> tuple[list[list[in
 def run_ours(data: F32, queries: F32, truth: np.ndarray) -> Record:
     """The server as a real subprocess: durable batch ingest over HTTP, then an efSearch sweep
     over HTTP, one client."""
-    version = metadata.version("jadevectordb")
+    version = metadata.version("jadevectordb-server")
     variant = f"JadeVectorDB server, HTTP (HNSW M={M}, efC={EF_CONSTRUCTION})"
     server = BenchServer()
     try:

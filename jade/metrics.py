@@ -12,8 +12,15 @@ from collections import deque
 from collections.abc import Iterator, Sequence
 from itertools import repeat
 
-from prometheus_client import CollectorRegistry, Gauge, generate_latest
-from prometheus_client.metrics_core import Metric
+from prometheus_client import (
+    CollectorRegistry,
+    Gauge,
+    GCCollector,
+    PlatformCollector,
+    ProcessCollector,
+    generate_latest,
+)
+from prometheus_client.metrics_core import GaugeMetricFamily, Metric
 from prometheus_client.utils import floatToGoString
 
 BUCKETS = (0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1, 5, 10)
@@ -21,6 +28,21 @@ FAST_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.05, 0.1, 
 P = "jadevectordb_"
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+
+# Label names Prometheus attaches to every scraped series itself: a metric carrying one of
+# them has it renamed to ``exported_<name>`` on scrape (``honor_labels: false``), and the
+# dashboard's ``sum by (job)`` then merges every series of the target. Never use them.
+RESERVED_LABELS = frozenset({"job", "instance"})
+
+# Gauges once named like counters (``_total``, which Prometheus keeps for counters): each is
+# exported under its gauge name and, for one more release, under the old name too, a
+# deprecated alias with the same value (the dashboard queries the new names). The old
+# ``users_total`` is one of API.md §1's runbook names. Remove the aliases in the next release.
+DEPRECATED_GAUGE_ALIASES: dict[str, str] = {
+    P + "users_total": P + "users",
+    P + "vectors_total": P + "vectors",
+    P + "databases_total": P + "databases",
+}
 FOLD_AT = 4096  # pending updates a series holds before folding them itself
 
 
@@ -204,7 +226,7 @@ class Metrics:
         # map growths already counted into db_query_retries (the envs keep running totals;
         # refresh_gauges adds the difference when scraped)
         self.map_grows_seen = 0
-        self.users = Gauge(P + "users_total", "Registered users", registry=r)
+        self.users = Gauge(P + "users", "Registered users", registry=r)
         self.user_operations = Counter(
             P + "user_operations_total", "User operations", ["operation"], registry=r
         )
@@ -279,8 +301,8 @@ class Metrics:
         self.wal_map_bytes = Gauge(
             P + "wal_map_size_bytes", "LMDB map size of the data file", registry=r
         )
-        self.vectors = Gauge(P + "vectors_total", "Stored vectors", registry=r)
-        self.databases = Gauge(P + "databases_total", "Databases", registry=r)
+        self.vectors = Gauge(P + "vectors", "Stored vectors", registry=r)
+        self.databases = Gauge(P + "databases", "Databases", registry=r)
         self.index_size = Gauge(
             P + "index_size_bytes", "Approximate in-memory index size", registry=r
         )
@@ -353,11 +375,18 @@ class Metrics:
             registry=r)
         self.writes_refused_index_behind_seen = 0
 
-        # -- scheduled jobs -----------------------------------------------------------------
-        self.job_runs = Counter(P + "scheduler_job_runs_total", "Scheduled job runs",
-                                ["job", "outcome"], registry=r)
+        # -- scheduled jobs (label ``task``: ``job`` is Prometheus's own, RESERVED_LABELS) -----
+        self.job_runs = Counter(P + "scheduler_job_runs_total", "Scheduled job runs, by task "
+                                "(the job's name) and outcome", ["task", "outcome"], registry=r)
         self.job_last_success = Gauge(P + "scheduler_job_last_success_timestamp_seconds",
-                                      "When each job last succeeded", ["job"], registry=r)
+                                      "When each job (label task) last succeeded", ["task"],
+                                      registry=r)
+        self.offsite_bytes = Counter(
+            P + "backup_offsite_bytes_total",
+            "Bytes of snapshots and archive segments copied to an offsite backup target (label "
+            "target: path or s3; when each last succeeded: "
+            "scheduler_job_last_success_timestamp_seconds{task=\"offsite\"})",
+            ["target"], registry=r)
 
         # -- replication ------------------------------------------------------------------
         self.replication_lag_records = Gauge(
@@ -373,5 +402,32 @@ class Metrics:
                                  "Per follower, records behind this primary", ["replica"],
                                  registry=r)
 
+        # -- the process (process_*: memory, CPU, open files; python_*) ------------------------
+        ProcessCollector(registry=r)
+        PlatformCollector(registry=r)
+        GCCollector(registry=r)
+        current = {P + "users": self.users, P + "vectors": self.vectors,
+                   P + "databases": self.databases}
+        r.register(_Aliases({old: current[new] for old, new in DEPRECATED_GAUGE_ALIASES.items()}))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _Aliases:
+    """Exports each deprecated gauge name with the value of the gauge that replaced it."""
+
+    def __init__(self, gauges: dict[str, Gauge]) -> None:
+        self._gauges = gauges  # old name -> the gauge now holding the value
+
+    def describe(self) -> Iterator[Metric]:
+        for old in self._gauges:
+            yield GaugeMetricFamily(old, "Deprecated alias")
+
+    def collect(self) -> Iterator[Metric]:
+        for old, gauge in self._gauges.items():
+            for family in gauge.collect():
+                for sample in family.samples:
+                    yield GaugeMetricFamily(
+                        old, f"Deprecated alias of {family.name} (same value; removed in the "
+                        "next release)", value=sample.value)

@@ -1,6 +1,7 @@
 """Scheduled jobs (APScheduler): index checkpoints, expired-session pruning, rate-limit cleanup
 (and, with later issues, snapshots and retention). Each job's last run, outcome and duration
-are kept for ``/status`` and exported as metrics."""
+are kept for ``/status`` and exported as metrics, the job's name in the label ``task`` (never
+``job``, which Prometheus sets on scrape: ``jade.metrics.RESERVED_LABELS``)."""
 
 from __future__ import annotations
 

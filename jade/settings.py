@@ -15,6 +15,7 @@ from __future__ import annotations
 import ipaddress
 import json
 import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import Any
@@ -64,6 +65,12 @@ def _hex_seed(v: Any) -> str | None:
     except ValueError:
         ok = False
     return None if ok else "must be 64 hex characters (an Ed25519 seed)"
+
+
+def _s3_url(v: Any) -> str | None:
+    if v == "" or re.fullmatch(r"s3://[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9](/.*)?", str(v)):
+        return None
+    return "must be s3://BUCKET[/PREFIX] (a lower-case bucket name)"
 
 
 def _port(v: Any) -> str | None:
@@ -253,6 +260,31 @@ FIELDS: tuple[Spec, ...] = (
     Spec("archive_segment_records", "backup.archive_segment_records",
          P + "ARCHIVE_SEGMENT_RECORDS", int, 10000, "most records per archive segment",
          check=_positive),
+    Spec("offsite_path", "backup.offsite_path", P + "BACKUP_OFFSITE_PATH", str, "",
+         "a directory on another disk (or a network file system) that every snapshot and "
+         "archive segment is copied to, in the backup directory's layout: a restore reads it "
+         "as JADEVECTORDB_BACKUP_DIR (empty = no such copy; it must exist: a missing one is "
+         "taken for an unmounted disk; not inside the data or backup directory)"),
+    Spec("offsite_s3_url", "backup.offsite_s3_url", P + "BACKUP_OFFSITE_S3_URL", str, "",
+         "s3://BUCKET[/PREFIX] of an S3-compatible store that every snapshot and archive "
+         "segment is copied to (empty = none)", check=_s3_url),
+    Spec("offsite_s3_endpoint_url", "backup.offsite_s3_endpoint_url",
+         P + "BACKUP_OFFSITE_S3_ENDPOINT_URL", str, "",
+         "endpoint of a store other than AWS S3 (MinIO, Ceph, R2...: e.g. "
+         "http://minio:9000; path-style addressing); empty = AWS"),
+    Spec("offsite_s3_region", "backup.offsite_s3_region", P + "BACKUP_OFFSITE_S3_REGION", str,
+         "", "the bucket's region (empty = boto3's default: AWS_DEFAULT_REGION, ~/.aws)"),
+    Spec("offsite_s3_access_key_id", "backup.offsite_s3_access_key_id",
+         P + "BACKUP_OFFSITE_S3_ACCESS_KEY_ID", str, "",
+         "access key of the S3 store (empty = boto3's own chain: AWS_ACCESS_KEY_ID, "
+         "~/.aws/credentials, an instance or pod role)", secret=True),
+    Spec("offsite_s3_secret_access_key", "backup.offsite_s3_secret_access_key",
+         P + "BACKUP_OFFSITE_S3_SECRET_ACCESS_KEY", str, "",
+         "secret key going with backup.offsite_s3_access_key_id", secret=True),
+    Spec("offsite_interval_seconds", "backup.offsite_interval_seconds",
+         P + "BACKUP_OFFSITE_INTERVAL_SECONDS", int, 60,
+         "how often new snapshots and archive segments are copied to the offsite targets "
+         "(job 'offsite'; 0 = never)", check=_non_negative),
     Spec("primary_url", "replication.primary_url", P + "PRIMARY_URL", str, "",
          "run as a read replica following this primary (e.g. http://primary:8080)"),
     Spec("replication_key", "replication.key", P + "REPLICATION_KEY", str, "",
@@ -377,6 +409,13 @@ class Settings:
     snapshot_retention_days: int = 7
     archive_interval_seconds: int = 60
     archive_segment_records: int = 10000
+    offsite_path: str = ""
+    offsite_s3_url: str = ""
+    offsite_s3_endpoint_url: str = ""
+    offsite_s3_region: str = ""
+    offsite_s3_access_key_id: str = field(default="", repr=False)
+    offsite_s3_secret_access_key: str = field(default="", repr=False)
+    offsite_interval_seconds: int = 60
     log_retention_seconds: int = 3600
     replica_max_hold_seconds: int = 86400
     primary_url: str = ""
@@ -486,7 +525,8 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
         if spec.env in environ:
             values[spec.attr] = _coerce(spec, environ[spec.env], spec.env)
     for key in environ:
-        if key.startswith(P) and key not in known_env and key not in _LATER_ISSUES:
+        if (key.startswith(P) and key not in known_env and key not in _LATER_ISSUES
+                and key not in CLIENT_ENV):
             raise ConfigError(f"{key}: unknown setting")
     values.update(overrides)
     for spec in FIELDS:
@@ -512,6 +552,10 @@ def load(environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings
 
 # Variables that belong to features of later issues; tolerated so deployments can set them early.
 _LATER_ISSUES: frozenset[str] = frozenset()
+
+# Variables of the client side of ``jade`` (import, export: which server, which credential), not
+# settings of the server: tolerated in the server's environment, read only by tools/client.py.
+CLIENT_ENV: frozenset[str] = frozenset({P + "URL", P + "API_KEY"})
 
 
 def _derive(s: Settings) -> Settings:

@@ -353,7 +353,8 @@ def test_dockerfile_copies_everything_the_package_build_needs() -> None:
     assert packages, includes
     for pkg in packages:
         assert pkg in copied, f"package {pkg}/ is installed by pyproject but not COPYed"
-    for name in ("pyproject.toml", "setup.cfg", project["project"]["readme"], "config"):
+    for name in ("pyproject.toml", "setup.cfg", project["project"]["readme"], "config",
+                 *project["project"].get("license-files", [])):
         assert name in copied, f"{name} must be COPYed"
         assert os.path.exists(os.path.join(ROOT, name)), name
 
@@ -608,14 +609,9 @@ def test_k8s_runbook_objects() -> None:
     assert f == "deployment.yaml"
     assert primary["spec"]["replicas"] == 1
     assert primary["spec"]["strategy"]["type"] == "Recreate"
-    claims = [
-        v["persistentVolumeClaim"]["claimName"]
-        for v in primary["spec"]["template"]["spec"]["volumes"]
-        if "persistentVolumeClaim" in v
-    ]
-    (claim,) = claims
+    # the data's claim (the other one, /offsite, holds the second copy of the backups)
+    claim = _volume_for(primary, "/data")["persistentVolumeClaim"]["claimName"]
     assert k8s_find("PersistentVolumeClaim", claim)[0] == "pvc.yaml"
-    assert _volume_for(primary, "/data") == {"persistentVolumeClaim": {"claimName": claim}}
 
     f, replica = k8s_find("Deployment", "jadevectordb-replica")
     assert f == "replica-deployment.yaml"

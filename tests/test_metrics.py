@@ -58,8 +58,9 @@ LOG_AND_INDEX_METRICS: dict[str, str] = {
     P + "index_size_bytes": GAUGE,
     P + "index_vectors": GAUGE,
     P + "index_checkpoint_age_seconds": GAUGE,
-    P + "vectors_total": GAUGE,
-    P + "databases_total": GAUGE,
+    P + "vectors": GAUGE,
+    P + "databases": GAUGE,
+    P + "users": GAUGE,
     P + "http_requests_total": COUNTER,
     P + "scheduler_job_runs_total": COUNTER,
 }
@@ -147,9 +148,9 @@ async def test_log_and_index_series(server: Server) -> None:
     assert total(text, P + "wal_group_commit_size_sum") >= groups  # ≥ 1 request per group
     assert total(text, P + "index_size_bytes") > 0
     assert sample(text, P + "index_vectors") == 43
-    assert sample(text, P + "vectors_total") == 43
-    assert sample(text, P + "databases_total") == 1
-    assert sample(text, P + "users_total") == 2
+    assert sample(text, P + "vectors") == 43
+    assert sample(text, P + "databases") == 1
+    assert sample(text, P + "users") == 2
 
 
 async def test_scheduled_checkpoint_moves_status_and_metrics(server: Server) -> None:
@@ -159,7 +160,7 @@ async def test_scheduled_checkpoint_moves_status_and_metrics(server: Server) -> 
     text = await metrics_text(server.anon)
     assert sample(text, P + "index_checkpoint_age_seconds") == -1  # none yet
     assert sample(text, P + "scheduler_job_runs_total",
-                  job="index_checkpoint", outcome="success") is None
+                  task="index_checkpoint", outcome="success") is None
     status, body = await api.get("/status")
     assert body["scheduler"]["index_checkpoint"]["last_outcome"] == "never"
 
@@ -174,9 +175,9 @@ async def test_scheduled_checkpoint_moves_status_and_metrics(server: Server) -> 
     assert body["indexes"]["checkpoint_age_seconds"] is not None
     text = await metrics_text(server.anon)
     assert sample(text, P + "scheduler_job_runs_total",
-                  job="index_checkpoint", outcome="success") == 1
+                  task="index_checkpoint", outcome="success") == 1
     last_ok = sample(text, P + "scheduler_job_last_success_timestamp_seconds",
-                     job="index_checkpoint")
+                     task="index_checkpoint")
     assert last_ok is not None and abs(last_ok - time.time()) < 30
     age = sample(text, P + "index_checkpoint_age_seconds")
     assert age is not None and 0 <= age < 30
@@ -186,7 +187,7 @@ async def test_scheduled_checkpoint_moves_status_and_metrics(server: Server) -> 
     await server.app[SCHEDULER].run("index_checkpoint")  # nothing dirty: still a success
     text = await metrics_text(server.anon)
     assert sample(text, P + "scheduler_job_runs_total",
-                  job="index_checkpoint", outcome="success") == 2
+                  task="index_checkpoint", outcome="success") == 2
 
 
 async def test_failing_job_is_recorded_not_raised(server: Server) -> None:
@@ -201,7 +202,7 @@ async def test_failing_job_is_recorded_not_raised(server: Server) -> None:
     job = body["scheduler"]["broken"]
     assert job["failures"] == 1 and job["last_outcome"].startswith("error: OSError")
     text = await metrics_text(server.anon)
-    assert sample(text, P + "scheduler_job_runs_total", job="broken", outcome="error") == 1
+    assert sample(text, P + "scheduler_job_runs_total", task="broken", outcome="error") == 1
 
 
 # -- counters move ------------------------------------------------------------------------------

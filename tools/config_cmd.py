@@ -42,6 +42,13 @@ with `_` are comments. An unknown key or variable, or a bad value, stops the ser
 message naming it. `jade config show` prints the effective configuration with secrets redacted.
 Production refuses to start without a `JWT_SECRET` of at least 32 characters.
 
+The commands that talk to a server (`jade import`, `jade export`) read two more variables,
+which are not settings of the server (it tolerates them in its environment): `JADEVECTORDB_URL`
+(the server; default `http://JADEVECTORDB_HOST:JADEVECTORDB_PORT`, `http://127.0.0.1:8080`
+when neither is set) and `JADEVECTORDB_API_KEY` (an API key or a token). The offline commands
+(`jade snapshot`, `restore`, `verify`, `wal inspect`, `user create`) take `--data-dir DIR`
+over `JADEVECTORDB_DATA_DIR`.
+
 `config/logging.json` is read by the logging set-up: `max_bytes`, `backup_count`, `console`,
 `loggers` (`{name: level}`).
 

@@ -8,9 +8,8 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from jade import settings as settings_mod
 from jade.backup.restore import RestoreError, restore
-from jade.backup.snapshot import SnapshotError
+from tools.offline import add_data_dir, settings_for
 from tools.progress import emit, reporter
 
 
@@ -26,6 +25,7 @@ def register(sub: Any) -> None:
                    help="replace a non-empty target (once the new directory is complete)")
     p.add_argument("--verify-key", default="", help="hex Ed25519 key snapshots must be signed by")
     p.add_argument("--json", action="store_true")
+    add_data_dir(p)  # the source: its log, its backups (which may be all that is left of it)
     p.set_defaults(run=run)
 
 
@@ -54,7 +54,7 @@ def parse_time(text: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    s = settings_mod.load()
+    s = settings_for(args.data_dir)
     update, close = reporter(0, "restore", not args.json)
     try:
         ts = parse_time(args.to_time) if args.to_time else None
@@ -68,12 +68,11 @@ def run(args: argparse.Namespace) -> int:
             verify_key=args.verify_key,
             progress=update,
         )
-    except Exception as exc:  # one line and exit 1, never a traceback
+    except Exception as exc:  # one line (tools.cli.explain) and exit 1, and the --json answer
         close()
-        known = isinstance(exc, (RestoreError, SnapshotError))
-        msg = " ".join(str(exc).split()) or type(exc).__name__
-        if not known:
-            msg = f"{type(exc).__name__}: {msg}"
+        from tools.cli import explain
+
+        msg, _ = explain(exc)
         if args.json:
             emit({"ok": False, "error": msg}, True, "")
         print(f"jade: restore failed: {msg}", file=sys.stderr)

@@ -9,7 +9,6 @@ import http.client
 import logging
 import signal
 import socket
-import sys
 import time
 from collections.abc import Callable
 from typing import Any
@@ -32,7 +31,8 @@ def register(sub: Any) -> None:
     p = sub.add_parser("serve", help="run the server")
     p.add_argument("--host", help="override JADEVECTORDB_HOST")
     p.add_argument("--port", type=int, help="override JADEVECTORDB_PORT")
-    p.add_argument("--data-dir", help="override JADEVECTORDB_DATA_DIR")
+    p.add_argument("--data-dir", metavar="DIR",
+                   help="override JADEVECTORDB_DATA_DIR (created if missing)")
     p.add_argument("--follow", metavar="URL",
                    help="run as a read replica of this primary (JADEVECTORDB_PRIMARY_URL)")
     p.set_defaults(run=run)
@@ -55,17 +55,13 @@ def run(args: argparse.Namespace) -> int:
     s = settings_mod.load(**_overrides(args))
     # one process owns a data directory: before the port, the logs or the stores are opened,
     # and for the life of the process (the engine holds it again while open; re-entrant)
-    try:
-        lock = datadir.hold(s.data_dir, "jade serve" + (" --follow" if s.primary_url else ""))
-    except datadir.DataDirBusy as exc:
-        print(f"jade: {exc}", file=sys.stderr)
-        return 1
+    # (a busy directory, an unfinished restore: one line and exit 1, by tools.cli.explain)
+    lock = datadir.hold(s.data_dir, "jade serve" + (" --follow" if s.primary_url else ""))
     try:  # before the logs or the app write anything into it (the engine checks again)
         refuse_unfinished_restore(s.data_dir)
-    except RestoreIncomplete as exc:
+    except RestoreIncomplete:
         lock.release()
-        print(f"jade: {exc}", file=sys.stderr)
-        return 1
+        raise
     atexit.register(lock.release)  # after the interpreter joined its threads (or at death)
     logs.setup(s)
     app = build_app(s)

@@ -4,11 +4,13 @@ server runs: the copies are taken inside LMDB read transactions."""
 from __future__ import annotations
 
 import argparse
-import sys
+import os
 from typing import Any
 
-from jade import settings as settings_mod
 from jade.backup import archive, snapshot
+from jade.settings import Settings
+from tools.errors import CliError
+from tools.offline import add_data_dir, require_data, require_dir, settings_for
 from tools.progress import emit
 from wal.lmdbenv import Env
 
@@ -30,10 +32,22 @@ def register(sub: Any) -> None:
     d = ssub.add_parser("delete", help="delete a snapshot")
     d.add_argument("name")
     d.set_defaults(run=run_delete)
+    for cmd in (c, ls, v, d):
+        add_data_dir(cmd)
+
+
+def _backups(args: argparse.Namespace) -> Settings:
+    """The settings of ``--data-dir``, whose backup directory or data directory exists (the
+    backups of a lost data directory can still be listed and verified)."""
+    s = settings_for(args.data_dir)
+    if not os.path.isdir(s.backup_dir):
+        require_dir(s.data_dir)  # a wrong directory: one line naming it
+    return s
 
 
 def run_create(args: argparse.Namespace) -> int:
-    s = settings_mod.load()
+    s = settings_for(args.data_dir)
+    require_data(s)
     denv = Env(s.db_path, readonly=True)
     aenv = Env(s.auth_db_path, readonly=True)
     try:
@@ -48,7 +62,7 @@ def run_create(args: argparse.Namespace) -> int:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    s = settings_mod.load()
+    s = _backups(args)
     snaps = snapshot.listing(s.backup_dir)
     rows = [x.json() for x in snaps]
     text = (
@@ -62,15 +76,13 @@ def run_list(args: argparse.Namespace) -> int:
 
 
 def run_verify(args: argparse.Namespace) -> int:
-    s = settings_mod.load()
+    s = _backups(args)
     snaps = snapshot.listing(s.backup_dir)
     names = [x.name for x in snaps]
     root = snapshot.snapshots_dir(s.backup_dir)
     if args.name:
         names = [args.name]
     results: dict[str, list[str]] = {}
-    import os
-
     if os.path.isdir(root) and not args.name:
         # directories that are not listed because their manifest is unreadable are damage too
         for n in sorted(os.listdir(root)):
@@ -89,11 +101,10 @@ def run_verify(args: argparse.Namespace) -> int:
 
 
 def run_delete(args: argparse.Namespace) -> int:
-    s = settings_mod.load()
+    s = _backups(args)
     try:
         snapshot.delete(s.backup_dir, args.name)
     except FileNotFoundError:
-        print(f"jade: no snapshot named {args.name}", file=sys.stderr)
-        return 1
+        raise CliError(f"no snapshot named {args.name} in {s.backup_dir}") from None
     print(f"deleted {args.name}")
     return 0

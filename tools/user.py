@@ -9,12 +9,11 @@ import sys
 import uuid
 from typing import Any
 
-from jade import settings as settings_mod
 from jade.auth.service import AuthService
 from jade.core.decide import Command
-from jade.errors import JadeError
 from jade.metrics import Metrics
-from tools.offline import ServerRunning, open_engine
+from tools.errors import USAGE, CliError
+from tools.offline import add_data_dir, open_engine, require_dir, settings_for
 
 
 def register(sub: Any) -> None:
@@ -28,22 +27,30 @@ def register(sub: Any) -> None:
     c.add_argument(
         "--password-stdin",
         action="store_true",
-        help="read the password from standard input (else prompt)",
+        help="read the password from standard input (else prompt on the terminal)",
     )
+    add_data_dir(c)
+    c.add_argument("--create-data-dir", action="store_true",
+                   help="make the data directory if it does not exist (a new system)")
     c.set_defaults(run=run_create)
 
 
 def run_create(args: argparse.Namespace) -> int:
-    s = settings_mod.load()
+    s = settings_for(args.data_dir)
+    if not args.create_data_dir:
+        try:
+            require_dir(s.data_dir)
+        except CliError as exc:
+            raise CliError(exc.message + "; or add --create-data-dir to start a new one"
+                           ) from None
     if args.password_stdin:
         password = sys.stdin.readline().rstrip("\n")
+    elif not sys.stdin.isatty():
+        raise CliError("no terminal to ask for the password on: give --password-stdin and the "
+                       "password on standard input", USAGE)
     else:
         password = getpass.getpass("password: ")
-    try:
-        engine = open_engine(s, "jade user create")
-    except ServerRunning as exc:
-        print(f"jade: {exc}", file=sys.stderr)
-        return 1
+    engine = open_engine(s, "jade user create")  # a server on it: one line (tools.cli)
     try:
         svc = AuthService(s, engine, Metrics(), "unused-for-hashing")
         svc.check_strength(password)
@@ -65,8 +72,5 @@ def run_create(args: argparse.Namespace) -> int:
         )
         print(f"created user {args.username} ({uid}) with roles {roles}")
         return 0
-    except JadeError as exc:
-        print(f"jade: {exc.message}", file=sys.stderr)
-        return 1
     finally:
         engine.close()

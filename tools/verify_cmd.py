@@ -5,11 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-from dataclasses import replace
 from typing import Any
 
-from jade import settings as settings_mod
 from jade.backup.verify import verify_dir
+from tools.errors import USAGE, CliError
+from tools.offline import add_data_dir, require_data, require_dir, settings_for
 from tools.progress import emit
 from wal.lmdbenv import Env
 from wal.log import Log
@@ -21,6 +21,7 @@ def register(sub: Any) -> None:
     p.add_argument("--auth-db", help="the auth store's file (default: the configured one for "
                    "the configured data directory, else DIR/jadevectordb_auth.db)")
     p.add_argument("--json", action="store_true")
+    add_data_dir(p)
     p.set_defaults(run=run_verify)
     w = sub.add_parser("wal", help="the log")
     wsub = w.add_subparsers(dest="wal_command", required=True)
@@ -29,27 +30,16 @@ def register(sub: Any) -> None:
     i.add_argument("--limit", type=int, default=20)
     i.add_argument("--type", default=None, help="only records of this type (prefix match)")
     i.add_argument("--json", action="store_true")
+    add_data_dir(i)
     i.set_defaults(run=run_inspect)
 
 
-def settings_for(d: str | None, auth_db: str | None = None) -> settings_mod.Settings:
-    """The configured settings for the configured data directory (its configured file paths,
-    e.g. an auth store kept elsewhere); for another directory, the default paths inside it."""
-    s = settings_mod.load()
-    if not d or os.path.realpath(d) == os.path.realpath(s.data_dir):
-        return replace(s, auth_db_path=auth_db) if auth_db else s
-    s = replace(
-        s,
-        data_dir=d,
-        db_path=os.path.join(d, "jadevectordb.db"),
-        auth_db_path=auth_db or os.path.join(d, "jadevectordb_auth.db"),
-        index_dir=os.path.join(d, "indexes"),
-    )
-    return s
-
-
 def run_verify(args: argparse.Namespace) -> int:
-    s = settings_for(args.dir, args.auth_db)
+    if args.dir and args.data_dir and os.path.realpath(args.dir) != os.path.realpath(
+            args.data_dir):
+        raise CliError(f"two data directories: {args.dir} and --data-dir {args.data_dir}", USAGE)
+    s = settings_for(args.dir or args.data_dir, args.auth_db)
+    require_dir(s.data_dir)
     report = verify_dir(s)
     unfinished = report.facts.get("restore", {}).get("state") == "in progress"
     verdict = "OK" if report.ok else "UNFINISHED RESTORE" if unfinished else "DAMAGED"
@@ -72,7 +62,8 @@ def _short(v: Any) -> Any:
 
 
 def run_inspect(args: argparse.Namespace) -> int:
-    s = settings_mod.load()
+    s = settings_for(args.data_dir)
+    require_data(s)
     env = Env(s.db_path, readonly=True)
     try:
         log = Log(env)

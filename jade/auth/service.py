@@ -9,6 +9,7 @@ a token or an API key), cached per auth-store version.
 
 from __future__ import annotations
 
+import hmac
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -37,6 +38,10 @@ class AuthService:
     secret: str
     _principals: dict[str, tuple[Principal, int]] = field(default_factory=dict)
     _ok_series: dict[str, Any] = field(default_factory=dict)
+    # the embedded client's credential (jadevectordb_server.embedded): made by this process for
+    # itself, never stored, logged or written to the data directory; valid while the process
+    # lives. None: there is none (every server started by ``jade serve``)
+    process_credential: tuple[str, Principal] | None = None
 
     @property
     def store(self) -> AuthStore:
@@ -99,6 +104,9 @@ class AuthService:
         cred = self.credential(headers)
         if cred is None:
             return None
+        local = self.process_credential
+        if local is not None and hmac.compare_digest(cred.encode(), local[0].encode()):
+            return local[1]
         try:
             # Verified credentials are cached per auth-store version: any logout, revocation,
             # deactivation or role change bumps the version, so the cache is never stale.

@@ -39,7 +39,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from jade.backup import archive, snapshot
+from jade.backup import archive, offsite, snapshot
 from jade.engine import Engine
 from jade.engine.commit import Truncate
 from wal.log import LogError
@@ -106,6 +106,9 @@ class Backups:
         self.replicas: ReplicaPositions | None = None
         self.now_ns: Callable[[], int] = time.time_ns  # the clock of the window (tests move it)
         self.last_truncation: dict[str, Any] | None = None
+        # the second location of the backups (``jade.backup.offsite``; none configured: no
+        # target). A bad one refuses the start here, before the port opens
+        self.offsite = offsite.Offsite(self.settings)
 
     def snapshot(self) -> snapshot.SnapshotInfo:
         e, s = self.engine, self.settings
@@ -141,6 +144,12 @@ class Backups:
         with self._lock:
             removed = self._truncate()
         return {"truncated": removed, "first_lsn": self.engine.log.first_lsn}
+
+    def push_offsite(self) -> dict[str, Any]:
+        """The ``offsite`` job: copy the new snapshots and archive segments to every offsite
+        target. Not under the lock: a long upload must not hold the archive and the log's
+        trimming back (a snapshot deleted meanwhile by retention is skipped)."""
+        return self.offsite.push_all()
 
     @property
     def archiving(self) -> bool:

@@ -1,5 +1,6 @@
 """The scheduled jobs the server runs (``jade.scheduler``): index checkpoints, snapshots, log
-archiving and trimming, pruning expired auth records, and dropping stale rate-limit windows."""
+archiving and trimming, offsite copies of the backups, pruning expired auth records, and
+dropping stale rate-limit windows."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from aiohttp import web
 from jade.auth.clock import now_ms
 from jade.core.decide import Command
 from jade.http.analytics import flush_job
-from jade.http.keys import AUTH, BACKUPS, ENGINE, SETTINGS
+from jade.http.keys import AUTH, BACKUPS, ENGINE, METRICS, SETTINGS
 from jade.scheduler import Scheduler
 
 TRUNCATE_INTERVAL_SECONDS = 60  # how often the log is trimmed when archiving is off
@@ -55,6 +56,12 @@ def add_jobs(app: web.Application, sched: Scheduler) -> None:
     async def truncate_log() -> dict[str, object]:
         return await asyncio.to_thread(bk.truncate)
 
+    metrics = app[METRICS]
+    bk.offsite.on_bytes = lambda kind, n: metrics.offsite_bytes.labels(kind).inc(n)
+
+    async def copy_offsite() -> dict[str, object]:
+        return await asyncio.to_thread(bk.push_offsite)
+
     sched.add("index_checkpoint", settings.checkpoint_interval_seconds, checkpoint)
     sched.add("snapshot", settings.snapshot_interval_seconds, take_snapshot)
     # the log is trimmed by default (``jade.backup.jobs``): after each archive run, or on its
@@ -63,6 +70,8 @@ def add_jobs(app: web.Application, sched: Scheduler) -> None:
         sched.add("archive", settings.archive_interval_seconds, archive_log)
     else:
         sched.add("log_truncate", TRUNCATE_INTERVAL_SECONDS, truncate_log)
+    if bk.offsite.targets:  # snapshots and segments to a second disk or an S3 bucket
+        sched.add("offsite", settings.offsite_interval_seconds, copy_offsite)
     sched.add("auth_prune", 300, prune_auth)
     sched.add("rate_limit_cleanup", 60, cleanup_limits)
     sched.add("analytics_flush", settings.analytics_flush_seconds, flush_job(app))
