@@ -635,3 +635,39 @@ def test_a_damaged_stored_document_is_refused_and_reported(tmp_path: Any) -> Non
     rep = verify_dir(s)
     assert not rep.ok and any("do not match their checksum: txt" in line
                               for line in rep.lines), rep.lines
+
+
+async def test_a_group_the_text_index_cannot_apply_is_reported_and_repaired_while_idle(
+        tmp_path: Any) -> None:
+    """A committed group the text projection fails to apply: the write stays acknowledged,
+    /health/db says the text index is behind, and the writer catches it up from the log
+    without waiting for another write (before: nothing reported it, and only the next group
+    caught it up)."""
+    from jade import faults
+
+    async with running_server(make_settings(tmp_path)) as srv:
+        api = srv.user
+        db = await api.create_db(DIM)
+        st, body = await api.post(f"/v1/databases/{db}/bm25-index/build", {})
+        assert st == 200, body
+        faults.arm("text.apply")
+        try:
+            await put(api, db, [{"id": "late", "values": [1.0] * DIM,
+                                 "metadata": {"text": "a zebra crossing"}}])
+        finally:
+            faults.disarm()
+        engine: Engine = srv.app[ENGINE]
+        assert engine.projection_failures()["text"] == 1
+        deadline, reported = time.monotonic() + 10, False
+        while time.monotonic() < deadline:
+            st, health = await srv.anon.get("/health/db")
+            if st == 200:
+                break
+            assert "text" in health["checks"]["vector_db"]["status"], health
+            reported = True
+            await asyncio.sleep(0.05)
+        assert reported, "/health/db never said the text index was behind"
+        assert st == 200, health
+        st, body = await api.post(f"/v1/databases/{db}/search/hybrid",
+                                  {"queryText": "zebra", "topK": 3})
+        assert st == 200 and [r["vectorId"] for r in body["results"]] == ["late"], body

@@ -285,12 +285,15 @@ class Engine:
             out["auth"] = self.writer.auth.behind
         for db_id, why in dict(self.indexes.failed).items():  # a copy: the writer changes it
             out[f"index {db_id}"] = why
+        if self.text is not None and self.text.behind is not None:
+            out["text"] = self.text.behind
         return out
 
     def projection_failures(self) -> dict[str, int]:
         """Committed records each projection could not apply, since this engine opened."""
         auth = self.writer.auth.failures if self.writer is not None else 0
-        return {"index": self.indexes.failures, "auth": auth}
+        text = self.text.failures if self.text is not None else 0
+        return {"index": self.indexes.failures, "auth": auth, "text": text}
 
     def _on_group(self, requests: int, records: int, seconds: float) -> None:
         for fn in self.group_observers:

@@ -269,7 +269,8 @@ class Writer:
             return group
 
     def _repairing(self) -> bool:
-        return self.auth.behind is not None or bool(self.e.indexes.failed)
+        return (self.auth.behind is not None or bool(self.e.indexes.failed)
+                or (self.e.text is not None and self.e.text.behind is not None))
 
     def _building(self) -> bool:
         return self.e.text is not None and self.e.text.wants_step()
@@ -316,6 +317,8 @@ class Writer:
         if not group:  # idle: retry what is behind (on this thread the store cannot move)
             if self.e.indexes.failed:
                 self.e.indexes.repair()
+            if self.e.text is not None and self.e.text.behind is not None:
+                self.e.text.repair()
             self._build_step(idle=True)
             return
         while True:

@@ -54,6 +54,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from jade import events as ev
+from jade import faults
 from jade.stores.data import DataStore
 from jade.text.bm25 import (
     FORMAT,
@@ -310,6 +311,13 @@ class TextProjection:
                 log.exception("text indexes could not apply a committed group; text searches "
                               "answer 503 until they catch up from the log")
 
+    def repair(self) -> None:
+        """Catch up with the log while the writer is idle (a projection behind is otherwise
+        caught up only by the next group): the writer thread, like the index projection's."""
+        with self._lock:
+            if self.file is not None and self.behind is not None and self._log is not None:
+                self._catch_up(self._log.last_lsn)
+
     def _catch_up(self, upto: int) -> None:
         from jade.engine.replay import replay
 
@@ -324,6 +332,7 @@ class TextProjection:
 
     def _apply(self, entries: list[Entry]) -> None:
         """Fold ``entries`` after ``applied`` in one transaction; raises (rolled back)."""
+        faults.hit("text.apply")
         todo = [(r, e) for r, e in entries if r.lsn > self.applied and self._concerns(e)]
         last, last_sum = entries[-1][0].lsn, entries[-1][0].checksum
         if last <= self.applied:
