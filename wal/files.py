@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 
 
@@ -33,3 +34,15 @@ def write_atomic(path: str, *chunks: bytes) -> None:
             pass
         raise
     fsync_path(os.path.dirname(os.path.abspath(path)))
+
+
+def sha256_file(path: str, chunk: int = 1 << 20) -> str:
+    """The SHA-256 of the file at ``path`` (hex), read ``chunk`` bytes at a time into one
+    buffer (hashlib releases the GIL on each)."""
+    h = hashlib.sha256()
+    buf = bytearray(chunk)
+    view = memoryview(buf)
+    with open(path, "rb", buffering=0) as fh:
+        while n := fh.readinto(buf):
+            h.update(view[:n])
+    return h.hexdigest()

@@ -45,7 +45,7 @@ from typing import Any, Protocol
 
 from jade.backup import archive, snapshot
 from jade.settings import ConfigError, Settings
-from wal.files import fsync_path
+from wal.files import fsync_path, sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -261,7 +261,7 @@ class S3Target:
         return out
 
     def put(self, key: str, local: str, check: Callable[[str], None]) -> int:
-        check(_sha256(local))
+        check(sha256_file(local))
         self.client.upload_file(local, self.bucket, self._key(key))
         return os.path.getsize(local)
 
@@ -281,14 +281,6 @@ class S3Target:
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
-
-
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 # -- which targets ----------------------------------------------------------------------------

@@ -31,7 +31,7 @@ from jade.auth.store import AuthStore
 from jade.engine.replay import replay
 from jade.stores.data import DataStore
 from wal.codec import decode, lsn_key
-from wal.files import fsync_path
+from wal.files import fsync_path, sha256_file
 from wal.lmdbenv import Env
 from wal.log import LOG_DB, Log, LogError
 
@@ -71,14 +71,6 @@ class SnapshotInfo:
 
 def snapshots_dir(backup_dir: str) -> str:
     return os.path.join(backup_dir, "snapshots")
-
-
-def sha256_file(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _signing_key(hex_seed: str) -> nacl.signing.SigningKey:

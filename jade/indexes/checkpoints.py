@@ -25,7 +25,6 @@ any point leaves one whole checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
@@ -44,7 +43,7 @@ from jade.indexes.flat import FlatIndex
 from jade.indexes.hnsw import HnswIndex
 from jade.indexes.live import LiveDb, spec_of
 from jade.indexes.packed_meta import PackedMeta
-from wal.files import fsync_path, write_atomic
+from wal.files import fsync_path, sha256_file, write_atomic
 
 log = logging.getLogger(__name__)
 
@@ -212,11 +211,11 @@ class CheckpointStore:
             for f in os.listdir(base):
                 if f.startswith(tmp):
                     fsync_path(os.path.join(base, f))
-                    sums[name + f[len(tmp):]] = file_digest(os.path.join(base, f))
+                    sums[name + f[len(tmp):]] = sha256_file(os.path.join(base, f))
                     os.replace(os.path.join(base, f), os.path.join(base, name + f[len(tmp):]))
             md_file = name + MD_SUFFIX
             count = ckpt.write_metadata(os.path.join(base, md_file), cap.meta, cap.terms)
-            sums[md_file] = file_digest(os.path.join(base, md_file))
+            sums[md_file] = sha256_file(os.path.join(base, md_file))
             fsync_path(base)  # the renames are durable before index.json names the files
         except OSError:
             if self.stale(cap):  # its directory went away under the writes
@@ -358,20 +357,6 @@ class CheckpointStore:
                             "checkpoint's; left alone", path, extra={"db": name})
 
 
-_READ = 1 << 20  # checksums read files in chunks of this size
-
-
-def file_digest(path: str) -> str:
-    """The SHA-256 of the file at ``path`` (hex), read in ``_READ`` chunks."""
-    h = hashlib.sha256()
-    buf = bytearray(_READ)
-    view = memoryview(buf)
-    with open(path, "rb", buffering=0) as fh:
-        while n := fh.readinto(buf):
-            h.update(view[:n])
-    return h.hexdigest()
-
-
 def check_files(base: str, doc: dict[str, Any]) -> list[str]:
     """What is wrong with the files of the checkpoint that ``doc`` (its ``index.json``, format
     4) describes in the directory ``base``, each problem naming its file ([]: all whole). The
@@ -395,7 +380,7 @@ def check_files(base: str, doc: dict[str, Any]) -> list[str]:
             problems.append(f"{n}: not a file of a checkpoint")
             continue
         try:
-            got = file_digest(os.path.join(base, n))
+            got = sha256_file(os.path.join(base, n))
         except FileNotFoundError:
             problems.append(f"{n}: missing")
             continue

