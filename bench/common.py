@@ -635,3 +635,9 @@ def post_retrying(c: Client, path: str, body: bytes, pause: float = 0.05) -> int
             raise HttpError(f"POST {path} -> {status} {text[:300]!r}")
         refused += 1
         time.sleep(pause)
+
+
+# the efSearch sweep search.py and mixed.py choose their operating point from, and the recall
+# that chooses it: one place, so the two scripts measure at the same point
+EFS_SWEEP = (10, 16, 20, 24, 32, 40, 48, 64, 96, 128)
+TARGET_RECALL = 0.95

@@ -81,10 +81,14 @@ from bench.common import (  # noqa: E402 - runnable as a script
     values_json,
     wait_caught_up,
 )
+from bench.common import (
+    EFS_SWEEP as EFS,
+)
+from bench.common import (
+    TARGET_RECALL as TARGET,
+)
 
 BATCH, K = 1000, 10
-EFS = (10, 16, 20, 24, 32, 40, 48, 64, 96, 128)
-TARGET = 0.95
 NEVER = float("inf")
 
 

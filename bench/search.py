@@ -63,10 +63,14 @@ from bench.common import (  # noqa: E402 - runnable as a script
     steal_since,
     wait_caught_up,
 )
+from bench.common import (
+    EFS_SWEEP as EFS,
+)
+from bench.common import (
+    TARGET_RECALL as TARGET,
+)
 
 BATCH, K = 1000, 10
-EFS = (10, 16, 20, 24, 32, 40, 48, 64, 96, 128)
-TARGET = 0.95
 BUCKETS = {"1 %": (100, 7), "10 %": (10, 3), "50 %": (2, 1)}  # field modulus, value
 
 
