@@ -5,6 +5,7 @@ backups together — a restore from that second location gives back every acknow
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -421,3 +422,86 @@ def test_k8s_primaries_copy_their_backups_to_another_claim() -> None:
         assert [t.kind for t in offsite.targets(s)] == ["path"]
         seen.append(f)
     assert sorted(seen) == ["deployment.yaml", "primary-statefulset.yaml"]
+
+
+# -- by hand: jade snapshot push / fetch ------------------------------------------------------
+
+
+async def test_cli_push_to_a_directory_and_fetch_back(tmp_path: Any) -> None:
+    """No offsite setting: ``jade snapshot push --to DIR`` makes the copy, and after the data
+    volume is lost ``jade snapshot fetch --from DIR --to LOCAL`` gives a backup directory the
+    restore reads, every acknowledged write in it."""
+    far = str(tmp_path / "other-disk")
+    os.makedirs(far)
+    s = offsite_settings(tmp_path)
+    async with running_server(s) as server:
+        await history(server)
+        env = cli_env(s)
+        r = jade(env, "snapshot", "push", "--to", far, "--json")
+        assert r.returncode == 0, r.stderr
+        (copy,) = json.loads(r.stdout)["targets"]
+        assert copy["snapshots"] == [x.name for x in snapshot.listing(s.backup_dir)]
+        assert copy["segments"] == len(archive.segments(s.backup_dir)) > 0
+        # a second push copies nothing; a path on the data disk is refused, one line
+        again = jade(env, "snapshot", "push", "--to", far)
+        assert again.returncode == 0 and "0 bytes copied" in again.stdout, again.stdout
+        inside = jade(env, "snapshot", "push", "--to", os.path.join(s.data_dir, "copy"))
+        assert inside.returncode == 2 and "overlaps the data directory" in inside.stderr
+        assert "Traceback" not in inside.stderr
+    before = digest_dir(s)
+    lose_the_data_volume(s)
+
+    local = str(tmp_path / "fetched")
+    r = jade(cli_env(s), "snapshot", "fetch", "--from", far, "--to", local)
+    assert r.returncode == 0, r.stderr
+    assert "1 snapshot(s)" in r.stdout and f"JADEVECTORDB_BACKUP_DIR={local}" in r.stdout
+    target = str(tmp_path / "restored")
+    restore_from(s, local, target)
+    assert digest_dir(replace(s, data_dir=target, db_path=os.path.join(target, snapshot.DATA_FILE),
+                              auth_db_path=os.path.join(target, snapshot.AUTH_FILE))) == before
+    # a name that is not there: one line, exit 1, nothing half-copied
+    r = jade(cli_env(s), "snapshot", "fetch", "--from", far, "--to", str(tmp_path / "f2"),
+             "snap-nope")
+    assert r.returncode == 1 and "no complete snapshot named snap-nope" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+def test_cli_push_without_a_second_location_is_one_line(tmp_path: Any) -> None:
+    s = offsite_settings(tmp_path)
+    os.makedirs(s.data_dir, exist_ok=True)
+    r = jade(cli_env(s), "snapshot", "push")
+    assert r.returncode == 2 and "no second location" in r.stderr
+    r = jade(cli_env(s), "snapshot", "fetch", "--from", str(tmp_path / "nowhere"))
+    assert r.returncode == 1 and "no backup copy at" in r.stderr
+    assert "Traceback" not in r.stderr
+
+
+async def test_cli_push_and_fetch_with_an_s3_store(tmp_path: Any, s3_endpoint: str) -> None:
+    client = s3_client(s3_endpoint)
+    client.create_bucket(Bucket="jade-backups")
+    s = offsite_settings(tmp_path)
+    creds = {"JADEVECTORDB_BACKUP_OFFSITE_S3_ACCESS_KEY_ID": "testing",
+             "JADEVECTORDB_BACKUP_OFFSITE_S3_SECRET_ACCESS_KEY": "testing",
+             "JADEVECTORDB_BACKUP_OFFSITE_S3_REGION": "us-east-1"}
+    async with running_server(s) as server:
+        await history(server)
+        env = {**cli_env(s), **creds}
+        r = jade(env, "snapshot", "push", "--to", "s3://jade-backups/cli",
+                 "--endpoint-url", s3_endpoint)
+        assert r.returncode == 0, r.stderr
+        assert "s3://jade-backups/cli: 1 snapshot(s)" in r.stdout, r.stdout
+        # a bucket that does not exist: the store's answer on one line, exit 1
+        r = jade(env, "snapshot", "push", "--to", "s3://no-such-bucket/x",
+                 "--endpoint-url", s3_endpoint)
+        assert r.returncode == 1 and "NoSuchBucket" in r.stderr, r.stderr
+        assert "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
+    before = digest_dir(s)
+    lose_the_data_volume(s)
+    local = str(tmp_path / "fetched")
+    r = jade({**cli_env(s), **creds}, "snapshot", "fetch", "--from", "s3://jade-backups/cli",
+             "--endpoint-url", s3_endpoint, "--to", local)
+    assert r.returncode == 0, r.stderr
+    target = str(tmp_path / "restored")
+    restore_from(s, local, target)
+    assert digest_dir(replace(s, data_dir=target, db_path=os.path.join(target, snapshot.DATA_FILE),
+                              auth_db_path=os.path.join(target, snapshot.AUTH_FILE))) == before

@@ -109,6 +109,10 @@ def explain(exc: BaseException) -> tuple[str, int]:
 OPERATOR_ERRORS = (
     ("jade.backup.restore", "RestoreError"),
     ("jade.backup.snapshot", "SnapshotError"),
+    ("jade.backup.offsite", "OffsiteError"),
+    # an S3 store's answer (NoSuchBucket, AccessDenied...) or its absence: the message names it
+    ("botocore.exceptions", "ClientError"),
+    ("botocore.exceptions", "BotoCoreError"),
 )
 
 

@@ -1,5 +1,7 @@
-"""``jade snapshot create|list|verify|delete`` (also our ``sqlite3 … .backup``). Works while the
-server runs: the copies are taken inside LMDB read transactions."""
+"""``jade snapshot create|list|verify|delete`` (also our ``sqlite3 … .backup``), and
+``push``/``fetch``: copy the backups to a second location (a directory or an S3 prefix) now, or
+copy them back from there into a directory ``jade restore`` reads. Works while the server runs:
+the copies are taken inside LMDB read transactions."""
 
 from __future__ import annotations
 
@@ -7,9 +9,9 @@ import argparse
 import os
 from typing import Any
 
-from jade.backup import archive, snapshot
+from jade.backup import archive, offsite, snapshot
 from jade.settings import Settings
-from tools.errors import CliError
+from tools.errors import USAGE, CliError
 from tools.offline import add_data_dir, require_data, require_dir, settings_for
 from tools.progress import emit
 from wal.lmdbenv import Env
@@ -32,7 +34,29 @@ def register(sub: Any) -> None:
     d = ssub.add_parser("delete", help="delete a snapshot")
     d.add_argument("name")
     d.set_defaults(run=run_delete)
-    for cmd in (c, ls, v, d):
+    pu = ssub.add_parser(
+        "push", help="copy the snapshots and the archive to the second location now",
+        description="Copy every snapshot and archive segment the target lacks (what the "
+        "server's offsite job does every backup.offsite_interval_seconds). The target: --to, "
+        "else the configured backup.offsite_path and backup.offsite_s3_url.")
+    pu.add_argument("--to", metavar="DIR|s3://BUCKET/PREFIX", help="the target (default: the "
+                    "configured ones)")
+    pu.add_argument("--endpoint-url", default="", help="an S3-compatible store's URL (MinIO...)")
+    pu.add_argument("--json", action="store_true")
+    pu.set_defaults(run=run_push)
+    fe = ssub.add_parser(
+        "fetch", help="copy snapshots and the archive back from the second location",
+        description="Copy the complete snapshots (or only those named) and the archive from a "
+        "second location into a local backup directory, which `jade restore` then reads "
+        "(JADEVECTORDB_BACKUP_DIR=DIR jade restore --latest --target ...).")
+    fe.add_argument("--from", dest="source", required=True, metavar="DIR|s3://BUCKET/PREFIX")
+    fe.add_argument("--to", metavar="DIR", help="the local backup directory (default: the "
+                    "configured one of --data-dir)")
+    fe.add_argument("--endpoint-url", default="", help="an S3-compatible store's URL (MinIO...)")
+    fe.add_argument("names", nargs="*", metavar="NAME", help="only these snapshots")
+    fe.add_argument("--json", action="store_true")
+    fe.set_defaults(run=run_fetch)
+    for cmd in (c, ls, v, d, pu, fe):
         add_data_dir(cmd)
 
 
@@ -107,4 +131,49 @@ def run_delete(args: argparse.Namespace) -> int:
     except FileNotFoundError:
         raise CliError(f"no snapshot named {args.name} in {s.backup_dir}") from None
     print(f"deleted {args.name}")
+    return 0
+
+
+def run_push(args: argparse.Namespace) -> int:
+    s = _backups(args)
+    if args.to:
+        if not args.to.startswith("s3://"):
+            offsite.check_apart(args.to, s, "--to")
+        targets = [offsite.target_for(args.to, s, endpoint_url=args.endpoint_url)]
+    else:
+        targets = offsite.targets(s)
+        if not targets:
+            raise CliError("no second location: give --to DIR|s3://BUCKET/PREFIX or set "
+                           "backup.offsite_path / backup.offsite_s3_url", USAGE)
+    rows = []
+    problems: list[str] = []
+    for t in targets:
+        r = offsite.push(s.backup_dir, t, s.snapshot_retention_days)
+        rows.append(r.json())
+        problems += [f"{t.where}: {p}" for p in r.problems]
+    text = "\n".join(
+        f"{r['target']}: {len(r['snapshots'])} snapshot(s), {r['segments']} segment(s), "
+        f"{r['bytes']} bytes copied" + (f"; {len(r['deleted'])} old snapshot(s) deleted there"
+                                        if r["deleted"] else "")
+        for r in rows)
+    emit({"targets": rows, "problems": problems}, args.json,
+         text + "".join(f"\nproblem: {p}" for p in problems))
+    return 1 if problems else 0
+
+
+def run_fetch(args: argparse.Namespace) -> int:
+    s = settings_for(args.data_dir)
+    dest = args.to or s.backup_dir
+    source = offsite.target_for(args.source, s, endpoint_url=args.endpoint_url)
+    if not args.source.startswith("s3://"):
+        if not os.path.isdir(args.source):
+            raise CliError(f"no backup copy at {os.path.abspath(args.source)}: --from names a "
+                           "directory or s3://BUCKET/PREFIX")
+        if os.path.realpath(args.source) == os.path.realpath(dest):
+            raise CliError(f"--from and --to are the same directory ({dest})", USAGE)
+    got = offsite.fetch(source, dest, names=args.names or None)
+    emit(got, args.json,
+         f"{len(got['snapshots'])} snapshot(s) and {got['segments']} archive segment(s) "
+         f"({got['bytes']} bytes) copied into {dest}; restore with: "
+         f"JADEVECTORDB_BACKUP_DIR={dest} jade restore --latest --target DIR")
     return 0

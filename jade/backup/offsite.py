@@ -7,7 +7,7 @@ and Litestream's replica do the same.
 The layout at the target is the backup directory's own (``snapshots/<name>/<files>``,
 ``archive/<segment>``), under the bucket's prefix for S3. A path target therefore *is* a backup
 directory ``jade restore`` reads as it is (``JADEVECTORDB_BACKUP_DIR=<path>``); an S3 prefix
-becomes one by ``fetch`` (or ``aws s3 sync``).
+becomes one by ``fetch`` (``jade snapshot fetch``).
 
 A copy is complete or absent:
 
@@ -222,7 +222,7 @@ class S3Target:
                 boto3 = importlib.import_module("boto3")
                 botocore_config = importlib.import_module("botocore.config")
             except ImportError as exc:  # a slim install: the s3 extra is not there
-                raise RuntimeError(
+                raise OffsiteError(
                     "backup.offsite_s3_url is set but boto3 is not installed: pip install "
                     "'jadevectordb-server[s3]'") from exc
             kw: dict[str, Any] = {}
@@ -291,13 +291,7 @@ def targets(s: Settings) -> list[Target]:
     directory is refused: it would live on the disk it is meant to outlive."""
     out: list[Target] = []
     if s.offsite_path:
-        root = os.path.realpath(s.offsite_path)
-        for what, p in (("data directory", s.data_dir), ("backup directory", s.backup_dir)):
-            inner = os.path.realpath(p)
-            if root == inner or root.startswith(inner + os.sep) or inner.startswith(root + os.sep):
-                raise ConfigError(
-                    f"backup.offsite_path ({s.offsite_path}) overlaps the {what} ({p}): put "
-                    "the offsite copy on another disk")
+        check_apart(s.offsite_path, s, "backup.offsite_path")
         out.append(PathTarget(s.offsite_path))
     if s.offsite_s3_url:
         out.append(S3Target(
@@ -305,6 +299,31 @@ def targets(s: Settings) -> list[Target]:
             region=s.offsite_s3_region, access_key_id=s.offsite_s3_access_key_id,
             secret_access_key=s.offsite_s3_secret_access_key))
     return out
+
+
+def check_apart(path: str, s: Settings, what_is_it: str) -> None:
+    """Refuse a second location inside (or around) the data or backup directory."""
+    root = os.path.realpath(path)
+    for what, p in (("data directory", s.data_dir), ("backup directory", s.backup_dir)):
+        inner = os.path.realpath(p)
+        if root == inner or root.startswith(inner + os.sep) or inner.startswith(root + os.sep):
+            raise ConfigError(
+                f"{what_is_it} ({path}) overlaps the {what} ({p}): put the offsite copy on "
+                "another disk")
+
+
+def target_for(where: str, s: Settings, *, endpoint_url: str = "") -> Target:
+    """A target named on a command line (``jade snapshot push --to``, ``fetch --from``):
+    ``s3://BUCKET/PREFIX`` (credentials, region and endpoint from the settings unless
+    ``endpoint_url`` is given), else a directory."""
+    if where.startswith("s3://"):
+        return S3Target(
+            where, endpoint_url=endpoint_url or s.offsite_s3_endpoint_url,
+            region=s.offsite_s3_region, access_key_id=s.offsite_s3_access_key_id,
+            secret_access_key=s.offsite_s3_secret_access_key)
+    if "://" in where:
+        raise ConfigError(f"{where!r}: a directory or s3://BUCKET/PREFIX")
+    return PathTarget(where)
 
 
 # -- copying out ------------------------------------------------------------------------------
