@@ -29,13 +29,20 @@ COMMANDS = {
     "import": "bulk_cmd",
     "export": "bulk_cmd",
     "openapi": "openapi_cmd",
+    "status": "admin_cmd",
+    "db": "admin_cmd",
+    "readonly": "admin_cmd",
+    "key": "admin_cmd",
+    "promote": "admin_cmd",
+    "shutdown": "admin_cmd",
 }
 
 EPILOG = f"""\
 environment:
   The server and the offline commands read the server's settings: JADEVECTORDB_* variables
   and the config directory (docs/CONFIG.md; JADEVECTORDB_DATA_DIR is the data directory that
-  --data-dir overrides, default ./data). Commands that talk to a server (import, export):
+  --data-dir overrides, default ./data). Commands that talk to a server (import, export,
+  status, db, readonly, key, promote, shutdown):
     JADEVECTORDB_URL      the server (--url); default http://JADEVECTORDB_HOST:JADEVECTORDB_PORT,
                           i.e. http://127.0.0.1:8080 when neither is set
     JADEVECTORDB_API_KEY  an API key or a token, sent as "Authorization: Bearer" (--api-key)
