@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 SERVE_STAMP := $(VENV)/.installed-serve
 STAMP := $(VENV)/.installed-test
 
-.PHONY: serve test check test-slow crash bench lint clean chromium
+.PHONY: serve test check test-slow crash bench lint clean chromium etcd
 
 # $(1): what to install ('.' or '.[test]'), editable. Before issue 18 this tree was installed
 # under the original client's name "jadevectordb": that install of this tree is removed first
@@ -41,7 +41,16 @@ ifeq ($(CHROMIUM),)
 		echo "chromium could not be installed: the web console test will be skipped"
 endif
 
-test: $(STAMP) chromium
+# The failover tests start a real etcd: Debian's etcd-server (3.4, /usr/bin/etcd).
+ETCD := $(shell command -v etcd 2>/dev/null)
+
+etcd:
+ifeq ($(ETCD),)
+	-(apt-get update -qq && apt-get install -y -qq etcd-server) >/dev/null 2>&1 || \
+		echo "etcd-server could not be installed: the failover tests will be skipped"
+endif
+
+test: $(STAMP) chromium etcd
 	$(BIN)/python -m pytest -n 2 -m "not slow" -q
 
 # Lint and type-check (settings in pyproject.toml); CI runs it before the tests.
@@ -49,7 +58,7 @@ check: $(STAMP)
 	$(BIN)/ruff check wal jade replica tools jadevectordb_server
 	$(BIN)/mypy wal jade replica tools jadevectordb_server
 
-test-slow: $(STAMP)
+test-slow: $(STAMP) etcd
 	$(BIN)/python -m pytest -m slow -q
 
 crash: $(STAMP)

@@ -102,7 +102,24 @@ class ReadOnly(Unavailable):
 
 
 class NotPrimary(Unavailable):
+    """A write sent to a node that is not the primary (a replica, or a primary that lost its
+    leader lease). ``primary``, when known, is also sent as the ``X-Primary-Url`` header."""
+
     code = "not_primary"
+
+    def __init__(self, message: str, **extra: Any) -> None:
+        super().__init__(message, **extra)
+        if extra.get("primary"):
+            self.headers["X-Primary-Url"] = str(extra["primary"])
+
+
+class NotReplicated(Unavailable):
+    """A write that IS durable in the primary's log (and applied there) but that fewer than
+    ``replication.synchronous_replicas`` replicas acknowledged within
+    ``replication.synchronous_timeout_seconds``: not reported as written to N replicas, never
+    reported as not written. The body says ``written: true`` and its ``lsn``."""
+
+    code = "replication_timeout"
 
 
 class RestoreIncomplete(Unavailable):

@@ -401,6 +401,20 @@ class Metrics:
         self.replica_lag = Gauge(P + "replication_replica_lag_records",
                                  "Per follower, records behind this primary", ["replica"],
                                  registry=r)
+        # synchronous replication (replication.synchronous_replicas), on the primary
+        self.replication_sync_wait = Histogram(
+            P + "replication_sync_wait_seconds",
+            "Time a write's answer waited for its synchronous replica acknowledgements (a "
+            "write that timed out counts the whole timeout)",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5,
+                     10, 30), registry=r)
+        self.replication_sync_replicas_connected = Gauge(
+            P + "replication_sync_replicas_connected",
+            "Replicas counting as synchronous with a replication stream open", registry=r)
+        self.replication_sync_timeouts = Counter(
+            P + "replication_sync_timeouts_total",
+            "Writes answered 503 replication_timeout: durable on the primary, not confirmed on "
+            "enough synchronous replicas in time", registry=r)
 
         # -- the process (process_*: memory, CPU, open files; python_*) ------------------------
         ProcessCollector(registry=r)

@@ -90,6 +90,15 @@ def _offload(v: Any) -> str | None:
     return None if v in ("auto", "never", "always") else "must be 'auto', 'never' or 'always'"
 
 
+def _coordinator(v: Any) -> str | None:
+    ok = v == "" or re.fullmatch(r"(etcds?|https?)://[^/\s]+/?", str(v))
+    return None if ok else "must be etcd://host:port"
+
+
+def _ttl(v: Any) -> str | None:
+    return None if v >= 2 else "must be >= 2 (etcd's shortest lease)"
+
+
 P = "JADEVECTORDB_"
 
 # fmt: off
@@ -294,6 +303,21 @@ FIELDS: tuple[Spec, ...] = (
     Spec("read_wait_seconds", "replication.read_wait_seconds", P + "READ_WAIT_SECONDS", int, 5,
          "how long a read with a minimum LSN waits for this node to reach it",
          check=_non_negative),
+    Spec("synchronous_replicas", "replication.synchronous_replicas",
+         P + "SYNCHRONOUS_REPLICAS", int, 0,
+         "a write is answered 2xx only once this many replicas have it durably in their own "
+         "log (PostgreSQL's synchronous_commit with synchronous_standby_names = ANY N); 0 = "
+         "asynchronous: answered once durable on the primary (docs/RUNBOOK.md, Synchronous "
+         "replication)", check=_non_negative),
+    Spec("synchronous_names", "replication.synchronous_names", P + "SYNCHRONOUS_NAMES", str,
+         "", "comma-separated replica ids (replication.replica_id) whose acknowledgements "
+         "count for replication.synchronous_replicas; empty = any replica's"),
+    Spec("synchronous_timeout_seconds", "replication.synchronous_timeout_seconds",
+         P + "SYNCHRONOUS_TIMEOUT_SECONDS", int, 10,
+         "how long a write waits for its synchronous acknowledgements; then it is answered 503 "
+         "replication_timeout saying the write IS in the primary's log (written: true, its "
+         "lsn) but not confirmed on enough replicas (0 = wait as long as it takes, like "
+         "PostgreSQL)", check=_non_negative),
     Spec("log_retention_seconds", "backup.log_retention_seconds", P + "LOG_RETENTION_SECONDS",
          int, 3600, "the log keeps at least the records of the last this many seconds (like "
          "PostgreSQL's wal_keep_size); older ones are trimmed once the archive (when on), the "
@@ -306,6 +330,27 @@ FIELDS: tuple[Spec, ...] = (
          "PostgreSQL's max_slot_wal_keep_size): a replica further behind, or gone, no longer "
          "does, and re-seeds from a snapshot when it comes back (0 = no limit)",
          check=_non_negative),
+    Spec("coordinator", "cluster.coordinator", P + "COORDINATOR", str, "",
+         "etcd endpoint that elects the primary (etcd://host:2379): with it every node starts "
+         "as a replica, the holder of the leader lease is the primary, and a primary that "
+         "cannot renew its lease stops acknowledging writes (empty = no automatic failover: "
+         "replication.primary_url decides)", check=_coordinator),
+    Spec("cluster_name", "cluster.name", P + "CLUSTER_NAME", str, "jadevectordb",
+         "name of this cluster under the coordinator's prefix (nodes of one cluster share it)"),
+    Spec("cluster_prefix", "cluster.prefix", P + "CLUSTER_PREFIX", str, "/jadevectordb",
+         "etcd key prefix; the cluster's keys are <prefix>/<name>/leader, members/<node>, "
+         "history/<epoch>"),
+    Spec("node_id", "cluster.node_id", P + "NODE_ID", str, "",
+         "this node's name in the cluster (default: replication.replica_id, else host:port)"),
+    Spec("advertise_url", "cluster.advertise_url", P + "ADVERTISE_URL", str, "",
+         "the URL other nodes and clients reach this node at (default: http://host:port)"),
+    Spec("forward_writes", "cluster.forward_writes", P + "FORWARD_WRITES", bool, False,
+         "a replica forwards the writes it receives to the primary (and returns its answer) "
+         "instead of answering 503 not_primary; the primary sees the replica as the client "
+         "(list the replicas in security.trusted_proxies for X-Forwarded-For)"),
+    Spec("lease_ttl_seconds", "cluster.lease_ttl_seconds", P + "LEASE_TTL_SECONDS", int, 5,
+         "the leader lease's TTL: a primary that could not renew it for half of this stops "
+         "acknowledging writes; replicas elect a new primary once it has expired", check=_ttl),
     Spec("text_model_path", "text.model_path", P + "TEXT_MODEL_PATH", str, "",
          "ONNX file of the sentence-embedding model behind /v1/embeddings/generate and "
          "reranking (a BERT-uncased model with inputs input_ids and attention_mask and output "
@@ -422,6 +467,16 @@ class Settings:
     replication_key: str = field(default="", repr=False)
     replica_id: str = ""
     read_wait_seconds: int = 5
+    synchronous_replicas: int = 0
+    synchronous_names: str = ""
+    synchronous_timeout_seconds: int = 10
+    coordinator: str = ""
+    cluster_name: str = "jadevectordb"
+    cluster_prefix: str = "/jadevectordb"
+    node_id: str = ""
+    advertise_url: str = ""
+    lease_ttl_seconds: int = 5
+    forward_writes: bool = False
     text_model_path: str = ""
     analytics_enabled: bool = True
     analytics_max_queries: int = 50_000

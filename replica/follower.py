@@ -110,6 +110,22 @@ class Follower:
             except Exception:  # noqa: BLE001 - reported by _bootstrap's caller
                 pass
 
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    async def retarget(self, url: str) -> None:
+        """Follow ``url`` from now on (a new primary elected through the coordinator), without
+        a restart: the stream to the old one ends, the one to ``url`` resumes from our LSN."""
+        await self.stop()
+        self.primary = url.rstrip("/")
+        self._stop = asyncio.Event()
+        self.state = "starting"
+        self.primary_lsn = self.primary_ts = 0
+        self.last_error = ""
+        self.last_contact = time.monotonic()
+        self.start()
+
     def _headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.settings.replication_key}"}
 
@@ -218,7 +234,9 @@ class Follower:
                 await self.engine.writer.submit_async(Replicated(recs))
             except LogError as exc:  # continuity, epoch or chain: never apply garbage
                 raise Reseed(f"records from the primary do not follow ours ({exc})") from None
-            await self._ack(session)
+            # committed (fsync) above; a primary waiting for us (synchronous replication)
+            # marks the frame ``ack``: acknowledge it now, not throttled
+            await self._ack(session, force=bool(f.get("ack")))
         else:
             raise FrameError(f"unknown frame type {t!r}")
 
@@ -316,11 +334,13 @@ class Follower:
         os.remove(marker)
 
     # -- promotion -------------------------------------------------------------------------------
-    async def promote(self) -> dict[str, Any]:
+    async def promote(self, epoch: int | None = None) -> dict[str, Any]:
+        """Stop following and write a ``system.promote`` record with ``epoch`` (default: ours
+        plus one; the coordinator passes the epoch it registered for this election)."""
         await self.stop()
         self.engine.role = "primary"
         self.state = "promoted"
-        epoch = self.engine.log.epoch + 1
+        epoch = epoch or self.engine.log.epoch + 1
         recs = await self.engine.submit(
             Command("system.promote", {"epoch": epoch, "previous_primary": self.primary}, "system")
         )
@@ -354,8 +374,9 @@ def _extract(archive: str, dest: str) -> None:
         tar.extractall(dest, filter="data")
 
 
-def attach(app: web.Application, settings: Settings) -> Follower:
-    """Make ``app`` a replica of ``settings.primary_url`` (before the app starts)."""
+def attach(app: web.Application, settings: Settings, *, start: bool = True) -> Follower:
+    """Make ``app`` a replica of ``settings.primary_url`` (before the app starts). ``start``
+    False: the follower waits for ``retarget`` (the coordinator names the primary)."""
     if not settings.replication_key:
         raise ValueError(
             "a replica needs JADEVECTORDB_REPLICATION_KEY (an API key of a user "
@@ -367,7 +388,8 @@ def attach(app: web.Application, settings: Settings) -> Follower:
     app[PROMOTE] = follower.promote
 
     async def ctx(app: web.Application) -> Any:
-        follower.start()
+        if start:
+            follower.start()
         yield
         await follower.stop()
 

@@ -37,10 +37,12 @@ ADMIN = "DDDDD"
 EXPECT: dict[tuple[str, str], str] = {
     ("GET", "/health"): PUBLIC,
     ("GET", "/health/db"): PUBLIC,
+    ("GET", "/health/cluster"): PUBLIC,
     ("GET", "/metrics"): PUBLIC,
     ("GET", "/status"): "DAAAD",
     ("GET", "/openapi.json"): PUBLIC,
     ("GET", "/docs"): PUBLIC,
+    ("GET", "/docs/{name}"): PUBLIC,
     ("GET", "/ui"): PUBLIC,
     ("GET", "/ui/"): PUBLIC,
     ("GET", "/ui/{name}"): PUBLIC,
@@ -78,6 +80,7 @@ EXPECT: dict[tuple[str, str], str] = {
     ("POST", "/v1/replication/ack"): ADMIN,
     ("GET", "/v1/replication/snapshot"): ADMIN,
     ("GET", "/v1/replication/status"): "DAAAD",
+    ("GET", "/v1/cluster"): "DAAAD",  # any credential: who is the primary
     ("DELETE", "/v1/replication/replicas/{rid}"): ADMIN,
     ("POST", "/v1/admin/shutdown"): ADMIN,
     ("POST", "/admin/shutdown"): ADMIN,

@@ -23,6 +23,7 @@ ANY_USER = {
     ("GET", "/v1/security/sessions"),
     ("GET", "/v1/security/audit-stats"),
     ("GET", "/v1/replication/status"),
+    ("GET", "/v1/cluster"),
     ("POST", "/v1/databases"),
     ("GET", "/v1/databases"),
     ("GET", "/v1/api-keys"),  # one's own keys

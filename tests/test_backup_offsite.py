@@ -421,7 +421,10 @@ def test_k8s_primaries_copy_their_backups_to_another_claim() -> None:
             assert mounts[s.offsite_path] != mounts[s.data_dir]
         assert [t.kind for t in offsite.targets(s)] == ["path"]
         seen.append(f)
-    assert sorted(seen) == ["deployment.yaml", "primary-statefulset.yaml"]
+    # every workload that may be a primary: the cluster StatefulSet's pods (roles from the
+    # etcd lease) included
+    assert sorted(seen) == ["cluster-statefulset.yaml", "deployment.yaml",
+                            "primary-statefulset.yaml"]
 
 
 # -- by hand: jade snapshot push / fetch ------------------------------------------------------

@@ -442,7 +442,10 @@ def test_probe_and_healthcheck_paths_are_public_routes() -> None:
     for f, obj in workloads():
         c = jade_container(obj)
         assert c["livenessProbe"]["httpGet"]["path"] == "/health", f
-        assert c["readinessProbe"]["httpGet"]["path"] == "/health/db", f
+        # a cluster member is ready while it serves the role the etcd lease gave it
+        ready = "/health/cluster" if obj["metadata"]["labels"]["role"] == "member" \
+            else "/health/db"
+        assert c["readinessProbe"]["httpGet"]["path"] == ready, f
         for probe in ("livenessProbe", "readinessProbe", "startupProbe"):
             if probe in c:
                 get = c[probe]["httpGet"]
@@ -937,3 +940,39 @@ async def test_dashboard_queries_only_exported_metrics(server: Server) -> None:
                 wrong.append((series, "histogram without _bucket/_sum/_count", expr))
     assert not missing, f"the dashboard queries metrics /metrics does not export: {missing}"
     assert not wrong, wrong
+
+
+def test_k8s_cluster_takes_roles_from_an_etcd_lease() -> None:
+    """k8s/cluster-statefulset.yaml (issue 19): three pods, every one a member that follows the
+    lease's holder; each advertises its stable name; the coordinator is k8s/etcd/etcd.yaml's
+    Service; the jadevectordb Service (writes, role=primary) does not select them."""
+    f, sts = k8s_find("StatefulSet", "jadevectordb-cluster")
+    assert f == "cluster-statefulset.yaml" and sts["spec"]["replicas"] == 3
+    assert sts["spec"]["template"]["metadata"]["labels"]["role"] == "member"
+    headless = k8s_find("Service", sts["spec"]["serviceName"])[1]["spec"]
+    assert headless["clusterIP"] == "None" and headless["publishNotReadyAddresses"] is True
+    c = jade_container(sts)
+    env = {e["name"]: e for e in c["env"]}
+    assert env["JADEVECTORDB_NODE_ID"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    assert "JADEVECTORDB_PRIMARY_URL" not in env  # the lease names the primary
+    assert "secretKeyRef" in env["JADEVECTORDB_REPLICATION_KEY"]["valueFrom"]
+    advertise = env["JADEVECTORDB_ADVERTISE_URL"]["value"]
+    assert advertise.startswith(f"http://$(JADEVECTORDB_NODE_ID).{sts['spec']['serviceName']}.")
+    assert advertise.endswith(f":{PORT}")
+    etcd_docs = load_docs(os.path.join(K8S, "etcd", "etcd.yaml"))
+    (etcd_svc,) = [d for d in etcd_docs if d["kind"] == "Service"]
+    (etcd_sts,) = [d for d in etcd_docs if d["kind"] == "StatefulSet"]
+    port = etcd_svc["spec"]["ports"][0]["port"]
+    assert env["JADEVECTORDB_COORDINATOR"]["value"] == \
+        f"etcd://{etcd_svc['metadata']['name']}:{port}"
+    assert etcd_svc["spec"]["selector"].items() <= \
+        etcd_sts["spec"]["template"]["metadata"]["labels"].items()
+    secrets = {k: (TEST_SECRET if k == "JWT_SECRET" else "jvdb_test_key")
+               for k in secret_doc()["stringData"]}
+    s = effective_settings(k8s_env(c, secrets), c.get("command", image_cmd()))
+    assert s.coordinator and s.lease_ttl_seconds >= 2 and not s.primary_url
+    _, svc = k8s_find("Service", "jadevectordb")
+    _, lb = k8s_find("Service", "jadevectordb-lb")
+    assert not _selects(svc, sts) and _selects(lb, sts)
+    assert ("GET", "/health/cluster") in {(r.method, r.path) for r in ROUTES
+                                          if r.access == "public"}

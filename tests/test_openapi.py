@@ -89,7 +89,7 @@ CHECKS = [
 
 
 @schema.exclude(path_regex=SKIP.pattern).parametrize()
-@settings(max_examples=3, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=12, deadline=None, suppress_health_check=list(HealthCheck))
 def test_live_server_conforms(case, live):
     base, headers = live
     case.call_and_validate(base_url=base, headers=headers, checks=CHECKS)

@@ -65,7 +65,18 @@ def run(args: argparse.Namespace) -> int:
     atexit.register(lock.release)  # after the interpreter joined its threads (or at death)
     logs.setup(s)
     app = build_app(s)
-    if s.primary_url:
+    if s.coordinator:  # the coordinator's lease names the primary (replica.cluster)
+        from replica.cluster import attach_cluster
+
+        if s.primary_url:
+            raise settings_mod.ConfigError(
+                "cluster.coordinator and replication.primary_url are exclusive: with a "
+                "coordinator the leader lease names the primary")
+        try:
+            attach_cluster(app, s)
+        except ValueError as exc:
+            raise settings_mod.ConfigError(str(exc)) from None
+    elif s.primary_url:
         from replica.follower import attach
 
         try:

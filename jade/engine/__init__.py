@@ -24,6 +24,7 @@ import contextvars
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,6 +38,7 @@ from jade.engine import integrity
 from jade.engine.commit import Writer
 from jade.engine.disk import Disk, out_of_space
 from jade.engine.replay import replay
+from jade.engine.sync import SyncReplication
 from jade.errors import IndexBehind, RestoreIncomplete, Unavailable
 from jade.indexes.projection import IndexProjection
 from jade.settings import Settings
@@ -54,6 +56,10 @@ VECTOR_WRITES = frozenset({ev.VecUpsert.type, ev.VecDelete.type})
 # The LSN of the last record the current request wrote (0: none); the HTTP layer returns it as
 # the ``X-LSN`` header so clients can ask a replica for read-your-writes (``X-Min-LSN``).
 written_lsn: contextvars.ContextVar[int] = contextvars.ContextVar("written_lsn", default=0)
+# The LSN the current request's answer must see on ``replication.synchronous_replicas``
+# replicas before it is sent (0: none): the last record of a command that is not
+# ``readonly_ok`` (``jade.engine.sync``; the HTTP middleware waits for it).
+sync_lsn: contextvars.ContextVar[int] = contextvars.ContextVar("sync_lsn", default=0)
 
 # A restore fills its directory under this marker (``jade.backup.restore``) and replaces it by
 # ``RESTORED`` once complete: a directory still holding it is never opened.
@@ -101,6 +107,14 @@ class Engine:
         self.group_observers: list[Any] = []
         # "primary", or "replica" while following settings.primary_url (set by the follower)
         self.role = "primary"
+        # with a coordinator (replica.cluster): raises NotPrimary once this node may no longer
+        # acknowledge writes (its leader lease is lost or not renewed in time); checked by the
+        # writer before a command is written and again when its records are acknowledged
+        self.write_fence: Callable[[], None] | None = None
+        self.leader_url = ""  # the primary's URL as the coordinator says (refusals name it)
+        # synchronous replication: the replicas' confirmed positions and the writes waiting
+        self.sync = SyncReplication(settings.synchronous_replicas, settings.synchronous_names,
+                                    settings.synchronous_timeout_seconds)
         self.started_at = time.time()
         self.refused_index_behind = 0  # writes refused while the graphs were too far behind
         self._lock: datadir.DataDirLock | None = None
@@ -233,8 +247,14 @@ class Engine:
         if cmd.type in VECTOR_WRITES:
             await self.index_room()
         records = await self.writer.submit_async(cmd, cmd.size)
+        if self.write_fence is not None:
+            self.write_fence()  # acknowledged only within the lease (queued, then committed)
         if records:
             written_lsn.set(records[-1].lsn)
+            if cmd.type not in ev.READONLY_OK_TYPES:  # logins, logouts, steering: no wait
+                sync_lsn.set(records[-1].lsn)
+            elif cmd.type == ev.SystemPromote.type:
+                self.sync.reset()  # a new term: replicas' earlier positions do not count
         return records
 
     async def index_room(self, wait: float | None = None) -> None:

@@ -424,7 +424,9 @@ class Writer:
         cls = ev.EVENTS.get(cmd.type)
         readonly_ok = cls is not None and cls.readonly_ok
         refuse_writes(self.e.role, self.e.store.mode(txn), readonly_ok,
-                      self.e.settings.primary_url)
+                      self.e.leader_url or self.e.settings.primary_url)
+        if self.e.write_fence is not None:
+            self.e.write_fence()  # a primary whose lease is lost writes nothing
         if not readonly_ok:  # administrative records pass the reserve (a few bytes)
             self.e.disk.check(cmd.size, self._free)
             self._free -= 2 * cmd.size

@@ -10,11 +10,12 @@ from aiohttp import web
 from jade.auth.clock import now_ms
 from jade.core.decide import Command
 from jade.errors import Conflict, Forbidden, InvalidArgument, NotFound
+from jade.http import schemas as S
 from jade.http.auth import audit, principal_of, svc_of
 from jade.http.databases import engine_of, get_db
 from jade.http.keys import METRICS, PROMOTE, REPLICAS, SHUTDOWN
 from jade.http.middleware import json_response
-from jade.http.validate import read_json
+from jade.http.validate import parsed
 
 
 async def _mode(request: web.Request, mode: str) -> web.Response:
@@ -98,13 +99,10 @@ async def grants_list(request: web.Request) -> web.Response:
 
 async def grants_set(request: web.Request) -> web.Response:
     db = _owner_or_admin(request)
-    body = await read_json(request)
-    uid = body.get("user_id")
-    perm = body.get("permission")
-    if not isinstance(uid, str) or not uid:
+    req = await parsed(request, S.Grant)
+    uid, perm = req.user_id, req.permission
+    if not uid:
         raise InvalidArgument("missing required field 'user_id'", code="missing_field")
-    if perm not in ("read", "write"):
-        raise InvalidArgument("'permission' must be 'read' or 'write'")
     if svc_of(request).store.user(uid) is None:  # decide re-checks
         raise NotFound("User not found", user_id=uid)
     p = principal_of(request)

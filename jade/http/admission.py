@@ -22,7 +22,7 @@ from jade.http.routes import Route
 from jade.http.validate import parse_lsn
 
 PROBES = frozenset({"/health", "/health/db", "/metrics", "/openapi.json", "/docs", "/ui",
-                    "/ui/", "/ui/{name}"})
+                    "/ui/", "/ui/{name}", "/health/cluster", "/docs/{name}"})
 FORWARDING_HEADERS = ("X-Forwarded-For", "X-Real-IP", "Forwarded")
 
 
@@ -76,7 +76,8 @@ def admit(request: web.Request) -> Awaitable[None] | None:
     ip = svc.client_ip(request.remote, request.headers)
     request[CLIENT_IP] = ip
     if route.mutates or route.records:  # a replica: before anything else
-        refuse_writes(engine.role, "readwrite", True, app[SETTINGS].primary_url)
+        refuse_writes(engine.role, "readwrite", True,
+                      engine.leader_url or app[SETTINGS].primary_url)
     if route.access == "public":
         if route.path not in PROBES:
             svc.check_blocked(ip)

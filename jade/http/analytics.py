@@ -34,10 +34,11 @@ from jade.analytics import Analytics, Feedback, QueryRecord
 from jade.analytics import compute as C
 from jade.core.filters import Filter
 from jade.errors import InvalidArgument, JadeError
+from jade.http import schemas as S
 from jade.http.databases import get_db
 from jade.http.keys import ACTOR, ANALYTICS, ENGINE
 from jade.http.middleware import json_response
-from jade.http.validate import opt_int, query_int, read_json
+from jade.http.validate import opt_int, query_int, query_of, read_json
 from jade.settings import Settings
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -257,8 +258,8 @@ async def stats(request: web.Request) -> web.Response:
 
 async def queries(request: web.Request) -> web.Response:
     a = _analytics(request)
-    limit = query_int(request, "limit", 100, lo=1, hi=MAX_LIMIT)
-    offset = query_int(request, "offset", 0, lo=0, hi=10**9)
+    q = query_of(request, S.QueriesQuery)  # limit: at most MAX_LIMIT
+    limit, offset = q.limit, q.offset
     start, end = _window(request, a)
     db_id, a, rs, _ = await _records(request, start, end)
     page = rs[::-1][offset : offset + limit]

@@ -16,10 +16,11 @@ from jade.auth.clock import now_ms
 from jade.auth.principal import implied
 from jade.core.decide import Command
 from jade.errors import Forbidden, InvalidArgument, NotFound
+from jade.http import schemas as S
 from jade.http.auth import audit, iso_ms, principal_of, svc_of
 from jade.http.databases import engine_of
 from jade.http.middleware import json_response
-from jade.http.validate import opt_int, opt_str, read_json
+from jade.http.validate import parsed
 
 SCOPES = {"read", "write", "create", "admin", "replicate"}
 
@@ -42,9 +43,9 @@ def key_json(k: dict[str, Any], usage: tuple[int, int] | None) -> dict[str, Any]
 
 async def create(request: web.Request) -> web.Response:
     p = principal_of(request)
-    body = await read_json(request)
-    uid = body.get("user_id")
-    if not isinstance(uid, str) or not uid:
+    req = await parsed(request, S.CreateApiKey)
+    uid = req.user_id
+    if not uid:
         raise InvalidArgument("missing required field 'user_id'", code="missing_field")
     if uid != p.user_id and not p.is_admin:
         raise Forbidden("only an admin may create keys for another user", code="admin_required")
@@ -54,10 +55,7 @@ async def create(request: web.Request) -> web.Response:
         raise NotFound("User not found", user_id=uid)
     if not user["is_active"]:
         raise InvalidArgument("the user is inactive", code="user_inactive")
-    perms = body.get("permissions") or []
-    if not isinstance(perms, list) or not all(isinstance(x, str) for x in perms):
-        raise InvalidArgument("'permissions' must be a list of strings")
-    perms = list(dict.fromkeys(perms))
+    perms = list(dict.fromkeys(req.permissions or []))  # strings: the declaration's
     unknown = set(perms) - SCOPES
     if unknown:
         raise InvalidArgument(f"unknown permissions {sorted(unknown)}; use {sorted(SCOPES)}")
@@ -69,7 +67,7 @@ async def create(request: web.Request) -> web.Response:
             f"this API key is limited to {sorted(p.scopes)}; it cannot create a key beyond that",
             code="permission_denied",
         )
-    days = opt_int(body, "validity_days", 0, lo=0, hi=36500)
+    days = req.validity_days or 0
     raw = KEY_PREFIX + secrets.token_hex(32)
     key_id = uuid.uuid4().hex[:16]
     expires = now_ms() + days * 86_400_000 if days else None
@@ -81,7 +79,7 @@ async def create(request: web.Request) -> web.Response:
                 "user_id": uid,
                 "hash": digest(raw),
                 "key_prefix": raw[:12],
-                "description": opt_str(body, "description", max_len=512),
+                "description": req.description or "",
                 "permissions": perms,
                 "expires_at": expires,
             },

@@ -150,7 +150,7 @@ def build_app(settings: Settings, engine: Engine | None = None) -> web.Applicati
     app[SCHEDULER] = Scheduler(app[METRICS])
     app[BACKUPS] = Backups(app[ENGINE])
     analytics.install(app, settings)  # loaded at start, flushed by a job and at clean-up
-    app[REPLICAS] = Replicas()
+    app[REPLICAS] = Replicas(app[ENGINE].sync)  # acks release synchronous writes
     app[BACKUPS].replicas = app[REPLICAS]  # their positions hold log truncation
     svc = AuthService(settings, app[ENGINE], app[METRICS], _dev_secret(settings))
     app[AUTH] = svc

@@ -30,6 +30,7 @@ import orjson
 from aiohttp import web
 
 from jade.errors import InvalidArgument, PayloadTooLarge, Unavailable
+from jade.http import schemas as S
 from jade.http.analytics import observed, record
 from jade.http.databases import actor_of, engine_of, get_db
 from jade.http.keys import METRICS, SETTINGS
@@ -38,10 +39,8 @@ from jade.http.search import deadline_of, query_timeout, run_search
 from jade.http.validate import (
     b64_rows,
     check_results,
-    opt_bool,
-    opt_int,
-    query_int,
-    read_json,
+    parsed,
+    query_of,
     vector_rows,
 )
 from jade.http.vectors import Budget, _command, _vector_item, encode_vector, encoded_vectors
@@ -93,13 +92,13 @@ async def search_batch(request: web.Request) -> web.Response:
     settings = request.app[SETTINGS]
     deadline = deadline_of(settings)
     db = get_db(request, fresh=False)
-    body = await read_json(request)
+    req = await parsed(request, S.BatchSearch)  # types and bounds: the declaration's
     dim = db["dimension"]
-    if "queriesB64" in body:
-        qs = b64_rows(body["queriesB64"], dim, "queriesB64")
+    if req.queriesB64 is not None:
+        qs = b64_rows(req.queriesB64, dim, "queriesB64")
     else:
-        raw = body.get("queries")
-        if not isinstance(raw, list) or not raw:
+        raw = req.queries
+        if not raw:
             raise InvalidArgument(
                 "'queries' must be a non-empty list of vectors", code="missing_field"
             )
@@ -108,10 +107,10 @@ async def search_batch(request: web.Request) -> web.Response:
         qs = vector_rows(raw, dim, "queries")
     if len(qs) > MAX_BATCH_QUERIES:
         raise InvalidArgument(f"at most {MAX_BATCH_QUERIES} queries per request")
-    k = opt_int(body, "topK", 10, lo=1, hi=1000)
+    k = 10 if req.topK is None else req.topK
     check_results(len(qs) * k, settings, f"{len(qs)} queries x topK {k}")
-    ef = opt_int(body, "efSearch", 0, lo=1, hi=10000) if body.get("efSearch") is not None else None
-    include_meta = opt_bool(body, "includeMetadata", False)
+    ef = req.efSearch
+    include_meta = bool(req.includeMetadata)
     engine = engine_of(request)
     live = engine.indexes.get(db["id"])
     if live is None:
@@ -190,7 +189,7 @@ def _line_item(line: bytes, n: int, dim: int) -> dict[str, Any]:
 
 async def import_(request: web.Request) -> web.Response:
     db = get_db(request)
-    chunk = query_int(request, "chunk", 1000, lo=1, hi=100_000)
+    chunk = query_of(request, S.ImportQuery).chunk
     engine = engine_of(request)
     limit = request.app[SETTINGS].max_body_bytes
     imported = failed = 0

@@ -12,9 +12,10 @@ from aiohttp import web
 from jade.core.decide import Command
 from jade.engine import Engine
 from jade.errors import InvalidArgument, NotFound
+from jade.http import schemas as S
 from jade.http.keys import ACTOR, ENGINE, VISIBLE_DATABASES
 from jade.http.middleware import json_response
-from jade.http.validate import opt_str, query_int, read_json, req_str
+from jade.http.validate import opt_str, parsed, present, query_of, read_json, req_str
 from jade.indexes.projection import catalog_spec
 from jade.stores.data import serving_index
 
@@ -147,24 +148,25 @@ def _dimension(value: object) -> int:
 
 
 async def create(request: web.Request) -> web.Response:
-    body = await read_json(request)
-    name = req_str(body, "name", max_len=256)
-    if "vectorDimension" not in body:
-        raise InvalidArgument("missing required field 'vectorDimension'", code="missing_field")
-    dim = _dimension(body["vectorDimension"])
-    requested, kind = index_type(body.get("indexType", "HNSW"))
-    metric_raw = body.get("metric", body.get("distanceMetric", "cosine"))
-    if not isinstance(metric_raw, str) or metric_raw.lower() not in DISTANCE_METRICS:
+    req = await parsed(request, S.CreateDatabase)  # types and bounds: the declaration's
+    name = req.name
+    if not name.strip():
+        raise InvalidArgument("'name' must be a non-empty string")
+    dim = req.vectorDimension
+    requested, kind = index_type("HNSW" if req.indexType is None else req.indexType)
+    metric_raw = next((m for m in (req.metric, req.distanceMetric) if m is not None), "cosine")
+    if metric_raw.lower() not in DISTANCE_METRICS:
         raise InvalidArgument("metric must be cosine, euclidean or dot", code="invalid_metric")
-    params = index_parameters(body.get("indexParameters"))
-    extra = {k: v for k, v in body.items() if k in ("sharding", "replication", "metadataSchema")}
+    params = index_parameters(present(req.indexParameters))
+    extra = {k: v for k in ("sharding", "replication", "metadataSchema")
+             if (v := getattr(req, k)) is not None}
     db_id = f"db_{time.time_ns()}_{uuid.uuid4().hex[:6]}"
     cmd = Command(
         "db.create",
         {
             "db": db_id,
             "name": name,
-            "description": opt_str(body, "description", max_len=4096),
+            "description": req.description or "",
             "dimension": dim,
             "metric": DISTANCE_METRICS[metric_raw.lower()],
             "index_type": requested,
@@ -187,8 +189,8 @@ async def create(request: web.Request) -> web.Response:
 
 
 async def list_(request: web.Request) -> web.Response:
-    limit = query_int(request, "limit", 1000, lo=1, hi=100000)
-    offset = query_int(request, "offset", 0, lo=0, hi=10**9)
+    q = query_of(request, S.DatabasePage)
+    limit, offset = q.limit, q.offset
     dbs = sorted(engine_of(request).store.databases(), key=lambda d: (d["created_at"], d["id"]))
     visible = request.app.get(VISIBLE_DATABASES)
     if visible is not None:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from jade.core.decide import Command
 from jade.errors import Conflict, InvalidArgument, NotFound, Unavailable
+from jade.http import schemas as S
 from jade.http.databases import (
     actor_of,
     engine_of,
@@ -25,7 +26,7 @@ from jade.http.databases import (
 from jade.http.keys import SETTINGS
 from jade.http.middleware import json_response
 from jade.http.search import deadline_of, query_timeout
-from jade.http.validate import opt_bool, opt_int, opt_number, opt_str, read_json, vector_rows
+from jade.http.validate import parsed, present, vector_rows
 from jade.indexes.live import QueryTimeout
 from jade.indexes.projection import catalog_spec
 from jade.indexes.tune import tune_ef
@@ -68,12 +69,12 @@ def _find(db: dict[str, Any], iid: str) -> dict[str, Any]:
 
 async def create(request: web.Request) -> web.Response:
     db = get_db(request)
-    body = await read_json(request)
-    if "type" not in body:
-        raise InvalidArgument("missing required field 'type'", code="missing_field")
-    requested, kind = index_type(body["type"])
-    params = index_parameters(body.get("parameters"), "parameters")
-    idx = new_index(requested, kind, params, opt_str(body, "name", max_len=256))
+    req = await parsed(request, S.CreateIndex)
+    requested, kind = index_type(req.type)
+    params = index_parameters(present(req.parameters), "parameters")
+    if req.name is not None and len(req.name) > 256:
+        raise InvalidArgument("'name' is longer than 256 characters")
+    idx = new_index(requested, kind, params, req.name or "")
     await engine_of(request).submit(
         Command("index.create", {"db": db["id"], "index": idx}, actor_of(request))
     )
@@ -95,10 +96,8 @@ async def update(request: web.Request) -> web.Response:
     db = get_db(request)
     iid = request.match_info["iid"]
     _find(db, iid)
-    body = await read_json(request)
-    if "parameters" not in body:
-        raise InvalidArgument("missing required field 'parameters'", code="missing_field")
-    params = index_parameters(body["parameters"], "parameters")
+    req = await parsed(request, S.UpdateIndex)
+    params = index_parameters(present(req.parameters), "parameters")
     if not params:
         raise InvalidArgument("'parameters' must set M, efConstruction or efSearch")
     await engine_of(request).submit(
@@ -141,20 +140,11 @@ async def tune(request: web.Request) -> web.Response:
     db = get_db(request)
     iid = request.match_info["iid"]
     idx = _find(db, iid)
-    body = await read_json(request)
-    if "targetRecall" not in body:
-        raise InvalidArgument("missing required field 'targetRecall'", code="missing_field")
-    target = opt_number(body, "targetRecall", 0.95, lo=0.0, hi=1.0)
-    if target <= 0.0:
-        raise InvalidArgument("'targetRecall' must be above 0 (and at most 1)")
-    k = opt_int(body, "topK", 10, lo=1, hi=1000)
-    apply = opt_bool(body, "apply", False)
-    rows = body.get("queries")
-    if not isinstance(rows, list) or not 1 <= len(rows) <= MAX_TUNE_QUERIES:
-        raise InvalidArgument(f"'queries' must be a list of 1 to {MAX_TUNE_QUERIES} query "
-                              "vectors, a sample of the searches this database serves",
-                              code="invalid_queries")
-    queries = vector_rows(rows, db["dimension"], "queries")
+    req = await parsed(request, S.Tune)  # targetRecall in (0, 1], 1 to 2000 queries
+    target = req.targetRecall
+    k = 10 if req.topK is None else req.topK
+    apply = bool(req.apply)
+    queries = vector_rows(req.queries, db["dimension"], "queries")
     serving = serving_index(db)
     if serving is None or serving["id"] != iid:
         raise Conflict("only the index serving the database's searches can be tuned",

@@ -48,6 +48,9 @@ REPLICAS = web.AppKey("replicas", Replicas)
 REPLICA_STATUS: web.AppKey[Callable[[], dict[str, Any]]] = web.AppKey("replica_status")
 OPENAPI = web.AppKey("openapi", dict)
 PROMOTE: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("promote")
+# the coordinator's view of the cluster (replica.cluster), installed with a coordinator
+CLUSTER_STATUS: web.AppKey[Callable[[], Awaitable[dict[str, Any]]]] = web.AppKey("cluster")
+CLUSTER_READY: web.AppKey[Callable[[], tuple[bool, str]]] = web.AppKey("cluster_ready")
 
 INFLIGHT = web.AppKey("inflight", InFlight)  # the requests being handled (shutdown drains)
 ANALYTICS = web.AppKey("analytics", Analytics)  # query analytics (jade.http.analytics)

@@ -1,6 +1,7 @@
 """The one middleware every request goes through: request id, in-flight count, admission (the
-caller's ``admit``: authentication, throttling, authorization), the handler, metrics and the
-access log; and the one place where errors become HTTP: every ``JadeError`` is answered with
+caller's ``admit``: authentication, throttling, authorization), the handler, the wait of
+a write's answer for its synchronous replicas (``jade.engine.sync``), metrics and the access
+log; and the one place where errors become HTTP: every ``JadeError`` is answered with
 its status and ``{"error": code, "message": text, ...}``; aiohttp's own HTTP exceptions
 (unknown route 404, wrong method 405, 413 from the body limit) get the same JSON envelope;
 anything else is a bug, logged with the request id and answered 500 without internals.
@@ -22,10 +23,11 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware  # a Protocol: what Application(middlewares=) takes
 
 from jade import logs
-from jade.engine import written_lsn
+from jade.engine import sync_lsn, written_lsn
 from jade.errors import JadeError
 from jade.http.inflight import InFlight
-from jade.http.keys import METRICS, OBSERVE, REQUEST_ID
+from jade.http.keys import ENGINE, METRICS, OBSERVE, REQUEST_ID
+from jade.http.replication_state import confirm_replicated
 from jade.logs import request_id_var
 
 log = logging.getLogger("jade.http")
@@ -87,12 +89,20 @@ def request_middleware(admit: Admit, inflight: InFlight) -> Middleware:
         request[REQUEST_ID] = rid
         request_id_var.set(rid)
         written_lsn.set(0)
+        sync_lsn.set(0)
         t0 = time.perf_counter()
         try:
             wait = admit(request)
             if wait is not None:
                 await wait
             resp = await handler(request)
+            lsn = sync_lsn.get()
+            if lsn and resp.status < 400 and not resp.prepared:  # an acknowledged write
+                # synchronous replication: answered once on N replicas (jade.engine.sync)
+                await confirm_replicated(request.app[ENGINE], request.app[METRICS], lsn)
+                fence = request.app[ENGINE].write_fence  # replica.cluster: the lease may
+                if fence is not None:  # have run out while the replicas confirmed
+                    fence()
         except Exception as exc:
             resp = _error(request, exc, rid)
         finally:

@@ -4,9 +4,14 @@
   streaming every record after N (``wal.stream`` frames), then new ones as they commit, with
   heartbeats when idle. A follower whose record N does not match ours (``checksum``) has
   diverged; one asking for records already truncated must re-seed: both get a ``reseed`` frame.
-- ``POST /v1/replication/ack`` — the follower's received/applied LSNs (they hold log truncation).
+- ``POST /v1/replication/ack`` — the follower's received/applied LSNs (they hold log truncation
+  and, with synchronous replication, release the writes waiting for them: ``jade.engine.sync``;
+  a ``recs`` frame carries ``ack: true`` when this follower's acknowledgement is awaited, and
+  the follower then acknowledges the batch as soon as it is committed).
 - ``GET /v1/replication/snapshot`` — a fresh snapshot as a tar stream, to bootstrap a follower.
-- ``GET /v1/replication/status`` — either side: role, positions, lag.
+- ``GET /v1/replication/status`` — either side: role, positions, lag; on the primary also
+  ``synchronous`` (the setting, the confirmed LSN, writes waiting) and, per replica, whether it
+  counts as synchronous and its confirmed LSN.
 Access class ``replicate``: users with the ``replicator`` role (and admins).
 """
 
@@ -19,12 +24,21 @@ from typing import Any
 from aiohttp import web
 
 from jade.errors import InvalidArgument
+from jade.http import schemas as S
 from jade.http.auth import principal_of
 from jade.http.backups import stream_snapshot
-from jade.http.keys import BACKUPS, ENGINE, METRICS, REPLICA_STATUS, REPLICAS, SHUTDOWN
+from jade.http.keys import (
+    BACKUPS,
+    ENGINE,
+    INFLIGHT,
+    METRICS,
+    REPLICA_STATUS,
+    REPLICAS,
+    SHUTDOWN,
+)
 from jade.http.middleware import json_response
 from jade.http.replication_state import ReplicaState
-from jade.http.validate import parse_lsn, read_json
+from jade.http.validate import parse_lsn, parsed
 from wal.log import LogError
 from wal.stream import frame
 
@@ -59,9 +73,21 @@ async def stream(request: web.Request) -> web.StreamResponse:
     state.streams += 1
     _track(request.app, state)
     cursor = after
+    replicas = request.app[REPLICAS]
+    state.streamed_lsn = after  # its record ``after`` is ours (checked above): it holds 1..after
+    replicas.confirmed(state)
+    sync = engine.sync
     stop = request.app[SHUTDOWN]
+    inflight = request.app[INFLIGHT]
+
+    def needed() -> bool:
+        """While a graceful stop drains the requests in flight, synchronous writes among them
+        may still wait for what this stream carries (or has yet to carry)."""
+        return bool(sync.required and (inflight.count or sync.waiting or wal.last_lsn > cursor))
+
+    last_hb = 0.0
     try:
-        while not stop.is_set():
+        while not stop.is_set() or needed():
             if wal.last_lsn > cursor:
                 try:
                     recs = await asyncio.to_thread(wal.read, cursor, limit=BATCH, verify=False)
@@ -71,11 +97,21 @@ async def stream(request: web.Request) -> web.StreamResponse:
                     return resp
                 if recs:
                     raw = _bounded([r.encoded() for r in recs])
-                    await _send(resp, {"t": "recs", "records": raw})
+                    frame_: dict[str, Any] = {"t": "recs", "records": raw}
+                    if sync.counts(state.replica_id):
+                        frame_["ack"] = True  # writes wait for it: acknowledge at once
+                    await _send(resp, frame_)
                     cursor = recs[len(raw) - 1].lsn
                     state.streamed_lsn = cursor
                     state.last_seen = time.time()
                     continue
+            if stop.is_set():  # stopping: nothing to send yet, writes in flight
+                await asyncio.sleep(0.01)
+                if time.monotonic() - last_hb > 0.2:  # the follower re-acknowledges on it
+                    last_hb = time.monotonic()
+                    await _send(resp, {"t": "hb", "last_lsn": wal.last_lsn,
+                                       "last_ts": wal.last_ts, "epoch": wal.epoch})
+                continue
             arrived = await _wait_new(wal, cursor + 1, stop)
             if arrived is False:
                 await _send(resp, {"t": "hb", "last_lsn": wal.last_lsn, "last_ts": wal.last_ts,
@@ -122,10 +158,12 @@ async def _wait_new(wal: Any, lsn: int, stop: asyncio.Event) -> bool | None:
 
 def _track(app: web.Application, state: ReplicaState) -> None:
     """The per-follower lag gauge, computed when scraped (a follower that stopped acking shows
-    its lag growing, not the last value it reported)."""
+    its lag growing, not the last value it reported); the synchronous replicas' count too."""
     engine = app[ENGINE]
-    app[METRICS].replica_lag.labels(state.replica_id).set_function(
+    m = app[METRICS]
+    m.replica_lag.labels(state.replica_id).set_function(
         lambda: max(0, engine.log.last_lsn - state.applied_lsn))
+    m.replication_sync_replicas_connected.set_function(app[REPLICAS].synchronous_connected)
 
 
 def _mismatch(wal: Any, after: int, checksum: str) -> str:
@@ -146,17 +184,16 @@ def _mismatch(wal: Any, after: int, checksum: str) -> str:
 
 
 async def ack(request: web.Request) -> web.Response:
-    body = await read_json(request)
+    req = await parsed(request, S.ReplicationAck)  # non-negative integers
     p = principal_of(request)
     state = request.app[REPLICAS].get(_replica_id(request), request.remote or "", p.user_id)
-    for key in ("received_lsn", "applied_lsn"):
-        v = body.get(key)
-        if v is not None:
-            if isinstance(v, bool) or not isinstance(v, int) or v < 0:
-                raise InvalidArgument(f"'{key}' must be a non-negative integer")
-            setattr(state, key, v)
+    if req.received_lsn is not None:
+        state.received_lsn = req.received_lsn
+    if req.applied_lsn is not None:
+        state.applied_lsn = req.applied_lsn
     state.last_seen = time.time()
     _track(request.app, state)
+    request.app[REPLICAS].confirmed(state)  # may release writes waiting for it
     return json_response({"ok": True, "primary_lsn": request.app[ENGINE].log.last_lsn})
 
 
@@ -176,7 +213,9 @@ async def status(request: web.Request) -> web.Response:
         "last_lsn": last,
         "last_time_ns": engine.log.last_ts,
         "epoch": engine.log.epoch,
-        "replicas": [s.json(last) for s in request.app[REPLICAS].by_id.values()],
+        "replicas": [s.json(last, engine.sync) for s in request.app[REPLICAS].by_id.values()],
+        "synchronous": {**engine.sync.json(),
+                        "connected": request.app[REPLICAS].synchronous_connected()},
     }
     if follower is not None:  # a promoted replica: say what it used to follow
         body["promoted_from"] = follower()["primary"]

@@ -13,9 +13,10 @@ from aiohttp import web
 
 from jade.core.decide import Command
 from jade.errors import InvalidArgument
+from jade.http import schemas as S
 from jade.http.databases import actor_of, engine_of, get_db
 from jade.http.middleware import json_response
-from jade.http.validate import read_json
+from jade.http.validate import parsed, present
 from jade.text import models
 
 MAX_BATCH_SIZE = 4096
@@ -83,7 +84,7 @@ def changes_of(body: dict[str, Any]) -> dict[str, Any]:
 
 async def set_config(request: web.Request) -> web.Response:
     db = get_db(request, fresh=False)
-    changes = changes_of(await read_json(request))
+    changes = changes_of(present(await parsed(request, S.SetRerankConfig)))
     engine = engine_of(request)
     await engine.submit(
         Command("db.rerank_config", {"db": db["id"], "changes": changes}, actor_of(request))

@@ -33,12 +33,14 @@ from jade.http.keys import INFLIGHT, METRICS, SETTINGS
 from jade.http.middleware import json_response
 from jade.http.validate import (
     F32_MAX,
+    check,
     check_results,
     opt_bool,
     opt_int,
     opt_number,
     parse_json,
     read_body,
+    route_of,
     vector_values,
 )
 from jade.http.vectors import Budget, encode_vector, encoded_vectors
@@ -191,7 +193,11 @@ async def read_search(request: web.Request, dim: int, settings: Settings) -> Sea
     through ``parse_json`` and the field checks, which own every error."""
     raw = await read_body(request)
     query = _decode(raw, dim, settings)
-    return query if query is not None else _checked(parse_json(raw), dim, settings)
+    if query is not None:
+        return query
+    body = parse_json(raw)
+    check(body, route_of(request).body)  # the route's declaration (S.Search): types, bounds
+    return _checked(body, dim, settings)
 
 
 def _with_vectors(engine: Any, db_id: str, ids: list[str | None],

@@ -9,19 +9,19 @@ from aiohttp import web
 from jade.auth.audit import EVENT_TYPES
 from jade.auth.clock import now_ms
 from jade.errors import Forbidden, InvalidArgument
+from jade.http import schemas as S
 from jade.http.auth import iso_ms, principal_of, svc_of
 from jade.http.keys import AUDIT
 from jade.http.middleware import json_response
-from jade.http.validate import query_int
+from jade.http.validate import query_of
 
 
 async def audit_log(request: web.Request) -> web.Response:
     p = principal_of(request)
-    limit = query_int(request, "limit", 100, lo=1, hi=10000)
-    event_type = request.query.get("event_type") or None
+    q = query_of(request, S.AuditQuery)
+    limit, event_type, user_id = q.limit, q.event_type, q.user_id
     if event_type is not None and event_type not in EVENT_TYPES:
         raise InvalidArgument(f"unknown event_type; use one of {', '.join(EVENT_TYPES)}")
-    user_id = request.query.get("user_id") or None
     if not p.is_admin:
         user_id = p.user_id  # non-admins see their own events only
     events = request.app[AUDIT].query(user_id=user_id, event_type=event_type, limit=limit)
@@ -30,9 +30,7 @@ async def audit_log(request: web.Request) -> web.Response:
 
 async def sessions(request: web.Request) -> web.Response:
     p = principal_of(request)
-    uid = request.query.get("user_id")
-    if not uid:
-        raise InvalidArgument("missing required query parameter 'user_id'", code="missing_field")
+    uid = query_of(request, S.SessionsQuery).user_id  # required
     if uid != p.user_id and not p.is_admin:
         raise Forbidden("you may only list your own sessions", code="permission_denied")
     store = svc_of(request).store

@@ -24,6 +24,7 @@ from aiohttp import web
 from jade.core.decide import Command
 from jade.core.filters import Filter
 from jade.errors import InvalidArgument, NotFound, Unavailable
+from jade.http import schemas as S
 from jade.http.analytics import observed, record
 from jade.http.databases import actor_of, engine_of, get_db
 from jade.http.keys import SETTINGS
@@ -41,7 +42,7 @@ from jade.http.validate import (
     opt_bool,
     opt_int,
     opt_number,
-    opt_str,
+    parsed,
     read_json,
     vector_values,
 )
@@ -71,8 +72,10 @@ def _text(request: web.Request) -> TextProjection:
     return proj
 
 
-def _field(body: dict[str, Any], default: str) -> str:
-    field = opt_str(body, "textField", default, max_len=MAX_FIELD)
+def _field(given: str | None, default: str) -> str:
+    field = default if given is None else given
+    if len(field) > MAX_FIELD:
+        raise InvalidArgument(f"'textField' is longer than {MAX_FIELD} characters")
     if not field.strip():
         raise InvalidArgument("'textField' must be a non-empty string")
     return field
@@ -136,17 +139,17 @@ async def _define(request: web.Request, db: dict[str, Any], field: str, incremen
 
 async def build(request: web.Request) -> web.Response:
     db = get_db(request)
-    body = await read_json(request, required=False)
-    field = _field(body, DEFAULT_FIELD)
-    incremental = opt_bool(body, "incremental", False)
+    req = await parsed(request, S.Bm25Build, required=False)
+    field = _field(req.textField, DEFAULT_FIELD)
+    incremental = bool(req.incremental)
     return await _define(request, db, field, incremental, "built")
 
 
 async def rebuild(request: web.Request) -> web.Response:
     db = get_db(request)
-    body = await read_json(request, required=False)
+    req = await parsed(request, S.Bm25Rebuild, required=False)
     current = db.get("text_index")
-    field = _field(body, str(current["field"]) if current else DEFAULT_FIELD)
+    field = _field(req.textField, str(current["field"]) if current else DEFAULT_FIELD)
     return await _define(request, db, field, False, "rebuilt")
 
 
@@ -158,23 +161,14 @@ async def status(request: web.Request) -> web.Response:
     return json_response(out)
 
 
-def _documents(body: dict[str, Any]) -> tuple[list[str], list[str]]:
-    docs = body.get("documents")
-    if not isinstance(docs, list) or not docs:
-        raise InvalidArgument("'documents' must be a non-empty list of {doc_id, text}",
-                              code="missing_field" if docs is None else "invalid_argument")
-    if len(docs) > MAX_DOCS:
-        raise InvalidArgument(f"at most {MAX_DOCS} documents per request")
+def _documents(req: S.Bm25Documents) -> tuple[list[str], list[str]]:
+    """The documents' ids and texts (their shape and count checked by the declaration)."""
     ids: list[str] = []
     texts: list[str] = []
-    for n, d in enumerate(docs):
-        if not isinstance(d, dict):
-            raise InvalidArgument(f"documents[{n}] must be an object {{doc_id, text}}")
-        doc_id = d.get("doc_id", d.get("id"))
+    for n, d in enumerate(req.documents):
+        doc_id = d.doc_id if d.doc_id is not None else d.id
         check_id(doc_id, f"documents[{n}].doc_id")
-        text = d.get("text")
-        if not isinstance(text, str):
-            raise InvalidArgument(f"documents[{n}].text must be a string")
+        text = d.text
         if len(text) > MAX_DOC_CHARS:
             raise InvalidArgument(f"documents[{n}].text is longer than {MAX_DOC_CHARS} "
                                   "characters")
@@ -186,7 +180,7 @@ def _documents(body: dict[str, Any]) -> tuple[list[str], list[str]]:
 async def documents(request: web.Request) -> web.Response:
     db = get_db(request)
     proj = _text(request)
-    ids, texts = _documents(await read_json(request))
+    ids, texts = _documents(await parsed(request, S.Bm25Documents))
     cmd = Command("text.docs", {"db": db["id"], "ids": ids, "texts": texts,
                                 "default_field": DEFAULT_FIELD, "tokenizer": TOKENIZER},
                   actor=actor_of(request), size=sum(map(len, texts)) + 64 * len(ids))

@@ -24,6 +24,7 @@ from msgspec import UNSET, UnsetType
 
 from jade.core.decide import MISSING, Command
 from jade.errors import Internal, InvalidArgument, NotFound, PayloadTooLarge
+from jade.http import schemas as S
 from jade.http.databases import actor_of, engine_of, get_db
 from jade.http.keys import SETTINGS
 from jade.http.middleware import json_response
@@ -34,10 +35,10 @@ from jade.http.validate import (
     check_results,
     metadata_value,
     parse_json,
+    parsed,
     path_id,
-    query_int,
+    query_of,
     read_body,
-    read_json,
     vector_values,
 )
 from jade.stores.data import StoredVector
@@ -314,11 +315,11 @@ def _lean_command(items: list[_LeanItem], db: dict[str, Any], actor: str) -> Com
 
 async def batch_get(request: web.Request) -> web.Response:
     db = get_db(request)
-    body = await read_json(request)
-    ids = next((body[k] for k in ("ids", "vector_ids", "vectorIds") if k in body), None)
+    req = await parsed(request, S.BatchGet)  # lists of strings
+    ids = next((x for x in (req.ids, req.vector_ids, req.vectorIds) if x is not None), None)
     if ids is None:
         raise InvalidArgument("give the ids to fetch as 'ids'", code="missing_field")
-    if not isinstance(ids, list) or not ids:
+    if not ids:
         raise InvalidArgument("'ids' must be a non-empty list of strings")
     if len(ids) > MAX_BATCH:
         raise InvalidArgument(f"at most {MAX_BATCH} ids per request")
@@ -338,8 +339,8 @@ async def batch_get(request: web.Request) -> web.Response:
 async def list_(request: web.Request) -> web.Response:
     db = get_db(request)
     settings = request.app[SETTINGS]
-    limit = query_int(request, "limit", 50, lo=1, hi=MAX_PAGE)
-    offset = query_int(request, "offset", 0, lo=0, hi=10**9)
+    q = query_of(request, S.VectorPage)  # limit: at most MAX_PAGE
+    limit, offset = q.limit, q.offset
     check_results(limit, settings, f"a page of limit={limit}")
     store = engine_of(request).store
 
@@ -370,12 +371,10 @@ async def get(request: web.Request) -> web.Response:
 async def update(request: web.Request) -> web.Response:
     db = get_db(request)
     vid = path_id(request)
-    body = await read_json(request)
-    item = {"id": vid, "values": body.get("values")}
-    if "values" not in body:
-        raise InvalidArgument("missing required field 'values'", code="missing_field")
-    if "metadata" in body:
-        item["metadata"] = body["metadata"]
+    req = await parsed(request, S.UpdateVector)
+    item: dict[str, Any] = {"id": vid, "values": req.values}
+    if req.metadata is not UNSET:  # absent: kept; null: cleared
+        item["metadata"] = req.metadata
     cmd = _upsert_command(db, [item], actor_of(request), must_exist=True, keep_metadata=True)
     await engine_of(request).submit(cmd)
     return json_response({"status": "success", "vectorId": vid})
