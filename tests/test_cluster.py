@@ -40,12 +40,13 @@ LEADER_KEY = f"/jadevectordb/{CLUSTER}/leader"
 
 
 def cluster_node(root: str, name: str, coordinator: str, key: str = "pending",
-                 ttl: int = TTL) -> Node:
+                 ttl: int = TTL, sync: int = 0) -> Node:
     node = Node(root, name, env={
         "JADEVECTORDB_COORDINATOR": coordinator,
         "JADEVECTORDB_CLUSTER_NAME": CLUSTER,
         "JADEVECTORDB_NODE_ID": name,
         "JADEVECTORDB_LEASE_TTL_SECONDS": str(ttl),
+        "JADEVECTORDB_SYNCHRONOUS_REPLICAS": str(sync),
     })
     node.proc.env["JADEVECTORDB_REPLICATION_KEY"] = key  # (Node.follow drops it)
     return node
@@ -160,8 +161,9 @@ async def converge(apis: list[Any], timeout: float = 60.0) -> dict[str, Any]:
 
 
 async def start_cluster(root: str, coordinators: list[str], first: Node | None = None,
-                        ttl: int = TTL) -> tuple[list[Node], Any]:
+                        ttl: int = TTL, sync: int = 0) -> tuple[list[Node], Any]:
     """Node 0 starts alone and is elected; the others follow it."""
+    # alone at first (its users are made before any replica exists: no synchronous wait)
     first = await (first or cluster_node(root, "n0", coordinators[0], ttl=ttl)).astart()
     nodes = [first]
     try:
@@ -173,13 +175,14 @@ async def start_cluster(root: str, coordinators: list[str], first: Node | None =
         # the first node needs the replicator's key too (to follow, once it is not the
         # primary): restarted with it, alone, it is elected again
         first.proc.env["JADEVECTORDB_REPLICATION_KEY"] = creds.repl_key
+        first.proc.env["JADEVECTORDB_SYNCHRONOUS_REPLICAS"] = str(sync)
         await asyncio.to_thread(first.stop)
         await first.astart()
         async with aiohttp.ClientSession() as s:
             lead = await wait_leader(Etcd(s, coordinators[-1]))
             assert lead["node_id"] == "n0", lead
         for i, coord in enumerate(coordinators[1:], start=1):
-            node = cluster_node(root, f"n{i}", coord, creds.repl_key, ttl=ttl)
+            node = cluster_node(root, f"n{i}", coord, creds.repl_key, ttl=ttl, sync=sync)
             if i == 2:  # the last node forwards the writes it receives to the primary
                 node.proc.env["JADEVECTORDB_FORWARD_WRITES"] = "true"
             nodes.append(await node.astart())
@@ -217,12 +220,13 @@ def _ids(obj: Any) -> set[str]:
 
 
 # -- SIGKILL the primary under writes ---------------------------------------------------------
-async def failover_episode(root: str, ttl: int = TTL) -> dict[str, Any]:
+async def failover_episode(root: str, ttl: int = TTL, sync: int = 0) -> dict[str, Any]:
+    """``sync``: replication.synchronous_replicas on every node (0: asynchronous)."""
     server = EtcdServer(root).start()
     coord = server.url.replace("http://", "etcd://")
     nodes: list[Node] = []
     try:
-        nodes, creds = await start_cluster(root, [coord] * 3, ttl=ttl)
+        nodes, creds = await start_cluster(root, [coord] * 3, ttl=ttl, sync=sync)
         urls = [n.base for n in nodes]
         async with aiohttp.ClientSession() as s:
             etcd = Etcd(s, coord)
@@ -275,6 +279,8 @@ async def failover_episode(root: str, ttl: int = TTL) -> dict[str, Any]:
                 if a.vid not in present:
                     assert a.node == urls[0] and a.vid in aside, (a, len(aside))
             lost = [a for a in ledger.acks if a.vid not in present]
+            if sync:  # synchronous mode's promise: nothing acknowledged is lost
+                assert not lost, (len(lost), lost[:5])
             n0_view = await cluster_view(apis[0])
             if aside:
                 assert n0_view["diverged"], n0_view
@@ -318,6 +324,24 @@ async def test_sigkill_primary_elects_a_replica_and_the_old_primary_rejoins(
     out = await failover_episode(str(tmp_path))
     print(f"failover run {run}: {out}")
     assert out["failover_seconds"] < TTL + 6, out
+
+
+async def test_sigkill_primary_with_a_synchronous_replica_loses_no_acknowledged_write(
+        tmp_path: Any) -> None:
+    """The issue's promise: with replication.synchronous_replicas = 1, kill the primary at any
+    moment under steady writes, the elected replica has every write acknowledged (the most
+    caught-up replica wins, and an acknowledged write is on at least one replica)."""
+    out = await failover_episode(str(tmp_path), sync=1)
+    print(f"synchronous failover: {out}")
+    assert out["lost_async"] == 0 and out["acks"] > 0, out
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("run", range(20))
+async def test_sigkill_primary_with_a_synchronous_replica_repeated(tmp_path: Any, run: int
+                                                                   ) -> None:
+    out = await failover_episode(str(tmp_path), sync=1)
+    assert out["lost_async"] == 0, out
 
 
 @pytest.mark.slow
