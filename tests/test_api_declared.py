@@ -189,3 +189,23 @@ async def test_docs_page_renders_the_operations(server) -> None:
             "#operations-vectors-get_v1_databases_db_vectors tr[data-param-name='limit']")
         await browser.close()
     assert problems == []
+
+
+def test_the_integral_retry_leaves_user_data_as_sent() -> None:
+    """``check`` accepts 10.0 for an integer field by retrying with integral floats made ints;
+    metadata and filters are user data: a 10.0 there stays a float (stored and filtered as
+    sent). Before: the retry turned every whole float of the body into an int."""
+    import msgspec
+
+    from jade.http.validate import check
+
+    class Body(msgspec.Struct):
+        topK: int
+        metadata: dict[str, object] = {}
+        filters: dict[str, object] = {}
+
+    got = check({"topK": 10.0, "metadata": {"price": 10.0, "n": [2.0]},
+                 "filters": {"price": 3.0}}, Body)
+    assert got.topK == 10 and isinstance(got.topK, int)
+    assert got.metadata == {"price": 10.0, "n": [2.0]}
+    assert isinstance(got.metadata["price"], float) and isinstance(got.filters["price"], float)

@@ -119,11 +119,16 @@ def query_of(request: web.Request, cls: type[T]) -> T:
         raise _invalid(str(exc), "query parameter ", cls) from None
 
 
+# user data carried as it is: a metadata value 10.0 stays a float (it is stored and filtered as
+# sent), whatever the retry below does to the request's own fields
+_FREE_FORM = frozenset({"metadata", "filters", "filter", "metadataSchema"})
+
+
 def _integral(v: Any) -> Any:
     if isinstance(v, float) and v.is_integer() and abs(v) < 2**63:
         return int(v)
     if isinstance(v, dict):
-        return {k: _integral(x) for k, x in v.items()}
+        return {k: x if k in _FREE_FORM else _integral(x) for k, x in v.items()}
     if isinstance(v, list):
         return [_integral(x) for x in v]
     return v
