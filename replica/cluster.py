@@ -232,6 +232,11 @@ class Cluster:
         self.engine.leader_url = ""
         self.follower.state = "stepped down"
         log.error("stepping down as primary: %s", why)
+        # writes waiting for synchronous replicas can no longer be confirmed here: answer them
+        # now (written: true, may be lost at the failover) rather than at the timeout
+        n = self.engine.sync.abandon(f"this node stopped being the primary ({why})")
+        if n:
+            log.error("%d write(s) waiting for synchronous replicas answered as unconfirmed", n)
 
     async def _follow(self, etcd: Etcd, leader: dict[str, Any]) -> None:
         url = str(leader.get("url", "")).rstrip("/")
